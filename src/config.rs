@@ -1,0 +1,317 @@
+//! Settings: `relais.toml` (optional) plus `RELAIS__SECTION__KEY` environment overrides, checked once.
+//!
+//! Reading is split in two, as in ripgrep: [`Settings::load`] gathers raw values (config crate, prefix `RELAIS`,
+//! separator `__`), then [`Settings::check`] validates them without any I/O. Building listeners from checked
+//! settings (reading PEM files, binding sockets) happens in [`crate::ingest`].
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::hl7v2::Charset;
+
+/// A configuration problem, named by its key.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The file or an environment variable could not be read or does not have the expected shape.
+    #[error("configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    /// A value was read but is not acceptable.
+    #[error("configuration key `{key}`: {reason}")]
+    Invalid {
+        /// Dotted key, e.g. `mllp.listen`.
+        key: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// Everything `relais serve` needs, with the defaults of DESIGN.md.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Where the journal and the drop folder live (`./data`).
+    pub data_dir: PathBuf,
+    /// MLLP listeners.
+    pub mllp: MllpSettings,
+    /// HTTP listener (ingest, health, admin API).
+    pub http: HttpSettings,
+    /// Journal behaviour.
+    pub journal: JournalSettings,
+    /// Per-sender settings, keyed by the first component of MSH-4 (sending facility).
+    pub senders: BTreeMap<String, SenderSettings>,
+}
+
+/// MLLP listeners: plain TCP and, optionally, TLS.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MllpSettings {
+    /// Plain MLLP address (`127.0.0.1:2575`); empty disables the plain listener.
+    pub listen: String,
+    /// Largest accepted message in bytes (10 MiB); past it, AR then the connection is closed.
+    pub max_message_size: usize,
+    /// Charset assumed when MSH-18 is empty and the sender has none configured (`8859/1`).
+    pub default_charset: String,
+    /// Optional MLLP over TLS listener.
+    pub tls: Option<TlsSettings>,
+}
+
+/// MLLP over TLS (TLS 1.2+), optionally mutual.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// Address of the TLS listener.
+    pub listen: String,
+    /// PEM certificate chain of the server.
+    pub cert: PathBuf,
+    /// PEM private key of the server.
+    pub key: PathBuf,
+    /// PEM CA bundle: when set, clients must present a certificate it signed (mutual TLS).
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+    /// When non-empty, only these clients are served: `CN=…` (subject common name), `DNS:…`, `URI:…`, `IP:…`
+    /// (subject alternative names) or a full RFC 4514 subject.
+    #[serde(default)]
+    pub allowed_clients: Vec<String>,
+}
+
+/// The HTTP listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSettings {
+    /// Address (`127.0.0.1:8080`); empty disables HTTP.
+    pub listen: String,
+    /// Bearer token for `/api/*`; required when `listen` is not a loopback address.
+    pub admin_token: String,
+}
+
+/// Journal behaviour.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JournalSettings {
+    /// A resent message (same MSH-4 + MSH-10 + bytes) within this many seconds is acknowledged, not stored again.
+    pub dedup_window_secs: u64,
+    /// Most messages in one group commit.
+    pub max_batch: usize,
+}
+
+/// Settings for one sending facility.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SenderSettings {
+    /// Charset assumed when this sender leaves MSH-18 empty.
+    pub charset: Option<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            data_dir: PathBuf::from("./data"),
+            mllp: MllpSettings::default(),
+            http: HttpSettings::default(),
+            journal: JournalSettings::default(),
+            senders: BTreeMap::new(),
+        }
+    }
+}
+
+impl Default for MllpSettings {
+    fn default() -> Self {
+        MllpSettings {
+            listen: "127.0.0.1:2575".into(),
+            max_message_size: 10 * 1024 * 1024,
+            default_charset: "8859/1".into(),
+            tls: None,
+        }
+    }
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings { listen: "127.0.0.1:8080".into(), admin_token: String::new() }
+    }
+}
+
+impl Default for JournalSettings {
+    fn default() -> Self {
+        JournalSettings { dedup_window_secs: 24 * 3600, max_batch: 4096 }
+    }
+}
+
+impl Settings {
+    /// Reads the defaults, then `file` if given, then `RELAIS__*` variables from the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Settings, Error> {
+        Self::load_from(file, None)
+    }
+
+    /// As [`Settings::load`], with the environment given as a map (tests) instead of the process's.
+    pub fn load_from(
+        file: Option<&Path>,
+        env: Option<std::collections::HashMap<String, String>>,
+    ) -> Result<Settings, Error> {
+        let mut builder = config::Config::builder();
+        if let Some(file) = file {
+            builder = builder.add_source(config::File::from(file).format(config::FileFormat::Toml));
+        }
+        let env_source = config::Environment::with_prefix("RELAIS")
+            .prefix_separator("__")
+            .separator("__")
+            .try_parsing(true)
+            .source(env);
+        builder = builder.add_source(env_source);
+        let settings: Settings = builder.build()?.try_deserialize()?;
+        Ok(settings)
+    }
+
+    /// Validates every value without I/O; the first problem found is returned, named by its key.
+    pub fn check(&self) -> Result<(), Error> {
+        if !self.mllp.listen.is_empty() {
+            parse_addr("mllp.listen", &self.mllp.listen)?;
+        }
+        if !self.http.listen.is_empty() {
+            let addr = parse_addr("http.listen", &self.http.listen)?;
+            if !addr.ip().is_loopback() && self.http.admin_token.is_empty() {
+                return Err(invalid(
+                    "http.admin_token",
+                    "required when http.listen is not a loopback address",
+                ));
+            }
+        }
+        if self.mllp.max_message_size < 64 {
+            return Err(invalid("mllp.max_message_size", "must be at least 64 bytes"));
+        }
+        self.default_charset()?;
+        for (name, sender) in &self.senders {
+            if let Some(cs) = &sender.charset {
+                parse_charset(&format!("senders.{name}.charset"), cs)?;
+            }
+        }
+        if let Some(tls) = &self.mllp.tls {
+            parse_addr("mllp.tls.listen", &tls.listen)?;
+            if tls.allowed_clients.iter().any(|c| c.trim().is_empty()) {
+                return Err(invalid("mllp.tls.allowed_clients", "entries must not be empty"));
+            }
+            if !tls.allowed_clients.is_empty() && tls.client_ca.is_none() {
+                return Err(invalid(
+                    "mllp.tls.allowed_clients",
+                    "needs mllp.tls.client_ca (client certificates are only asked for under mutual TLS)",
+                ));
+            }
+        }
+        if self.journal.max_batch == 0 {
+            return Err(invalid("journal.max_batch", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// The charset assumed when MSH-18 is empty and the sender has no setting of its own.
+    pub fn default_charset(&self) -> Result<Charset, Error> {
+        parse_charset("mllp.default_charset", &self.mllp.default_charset)
+    }
+
+    /// The charset assumed for `sending_facility` (MSH-4.1) when its MSH-18 is empty.
+    pub fn charset_for(&self, sending_facility: &str) -> Charset {
+        self.senders
+            .get(sending_facility)
+            .and_then(|s| s.charset.as_deref())
+            .and_then(Charset::from_msh18)
+            .or_else(|| Charset::from_msh18(&self.mllp.default_charset))
+            .unwrap_or(Charset::Latin1)
+    }
+
+    /// How long a control id is remembered for de-duplication.
+    pub fn dedup_window(&self) -> Duration {
+        Duration::from_secs(self.journal.dedup_window_secs)
+    }
+
+    /// The journal file.
+    pub fn journal_path(&self) -> PathBuf {
+        self.data_dir.join("journal.redb")
+    }
+}
+
+/// Parses a `listen` value; the key names it in the error.
+pub fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, Error> {
+    value.parse().map_err(|e| invalid(key, &format!("`{value}` is not an address like 127.0.0.1:2575 ({e})")))
+}
+
+fn parse_charset(key: &str, value: &str) -> Result<Charset, Error> {
+    Charset::from_msh18(value).ok_or_else(|| {
+        invalid(key, &format!("unknown charset `{value}` (UNICODE UTF-8, 8859/1, 8859/15, ASCII)"))
+    })
+}
+
+fn invalid(key: &str, reason: &str) -> Error {
+    Error::Invalid { key: key.into(), reason: reason.into() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> Option<HashMap<String, String>> {
+        Some(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+    }
+
+    #[test]
+    fn defaults_match_the_design() {
+        let s = Settings::load_from(None, env(&[])).unwrap();
+        s.check().unwrap();
+        assert_eq!(s.mllp.listen, "127.0.0.1:2575");
+        assert_eq!(s.http.listen, "127.0.0.1:8080");
+        assert_eq!(s.data_dir, PathBuf::from("./data"));
+        assert_eq!(s.mllp.max_message_size, 10 * 1024 * 1024);
+        assert_eq!(s.default_charset().unwrap(), Charset::Latin1);
+    }
+
+    #[test]
+    fn environment_overrides_use_double_underscores() {
+        let s = Settings::load_from(
+            None,
+            env(&[
+                ("RELAIS__MLLP__LISTEN", "127.0.0.1:3575"),
+                ("RELAIS__DATA_DIR", "/tmp/x"),
+                ("RELAIS__JOURNAL__DEDUP_WINDOW_SECS", "60"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.mllp.listen, "127.0.0.1:3575");
+        assert_eq!(s.data_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(s.dedup_window(), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn file_values_and_sender_charsets() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("relais.toml");
+        std::fs::write(
+            &file,
+            "[mllp]\nlisten = \"127.0.0.1:4000\"\n[senders.CHU-X]\ncharset = \"8859/15\"\n",
+        )
+        .unwrap();
+        let s = Settings::load_from(Some(&file), env(&[])).unwrap();
+        s.check().unwrap();
+        assert_eq!(s.mllp.listen, "127.0.0.1:4000");
+        assert_eq!(s.charset_for("CHU-X"), Charset::Latin9);
+        assert_eq!(s.charset_for("OTHER"), Charset::Latin1);
+    }
+
+    #[test]
+    fn bad_values_are_named_by_key() {
+        let s = Settings::load_from(None, env(&[("RELAIS__MLLP__LISTEN", "nowhere")])).unwrap();
+        let err = s.check().unwrap_err().to_string();
+        assert!(err.contains("mllp.listen"), "{err}");
+
+        let s = Settings::load_from(None, env(&[("RELAIS__HTTP__LISTEN", "0.0.0.0:8080")])).unwrap();
+        let err = s.check().unwrap_err().to_string();
+        assert!(err.contains("http.admin_token"), "{err}");
+
+        let s = Settings::load_from(None, env(&[("RELAIS__MLLP__DEFAULT_CHARSET", "EBCDIC")])).unwrap();
+        let err = s.check().unwrap_err().to_string();
+        assert!(err.contains("mllp.default_charset"), "{err}");
+    }
+}

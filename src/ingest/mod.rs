@@ -1,0 +1,1 @@
+//! Ingest: listeners that journal each message, then acknowledge it.

@@ -1,0 +1,16 @@
+//! Relais: an HL7v2/CDA to FHIR integration broker for French hospital groups.
+//!
+//! The stages, in the order a message flows through them (data flows one way, no back-calls):
+//!
+//! - [`ingest`]: MLLP (plain, TLS, mutual TLS) and HTTP listeners; each message is journaled, then acknowledged.
+//! - [`hl7v2`]: zero-copy HL7v2 reading, charsets (MSH-18), escapes, ACK/NAK building.
+//! - [`journal`]: the durable message store; an id is returned only after the write is on disk.
+//!
+//! [`config`] turns `relais.toml` and `RELAIS__*` variables into checked [`config::Settings`];
+//! [`shutdown`] carries the one stop signal every task listens to.
+
+pub mod config;
+pub mod hl7v2;
+pub mod ingest;
+pub mod journal;
+pub mod shutdown;

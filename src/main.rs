@@ -1,0 +1,3 @@
+//! The `relais` command line: a thin layer over the library.
+
+fn main() {}
