@@ -14,3 +14,5 @@ pub mod hl7v2;
 pub mod ingest;
 pub mod journal;
 pub mod shutdown;
+pub mod send;
+pub mod server;

@@ -1,3 +1,131 @@
-//! The `relais` command line: a thin layer over the library.
+//! The `relais` command line: a thin layer over the library (errors become reports and exit codes here).
 
-fn main() {}
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use relais::config::Settings;
+use relais::send::{self, SendOptions};
+
+/// Relais: HL7v2/CDA to FHIR integration broker.
+#[derive(Debug, Parser)]
+#[command(name = "relais", version, about)]
+struct Cli {
+    /// Log as JSON lines instead of text (level from RELAIS_LOG, default `info`).
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the broker: MLLP and HTTP listeners, journal.
+    Serve {
+        /// Settings file (TOML); `RELAIS__*` environment variables override it.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Data directory (overrides `data_dir`).
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
+    /// Send HL7v2 files over MLLP and print each ACK; exit 1 if any ACK is not AA.
+    Send {
+        /// Server address.
+        #[arg(long, default_value = "127.0.0.1:2575")]
+        to: String,
+        /// PEM CA of the server certificate: connect with TLS.
+        #[arg(long)]
+        tls_ca: Option<PathBuf>,
+        /// Client certificate (PEM), for mutual TLS.
+        #[arg(long, requires = "client_key")]
+        client_cert: Option<PathBuf>,
+        /// Client private key (PEM), for mutual TLS.
+        #[arg(long, requires = "client_cert")]
+        client_key: Option<PathBuf>,
+        /// Name to verify the server certificate against (default: the host of --to).
+        #[arg(long)]
+        server_name: Option<String>,
+        /// Files or directories of messages.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_json);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("relais: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = runtime.block_on(run(cli.command));
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("relais: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Serve { config, data } => {
+            let mut settings = Settings::load(config.as_deref())?;
+            if let Some(dir) = data {
+                settings.data_dir = dir;
+            }
+            relais::server::run(settings, relais::server::stop_signal()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Send { to, tls_ca, client_cert, client_key, server_name, paths } => {
+            let options = SendOptions { to, tls_ca, client_cert, client_key, server_name };
+            let messages = send::collect(&paths)?;
+            let bar = (messages.len() > 20 && std::io::stderr().is_terminal())
+                .then(|| indicatif::ProgressBar::new(messages.len() as u64));
+            let mut not_aa = 0usize;
+            let results = send::send_all(&options, &messages, |sent| {
+                let line = match &sent.error_text {
+                    Some(text) => {
+                        format!("{}\t{}\t{}\t{}", sent.file.display(), sent.control_id, sent.code, text)
+                    }
+                    None => format!("{}\t{}\t{}", sent.file.display(), sent.control_id, sent.code),
+                };
+                match &bar {
+                    Some(bar) => {
+                        bar.println(line);
+                        bar.inc(1);
+                    }
+                    None => println!("{line}"),
+                }
+                if sent.code != "AA" {
+                    not_aa += 1;
+                }
+            })
+            .await
+            .context("send")?;
+            if let Some(bar) = bar {
+                bar.finish_and_clear();
+            }
+            eprintln!("{} sent, {} not AA", results.len(), not_aa);
+            Ok(if not_aa == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+    }
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RELAIS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

@@ -16,6 +16,8 @@ pub enum ErrorCode {
     TableValueNotFound,
     /// 200: unsupported message type.
     UnsupportedMessageType,
+    /// 205: duplicate key identifier (a control id reused for different content).
+    DuplicateKey,
     /// 207: application internal error (also: message too large).
     InternalError,
 }
@@ -29,6 +31,7 @@ impl ErrorCode {
             ErrorCode::DataType => 102,
             ErrorCode::TableValueNotFound => 103,
             ErrorCode::UnsupportedMessageType => 200,
+            ErrorCode::DuplicateKey => 205,
             ErrorCode::InternalError => 207,
         }
     }
@@ -41,6 +44,7 @@ impl ErrorCode {
             ErrorCode::DataType => "Data type error",
             ErrorCode::TableValueNotFound => "Table value not found",
             ErrorCode::UnsupportedMessageType => "Unsupported message type",
+            ErrorCode::DuplicateKey => "Duplicate key identifier",
             ErrorCode::InternalError => "Application internal error",
         }
     }

@@ -1,0 +1,139 @@
+//! HTTP ingest and the first admin read API (axum).
+//!
+//! - `POST /hl7v2`: one message as the body; the ACK comes back as the body with 200 (AA), 400 (AR) or
+//!   422 (AE).
+//! - `GET /health`: liveness.
+//! - `GET /api/stats`, `GET /api/messages?state=&limit=`: journal counts and message metadata (never bodies).
+//!   When `http.admin_token` is set, `/api/*` requires `Authorization: Bearer <token>`.
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Query, State as AxumState};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router, middleware};
+use serde::Deserialize;
+use tokio::net::TcpListener;
+
+use super::Intake;
+use crate::hl7v2::AckCode;
+use crate::journal::{State, Transport};
+use crate::shutdown::Shutdown;
+
+/// What the handlers share.
+#[derive(Clone)]
+struct AppState {
+    intake: Intake,
+    admin_token: String,
+}
+
+/// Builds the router; `admin_token` empty means `/api/*` is open (loopback only, enforced by config checks).
+pub fn router(intake: Intake, admin_token: String) -> Router {
+    let state = AppState { intake: intake.clone(), admin_token };
+    let api = Router::new()
+        .route("/api/stats", get(stats))
+        .route("/api/messages", get(messages))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/hl7v2", post(post_hl7v2))
+        .route("/health", get(health))
+        .merge(api)
+        .layer(DefaultBodyLimit::max(intake.max_message_size()))
+        .with_state(state)
+}
+
+/// Serves `router` on `listener` until shutdown, letting in-flight requests finish.
+pub async fn run(listener: TcpListener, router: Router, mut shutdown: Shutdown) -> std::io::Result<()> {
+    axum::serve(listener, router.into_make_service_with_connect_info::<std::net::SocketAddr>())
+        .with_graceful_shutdown(async move { shutdown.recv().await })
+        .await
+}
+
+async fn post_hl7v2(
+    AxumState(state): AxumState<AppState>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    body: Bytes,
+) -> Response {
+    let outcome = state.intake.submit(body, Transport::Http, &peer.to_string()).await.resolve().await;
+    let status = match outcome.code {
+        AckCode::AA => StatusCode::OK,
+        AckCode::AR => StatusCode::BAD_REQUEST,
+        AckCode::AE => StatusCode::UNPROCESSABLE_ENTITY,
+    };
+    let content_type = format!("x-application/hl7-v2+er7; charset={}", outcome.charset.iana());
+    let mut response = (status, outcome.ack).into_response();
+    if let Ok(value) = HeaderValue::from_str(&content_type) {
+        response.headers_mut().insert(header::CONTENT_TYPE, value);
+    }
+    response
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn stats(AxumState(state): AxumState<AppState>) -> Response {
+    let journal = state.intake.journal().clone();
+    match tokio::task::spawn_blocking(move || journal.stats()).await {
+        Ok(Ok(stats)) => Json(stats).into_response(),
+        Ok(Err(e)) => internal_error(e.to_string()),
+        Err(e) => internal_error(e.to_string()),
+    }
+}
+
+/// Query of `GET /api/messages`.
+#[derive(Debug, Deserialize)]
+struct MessagesQuery {
+    state: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn messages(AxumState(state): AxumState<AppState>, Query(query): Query<MessagesQuery>) -> Response {
+    let filter = match query.state.as_deref().filter(|s| !s.is_empty()) {
+        None => None,
+        Some(name) => match State::from_str(name) {
+            Some(s) => Some(s),
+            None => {
+                return (StatusCode::BAD_REQUEST, Json(serde_json::json!({ "error": format!("unknown state `{name}`") })))
+                    .into_response();
+            }
+        },
+    };
+    let limit = query.limit.unwrap_or(100).min(10_000);
+    let journal = state.intake.journal().clone();
+    match tokio::task::spawn_blocking(move || journal.list(filter, limit)).await {
+        Ok(Ok(list)) => Json(list).into_response(),
+        Ok(Err(e)) => internal_error(e.to_string()),
+        Err(e) => internal_error(e.to_string()),
+    }
+}
+
+async fn require_token(
+    AxumState(state): AxumState<AppState>,
+    headers: HeaderMap,
+    request: axum::extract::Request,
+    next: middleware::Next,
+) -> Response {
+    if !state.admin_token.is_empty() {
+        let expected = format!("Bearer {}", state.admin_token);
+        let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or("");
+        if !constant_time_eq(given.as_bytes(), expected.as_bytes()) {
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                Json(serde_json::json!({ "error": "missing or wrong bearer token" })),
+            )
+                .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn internal_error(reason: String) -> Response {
+    tracing::error!(%reason, "admin API read failed");
+    (StatusCode::INTERNAL_SERVER_ERROR, Json(serde_json::json!({ "error": reason }))).into_response()
+}

@@ -1,0 +1,158 @@
+//! `relais serve`: opens the journal, binds every listener, runs until a stop signal, then drains.
+//!
+//! Start-up order: checked settings → data dir → journal (recovered) → listeners bound → `listeners.json`
+//! written (the bound addresses, for tools and tests that asked for port 0). Stop order: listeners stop
+//! accepting, connections answer what they already read, the journal commits what is queued and closes.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tracing::info;
+
+use crate::config::{self, Settings};
+use crate::ingest::tls::TlsServer;
+use crate::ingest::{Intake, http, mllp};
+use crate::journal::{Journal, JournalConfig};
+use crate::shutdown::{self, Shutdown};
+
+/// Why the server could not start or stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Settings are not acceptable.
+    #[error(transparent)]
+    Config(#[from] config::Error),
+    /// The journal could not be opened or closed.
+    #[error("journal: {0}")]
+    Journal(#[from] crate::journal::Error),
+    /// TLS material could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] crate::ingest::tls::Error),
+    /// A file or socket operation failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+    let what = what.into();
+    move |source| Error::Io { what, source }
+}
+
+/// The addresses the listeners actually bound (port 0 resolved), as written to `listeners.json`.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct BoundAddresses {
+    /// Plain MLLP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mllp: Option<SocketAddr>,
+    /// MLLP over TLS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mllp_tls: Option<SocketAddr>,
+    /// HTTP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http: Option<SocketAddr>,
+}
+
+/// Runs the broker until `stop` resolves (Ctrl-C / SIGTERM in the binary).
+pub async fn run(settings: Settings, stop: impl std::future::Future<Output = ()>) -> Result<(), Error> {
+    settings.check()?;
+    std::fs::create_dir_all(&settings.data_dir)
+        .map_err(io(format!("creating data dir {}", settings.data_dir.display())))?;
+
+    let journal_path = settings.journal_path();
+    let journal = tokio::task::spawn_blocking({
+        let cfg = JournalConfig {
+            path: journal_path.clone(),
+            dedup_window: settings.dedup_window(),
+            max_batch: settings.journal.max_batch,
+        };
+        move || Journal::open(cfg)
+    })
+    .await
+    .map_err(|e| Error::Io { what: "opening the journal".into(), source: std::io::Error::other(e) })??;
+    info!(path = %journal_path.display(), "journal open");
+
+    let intake = Intake::new(journal.clone(), &settings);
+    let (trigger, shutdown) = shutdown::channel();
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut bound = BoundAddresses::default();
+
+    if !settings.mllp.listen.is_empty() {
+        let listener = bind("mllp.listen", &settings.mllp.listen).await?;
+        bound.mllp = listener.local_addr().ok();
+        info!(addr = ?bound.mllp, "MLLP listening");
+        tasks.spawn(mllp::run_listener(listener, intake.clone(), None, shutdown.clone()));
+    }
+    if let Some(tls) = &settings.mllp.tls {
+        let server = Arc::new(TlsServer::from_settings(tls)?);
+        let listener = bind("mllp.tls.listen", &tls.listen).await?;
+        bound.mllp_tls = listener.local_addr().ok();
+        info!(addr = ?bound.mllp_tls, mutual = tls.client_ca.is_some(), "MLLP over TLS listening");
+        tasks.spawn(mllp::run_listener(listener, intake.clone(), Some(server), shutdown.clone()));
+    }
+    if !settings.http.listen.is_empty() {
+        let listener = bind("http.listen", &settings.http.listen).await?;
+        bound.http = listener.local_addr().ok();
+        info!(addr = ?bound.http, "HTTP listening");
+        let router = http::router(intake.clone(), settings.http.admin_token.clone());
+        let http_shutdown: Shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            if let Err(e) = http::run(listener, router, http_shutdown).await {
+                tracing::error!(error = %e, "HTTP server stopped");
+            }
+        });
+    }
+    let listeners_file = settings.data_dir.join("listeners.json");
+    write_atomically(&listeners_file, &serde_json::to_vec_pretty(&bound).unwrap_or_default())?;
+    info!("relais ready");
+
+    stop.await;
+    info!("stopping: no new connections; answering what was already read");
+    trigger.fire();
+    while tasks.join_next().await.is_some() {}
+    drop(intake);
+    journal.close().await?;
+    let _ = std::fs::remove_file(&listeners_file);
+    info!("stopped cleanly");
+    Ok(())
+}
+
+async fn bind(key: &str, addr: &str) -> Result<TcpListener, Error> {
+    let parsed = config::parse_addr(key, addr)?;
+    TcpListener::bind(parsed).await.map_err(io(format!("binding {key} = {addr}")))
+}
+
+/// Writes `path` so readers see either nothing or the whole content.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    let tmp: PathBuf = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).map_err(io(format!("writing {}", tmp.display())))?;
+    std::fs::rename(&tmp, path).map_err(io(format!("renaming to {}", path.display())))
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn stop_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
