@@ -1,1 +1,231 @@
-//! The durable message store.
+//! The durable message store: `append` returns an id only after the entry is on disk (committed and fsynced).
+//!
+//! Ingest hands each message to [`Journal::append`] (accepted as `Received`, refused as `Rejected` with a
+//! reason) and acknowledges only once it returns; the admin API reads [`Journal::stats`], [`Journal::list`],
+//! [`Journal::get`] and [`Journal::raw`].
+//!
+//! - One redb file (format in [`store`]); ids are monotonic and continue after a restart.
+//! - Group commit: one writer thread writes everything queued in one transaction and one fsync, then
+//!   answers every caller of that batch (see [`writer`]); an answer never precedes its commit.
+//! - Deduplication: a `Received` entry with the same MSH-4 + MSH-10 and the same bytes as one stored within
+//!   `dedup_window` is not stored again ([`Appended::Duplicate`]); different bytes are stored as `Rejected`
+//!   for review ([`Appended::Conflict`]); after the window the key is simply reused.
+//!
+//! Reads are synchronous and use their own read transactions, never waiting for the writer. `stats` and
+//! `get` take tens of microseconds and may be called from async code directly; `list` and `raw` read more
+//! and belong in `tokio::task::spawn_blocking` when called from a request handler.
+//!
+//! It never logs message content.
+
+mod record;
+mod store;
+mod writer;
+
+#[cfg(test)]
+mod bench;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use redb::Database;
+use tokio::sync::{mpsc, oneshot};
+
+pub use record::{Appended, EntryMeta, HeaderFields, NewEntry, State, Transport};
+pub use writer::CommitStats;
+
+use store::Prepared;
+use writer::{CommitCounters, Request, Writer};
+
+/// Appends waiting for the writer before `append` itself waits for room.
+const QUEUE_CAPACITY: usize = 65_536;
+
+/// redb page cache. Appends touch only the right edge of each table, so a small cache is enough.
+const CACHE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Where the journal lives and how it behaves.
+#[derive(Debug, Clone)]
+pub struct JournalConfig {
+    /// The redb file (created if missing; its directory must exist).
+    pub path: PathBuf,
+    /// How long a resent message (same MSH-4 + MSH-10 + bytes) counts as a duplicate.
+    pub dedup_window: Duration,
+    /// Most appends in one group commit (default 4096).
+    pub max_batch: usize,
+}
+
+impl JournalConfig {
+    /// A config for `path` with the default window (24 h) and batch size (4096).
+    pub fn new(path: impl Into<PathBuf>) -> JournalConfig {
+        JournalConfig { path: path.into(), dedup_window: Duration::from_secs(24 * 3600), max_batch: 4096 }
+    }
+}
+
+/// What can go wrong in the journal. Cheap to clone, so one failed commit can answer every caller.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    /// `close` was called: no more appends.
+    #[error("the journal is closed")]
+    Closed,
+    /// The writer thread ended without answering (it panicked).
+    #[error("the journal writer stopped without answering")]
+    WriterLost,
+    /// redb failed (open, read, write or commit).
+    #[error("journal storage: {0}")]
+    Storage(Arc<redb::Error>),
+    /// A stored record no longer decodes.
+    #[error("journal entry {id} cannot be decoded: {source}")]
+    Corrupt {
+        /// The entry's id.
+        id: u64,
+        /// The decoding error.
+        source: Arc<serde_json::Error>,
+    },
+    /// An entry's metadata could not be encoded.
+    #[error("journal entry cannot be encoded: {0}")]
+    Encode(Arc<serde_json::Error>),
+    /// The writer thread could not be started.
+    #[error("cannot start the journal writer thread: {0}")]
+    Thread(Arc<std::io::Error>),
+}
+
+/// Every redb error type converts into [`Error::Storage`].
+macro_rules! from_redb {
+    ($($source:ty),*) => {$(
+        impl From<$source> for Error {
+            fn from(error: $source) -> Error {
+                Error::Storage(Arc::new(error.into()))
+            }
+        }
+    )*};
+}
+from_redb!(
+    redb::Error,
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::SetDurabilityError
+);
+
+/// A handle on the journal; cheap to clone (all clones share one file and one writer thread).
+#[derive(Clone)]
+pub struct Journal {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Arc<Database>,
+    intake: RwLock<Option<mpsc::Sender<Request>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    counters: Arc<CommitCounters>,
+}
+
+impl Journal {
+    /// Opens or creates the store (ids continue after the highest stored) and starts the writer thread.
+    pub fn open(cfg: JournalConfig) -> Result<Journal, Error> {
+        let db = redb::Builder::new().set_cache_size(CACHE_BYTES).create(&cfg.path)?;
+        store::create_tables(&db)?;
+        let db = Arc::new(db);
+        let counters = Arc::new(CommitCounters::default());
+        let (sender, queue) = mpsc::channel(QUEUE_CAPACITY);
+        let writer = Writer {
+            db: Arc::clone(&db),
+            queue,
+            max_batch: cfg.max_batch,
+            dedup_window_us: i64::try_from(cfg.dedup_window.as_micros()).unwrap_or(i64::MAX),
+            counters: Arc::clone(&counters),
+        };
+        let handle = std::thread::Builder::new()
+            .name("journal-writer".into())
+            .spawn(move || writer.run())
+            .map_err(|error| Error::Thread(Arc::new(error)))?;
+        Ok(Journal {
+            inner: Arc::new(Inner {
+                db,
+                intake: RwLock::new(Some(sender)),
+                writer: Mutex::new(Some(handle)),
+                counters,
+            }),
+        })
+    }
+
+    /// Queues the entry for the next group commit; resolves once that commit is durable.
+    ///
+    /// Deduplication applies only to entries with state `Received` and a header (key: sending_facility +
+    /// control_id). If the future is dropped after the entry was queued, the entry is still written.
+    pub async fn append(&self, entry: NewEntry) -> Result<Appended, Error> {
+        let entry = Prepared::new(entry)?;
+        let sender = {
+            let intake = self.inner.intake.read().unwrap_or_else(PoisonError::into_inner);
+            intake.clone().ok_or(Error::Closed)?
+        };
+        let (reply, answer) = oneshot::channel();
+        sender.send(Request { entry, reply }).await.map_err(|_| Error::Closed)?;
+        drop(sender);
+        answer.await.map_err(|_| Error::WriterLost)?
+    }
+
+    /// Counts: `{"journaled": total, "received": n, "rejected": n, ...}` (every state, zeros included).
+    pub fn stats(&self) -> Result<BTreeMap<String, u64>, Error> {
+        store::stats(&self.inner.db)
+    }
+
+    /// Metadata, newest first, optionally of one state only, at most `limit` entries.
+    pub fn list(&self, state: Option<State>, limit: usize) -> Result<Vec<EntryMeta>, Error> {
+        store::list(&self.inner.db, state, limit)
+    }
+
+    /// Metadata of entry `id`, if stored.
+    pub fn get(&self, id: u64) -> Result<Option<EntryMeta>, Error> {
+        store::get(&self.inner.db, id)
+    }
+
+    /// The bytes of entry `id` exactly as received, if stored.
+    pub fn raw(&self, id: u64) -> Result<Option<Vec<u8>>, Error> {
+        store::raw(&self.inner.db, id)
+    }
+
+    /// Stops taking appends, commits what is already queued, and joins the writer thread.
+    ///
+    /// Appends started before `close` are answered; later ones get [`Error::Closed`]. Calling it twice is
+    /// harmless.
+    pub async fn close(&self) -> Result<(), Error> {
+        self.inner.stop_intake();
+        let handle = self.inner.writer.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(handle) = handle {
+            let joined = tokio::task::spawn_blocking(move || handle.join()).await;
+            if !matches!(joined, Ok(Ok(()))) {
+                return Err(Error::WriterLost);
+            }
+        }
+        Ok(())
+    }
+
+    /// Group-commit figures since `open`.
+    pub fn commit_stats(&self) -> CommitStats {
+        self.inner.counters.snapshot()
+    }
+}
+
+impl Inner {
+    fn stop_intake(&self) {
+        self.intake.write().unwrap_or_else(PoisonError::into_inner).take();
+    }
+}
+
+impl Drop for Inner {
+    /// The last handle gone: let the writer finish what is queued, so the file is closed on return and can
+    /// be opened again at once.
+    fn drop(&mut self) {
+        self.stop_intake();
+        if let Some(handle) = self.writer.get_mut().unwrap_or_else(PoisonError::into_inner).take() {
+            let _ = handle.join();
+        }
+    }
+}

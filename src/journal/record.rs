@@ -1,0 +1,228 @@
+//! What one journal entry holds: the public types ingest hands in and the admin API reads out, and the
+//! private on-disk record.
+//!
+//! The stored record is `serde_json` bytes, so later issues can add states and per-sink records by adding
+//! `#[serde(default)]` fields and enum variants without rewriting old entries. The entry id is the table key
+//! and is not repeated inside the record; the raw message bytes live in their own table.
+
+use bytes::Bytes;
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+/// How a message arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Transport {
+    /// Plain MLLP over TCP.
+    Mllp,
+    /// MLLP over TLS (mutual or not).
+    MllpTls,
+    /// HTTP POST.
+    Http,
+    /// A file dropped in the watched folder.
+    Folder,
+}
+
+/// Lifecycle state of a journaled message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    /// Accepted and acknowledged (AA); waiting for the next stage.
+    Received,
+    /// Refused (AR) or kept for review (AE on a control-id conflict); `reason` says why.
+    Rejected,
+}
+
+impl State {
+    /// Every state, in lifecycle order: `stats` reports each of them, zeros included.
+    pub const ALL: [State; 2] = [State::Received, State::Rejected];
+
+    /// The snake_case name used in the API, in `stats` and on disk.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Received => "received",
+            State::Rejected => "rejected",
+        }
+    }
+
+    /// Reads a name given by [`State::as_str`]; `None` when unknown.
+    #[allow(clippy::should_implement_trait)] // named by the API contract; returns Option, not Result
+    pub fn from_str(name: &str) -> Option<State> {
+        State::ALL.into_iter().find(|state| state.as_str() == name)
+    }
+}
+
+/// MSH fields kept as metadata (decoded text).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeaderFields {
+    /// MSH-3.
+    pub sending_application: String,
+    /// MSH-4: with `control_id`, the deduplication key.
+    pub sending_facility: String,
+    /// MSH-9 (e.g. `ADT^A01^ADT_A01`).
+    pub message_type: String,
+    /// MSH-10.
+    pub control_id: String,
+    /// MSH-12.
+    pub version: String,
+}
+
+/// What ingest hands to the journal.
+#[derive(Debug, Clone)]
+pub struct NewEntry {
+    /// When the last byte of the message arrived.
+    pub received_at: Timestamp,
+    /// How it arrived.
+    pub transport: Transport,
+    /// The sender's address (or certificate subject, or file name).
+    pub peer: String,
+    /// The message exactly as received.
+    pub raw: Bytes,
+    /// The charset the message was read in (MSH-18 spelling), when known.
+    pub charset: Option<String>,
+    /// The MSH fields, when the header could be read.
+    pub header: Option<HeaderFields>,
+    /// `Received` for an accepted message, `Rejected` for a refused one.
+    pub state: State,
+    /// Why it was rejected.
+    pub reason: Option<String>,
+}
+
+/// Metadata of a journaled message (no body): what `/api/messages` returns.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EntryMeta {
+    /// The journal id (monotonic, never reused).
+    pub id: u64,
+    /// When the message arrived.
+    pub received_at: Timestamp,
+    /// How it arrived.
+    pub transport: Transport,
+    /// Who sent it.
+    pub peer: String,
+    /// Size of the raw message in bytes.
+    pub size: u64,
+    /// The charset it was read in, when known.
+    pub charset: Option<String>,
+    /// The MSH fields, when the header could be read (flattened in JSON).
+    #[serde(flatten)]
+    pub header: Option<HeaderFields>,
+    /// Current lifecycle state.
+    pub state: State,
+    /// Why it was rejected.
+    pub reason: Option<String>,
+}
+
+/// The outcome of `append`, returned only once the write is durable (committed and fsynced).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    /// Stored under a new id.
+    Stored {
+        /// The new entry's id.
+        id: u64,
+    },
+    /// Same MSH-4 + MSH-10 + same bytes within the dedup window: nothing written.
+    Duplicate {
+        /// The first entry's id.
+        original: u64,
+    },
+    /// Same MSH-4 + MSH-10, different bytes: stored as `Rejected` (its reason names the original) for review.
+    Conflict {
+        /// The new (rejected) entry's id.
+        id: u64,
+        /// The entry it clashes with.
+        original: u64,
+    },
+}
+
+/// The on-disk metadata record (value of the `meta` table; the id is the key).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct StoredRecord {
+    pub(crate) received_at: Timestamp,
+    pub(crate) transport: Transport,
+    pub(crate) peer: String,
+    pub(crate) size: u64,
+    #[serde(default)]
+    pub(crate) charset: Option<String>,
+    #[serde(default)]
+    pub(crate) header: Option<HeaderFields>,
+    pub(crate) state: State,
+    #[serde(default)]
+    pub(crate) reason: Option<String>,
+}
+
+impl StoredRecord {
+    /// The record of a new entry (everything but the raw bytes).
+    pub(crate) fn from_entry(entry: NewEntry) -> (StoredRecord, Bytes) {
+        let record = StoredRecord {
+            received_at: entry.received_at,
+            transport: entry.transport,
+            peer: entry.peer,
+            size: entry.raw.len() as u64,
+            charset: entry.charset,
+            header: entry.header,
+            state: entry.state,
+            reason: entry.reason,
+        };
+        (record, entry.raw)
+    }
+
+    /// The public view of this record stored under `id`.
+    pub(crate) fn into_meta(self, id: u64) -> EntryMeta {
+        EntryMeta {
+            id,
+            received_at: self.received_at,
+            transport: self.transport,
+            peer: self.peer,
+            size: self.size,
+            charset: self.charset,
+            header: self.header,
+            state: self.state,
+            reason: self.reason,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_names_round_trip() {
+        for state in State::ALL {
+            assert_eq!(State::from_str(state.as_str()), Some(state));
+            let json = serde_json::to_string(&state).unwrap();
+            assert_eq!(json, format!("\"{}\"", state.as_str()));
+        }
+        assert_eq!(State::from_str("Received"), None);
+    }
+
+    #[test]
+    fn entry_meta_json_flattens_the_header() {
+        let meta = EntryMeta {
+            id: 7,
+            received_at: Timestamp::from_second(1_700_000_000).unwrap(),
+            transport: Transport::MllpTls,
+            peer: "10.0.0.1:4000".into(),
+            size: 12,
+            charset: Some("8859/1".into()),
+            header: Some(HeaderFields {
+                sending_application: "APP".into(),
+                sending_facility: "FAC".into(),
+                message_type: "ADT^A01".into(),
+                control_id: "42".into(),
+                version: "2.5".into(),
+            }),
+            state: State::Received,
+            reason: None,
+        };
+        let value = serde_json::to_value(&meta).unwrap();
+        assert_eq!(value["control_id"], "42");
+        assert_eq!(value["transport"], "mllp_tls");
+        let back: EntryMeta = serde_json::from_value(value).unwrap();
+        assert_eq!(back, meta);
+
+        let headerless = EntryMeta { header: None, ..meta };
+        let back: EntryMeta = serde_json::from_value(serde_json::to_value(&headerless).unwrap()).unwrap();
+        assert_eq!(back.header, None);
+    }
+}

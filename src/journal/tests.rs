@@ -1,0 +1,313 @@
+//! Unit tests of the journal on a temporary file.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use bytes::Bytes;
+use jiff::{SignedDuration, Timestamp};
+
+use super::*;
+
+fn config(dir: &tempfile::TempDir) -> JournalConfig {
+    JournalConfig::new(dir.path().join("journal.redb"))
+}
+
+fn at(second: i64) -> Timestamp {
+    Timestamp::from_second(1_750_000_000 + second).unwrap()
+}
+
+fn header(facility: &str, control_id: &str) -> HeaderFields {
+    HeaderFields {
+        sending_application: "GAM".into(),
+        sending_facility: facility.into(),
+        message_type: "ADT^A01^ADT_A01".into(),
+        control_id: control_id.into(),
+        version: "2.5".into(),
+    }
+}
+
+fn received(facility: &str, control_id: &str, body: &[u8], when: Timestamp) -> NewEntry {
+    NewEntry {
+        received_at: when,
+        transport: Transport::Mllp,
+        peer: "127.0.0.1:40000".into(),
+        raw: Bytes::copy_from_slice(body),
+        charset: Some("8859/1".into()),
+        header: Some(header(facility, control_id)),
+        state: State::Received,
+        reason: None,
+    }
+}
+
+fn rejected(facility: &str, control_id: &str, body: &[u8], when: Timestamp) -> NewEntry {
+    NewEntry {
+        state: State::Rejected,
+        reason: Some("MSH-9: Required field missing".into()),
+        ..received(facility, control_id, body, when)
+    }
+}
+
+fn stored_id(outcome: Appended) -> u64 {
+    match outcome {
+        Appended::Stored { id } => id,
+        other => panic!("expected Stored, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn append_returns_increasing_ids_and_get_reads_the_metadata() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(config(&dir)).unwrap();
+    let first = stored_id(journal.append(received("FAC", "1", b"MSH|one", at(0))).await.unwrap());
+    let second = stored_id(journal.append(received("FAC", "2", b"MSH|two!", at(1))).await.unwrap());
+    assert!(second > first);
+
+    let meta = journal.get(second).unwrap().unwrap();
+    assert_eq!(meta.id, second);
+    assert_eq!(meta.size, 8);
+    assert_eq!(meta.received_at, at(1));
+    assert_eq!(meta.transport, Transport::Mllp);
+    assert_eq!(meta.peer, "127.0.0.1:40000");
+    assert_eq!(meta.charset.as_deref(), Some("8859/1"));
+    assert_eq!(meta.header, Some(header("FAC", "2")));
+    assert_eq!(meta.state, State::Received);
+    assert_eq!(meta.reason, None);
+    assert_eq!(journal.get(second + 1).unwrap(), None);
+    assert_eq!(journal.raw(second + 1).unwrap(), None);
+    journal.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn ids_continue_and_entries_survive_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ids = Vec::new();
+    {
+        let journal = Journal::open(config(&dir)).unwrap();
+        for n in 0..20 {
+            let body = format!("MSH|message {n}");
+            let outcome = journal.append(received("FAC", &n.to_string(), body.as_bytes(), at(n))).await;
+            ids.push(stored_id(outcome.unwrap()));
+        }
+        // Dropped without close: the last handle going away must still leave a complete file.
+    }
+    let journal = Journal::open(config(&dir)).unwrap();
+    for (n, id) in ids.iter().enumerate() {
+        assert_eq!(journal.raw(*id).unwrap().unwrap(), format!("MSH|message {n}").into_bytes());
+        assert_eq!(journal.get(*id).unwrap().unwrap().header, Some(header("FAC", &n.to_string())));
+    }
+    let next = stored_id(journal.append(received("FAC", "new", b"MSH|after", at(100))).await.unwrap());
+    assert!(ids.iter().all(|id| next > *id), "id {next} reused after reopen: {ids:?}");
+    assert_eq!(journal.stats().unwrap()["journaled"], 21);
+    journal.close().await.unwrap();
+    drop(journal);
+
+    let journal = Journal::open(config(&dir)).unwrap();
+    assert_eq!(journal.raw(next).unwrap().unwrap(), b"MSH|after");
+}
+
+#[tokio::test]
+async fn same_key_same_bytes_in_window_is_a_duplicate() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(config(&dir)).unwrap();
+    let original = stored_id(journal.append(received("FAC", "77", b"MSH|a", at(0))).await.unwrap());
+    let again = journal.append(received("FAC", "77", b"MSH|a", at(3600))).await.unwrap();
+    assert_eq!(again, Appended::Duplicate { original });
+    assert_eq!(journal.stats().unwrap()["journaled"], 1);
+    // Another facility with the same control id is a different message.
+    stored_id(journal.append(received("OTHER", "77", b"MSH|a", at(3600))).await.unwrap());
+}
+
+#[tokio::test]
+async fn same_key_other_bytes_is_a_conflict_kept_for_review() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(config(&dir)).unwrap();
+    let original = stored_id(journal.append(received("FAC", "77", b"MSH|a", at(0))).await.unwrap());
+    let outcome = journal.append(received("FAC", "77", b"MSH|b", at(10))).await.unwrap();
+    let Appended::Conflict { id, original: clashes_with } = outcome else {
+        panic!("expected Conflict, got {outcome:?}")
+    };
+    assert_eq!(clashes_with, original);
+    let meta = journal.get(id).unwrap().unwrap();
+    assert_eq!(meta.state, State::Rejected);
+    assert!(meta.reason.unwrap().contains(&original.to_string()));
+    assert_eq!(journal.raw(id).unwrap().unwrap(), b"MSH|b");
+    // The key still points at the original: resending it is a duplicate of the original.
+    let resent = journal.append(received("FAC", "77", b"MSH|a", at(20))).await.unwrap();
+    assert_eq!(resent, Appended::Duplicate { original });
+}
+
+#[tokio::test]
+async fn outside_the_window_the_key_is_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = JournalConfig { dedup_window: Duration::from_secs(60), ..config(&dir) };
+    let journal = Journal::open(cfg).unwrap();
+    let first = stored_id(journal.append(received("FAC", "9", b"MSH|same", at(0))).await.unwrap());
+    let inside = journal.append(received("FAC", "9", b"MSH|same", at(60))).await.unwrap();
+    assert_eq!(inside, Appended::Duplicate { original: first });
+
+    let later = stored_id(journal.append(received("FAC", "9", b"MSH|same", at(61))).await.unwrap());
+    assert_ne!(later, first);
+    // The index now points at the newer entry: its window starts from it.
+    let resent = journal.append(received("FAC", "9", b"MSH|same", at(100))).await.unwrap();
+    assert_eq!(resent, Appended::Duplicate { original: later });
+    let reused = journal.append(received("FAC", "9", b"MSH|other", at(200))).await.unwrap();
+    assert!(matches!(reused, Appended::Stored { .. }), "{reused:?}");
+}
+
+#[tokio::test]
+async fn rejected_entries_take_no_part_in_dedup() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(config(&dir)).unwrap();
+    let refused = stored_id(journal.append(rejected("FAC", "5", b"MSH|x", at(0))).await.unwrap());
+    let refused_again = stored_id(journal.append(rejected("FAC", "5", b"MSH|x", at(1))).await.unwrap());
+    assert_ne!(refused, refused_again);
+    let accepted = journal.append(received("FAC", "5", b"MSH|x", at(2))).await.unwrap();
+    assert!(matches!(accepted, Appended::Stored { .. }), "{accepted:?}");
+    // A headerless entry cannot be deduplicated either.
+    let headerless = NewEntry { header: None, ..received("FAC", "5", b"MSH|x", at(3)) };
+    assert!(matches!(journal.append(headerless).await.unwrap(), Appended::Stored { .. }));
+}
+
+#[tokio::test]
+async fn stats_count_every_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(config(&dir)).unwrap();
+    let empty = journal.stats().unwrap();
+    assert_eq!(empty.len(), State::ALL.len() + 1);
+    assert!(empty.values().all(|count| *count == 0), "{empty:?}");
+
+    for n in 0..5 {
+        journal.append(received("FAC", &n.to_string(), b"MSH|r", at(n))).await.unwrap();
+    }
+    journal.append(received("FAC", "0", b"MSH|r", at(9))).await.unwrap(); // duplicate: not counted
+    journal.append(received("FAC", "1", b"MSH|conflict", at(9))).await.unwrap(); // conflict: rejected
+    journal.append(rejected("FAC", "x", b"garbage", at(9))).await.unwrap();
+
+    let stats = journal.stats().unwrap();
+    assert_eq!(stats["received"], 5);
+    assert_eq!(stats["rejected"], 2);
+    assert_eq!(stats["journaled"], 7);
+}
+
+#[tokio::test]
+async fn list_is_newest_first_with_filter_and_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(config(&dir)).unwrap();
+    let mut received_ids = Vec::new();
+    let mut rejected_ids = Vec::new();
+    for n in 0..10 {
+        if n % 3 == 0 {
+            let id = stored_id(journal.append(rejected("FAC", &n.to_string(), b"bad", at(n))).await.unwrap());
+            rejected_ids.push(id);
+        } else {
+            let id =
+                stored_id(journal.append(received("FAC", &n.to_string(), b"MSH|", at(n))).await.unwrap());
+            received_ids.push(id);
+        }
+    }
+    let all: Vec<u64> = journal.list(None, 100).unwrap().iter().map(|meta| meta.id).collect();
+    let mut expected: Vec<u64> = received_ids.iter().chain(&rejected_ids).copied().collect();
+    expected.sort_unstable_by(|a, b| b.cmp(a));
+    assert_eq!(all, expected);
+
+    let newest_three: Vec<u64> = journal.list(None, 3).unwrap().iter().map(|meta| meta.id).collect();
+    assert_eq!(newest_three, expected[..3]);
+
+    let refused = journal.list(Some(State::Rejected), 100).unwrap();
+    assert!(refused.iter().all(|meta| meta.state == State::Rejected));
+    let refused_ids: Vec<u64> = refused.iter().map(|meta| meta.id).collect();
+    assert_eq!(refused_ids, rejected_ids.iter().rev().copied().collect::<Vec<_>>());
+
+    let two_received: Vec<u64> =
+        journal.list(Some(State::Received), 2).unwrap().iter().map(|meta| meta.id).collect();
+    assert_eq!(two_received, received_ids.iter().rev().take(2).copied().collect::<Vec<_>>());
+    assert!(journal.list(None, 0).unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn raw_bytes_come_back_byte_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(config(&dir)).unwrap();
+    let mut body =
+        b"MSH|^~\\&|GAM|FAC|||20250101||ADT^A01|1|P|2.5|||||FRA|8859/1\rPID|||1||M\xe9lanie^Fran\xe7ois\r"
+            .to_vec();
+    body.extend([0x00, 0xff, 0xfe, 0x0b, 0x1c, 0x0d]);
+    let id = stored_id(journal.append(received("FAC", "1", &body, at(0))).await.unwrap());
+    assert_eq!(journal.raw(id).unwrap().unwrap(), body);
+    assert_eq!(journal.get(id).unwrap().unwrap().size, body.len() as u64);
+}
+
+#[tokio::test]
+async fn append_after_close_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(config(&dir)).unwrap();
+    let id = stored_id(journal.append(received("FAC", "1", b"MSH|", at(0))).await.unwrap());
+    journal.close().await.unwrap();
+    let late = journal.append(received("FAC", "2", b"MSH|", at(1))).await;
+    assert!(matches!(late, Err(Error::Closed)), "{late:?}");
+    journal.close().await.unwrap();
+    // Reads still work on a closed journal.
+    assert_eq!(journal.raw(id).unwrap().unwrap(), b"MSH|");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_appenders_get_distinct_ids_in_grouped_commits() {
+    const TASKS: usize = 16;
+    const PER_TASK: usize = 500;
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(config(&dir)).unwrap();
+    let mut tasks = Vec::new();
+    for task in 0..TASKS {
+        let journal = journal.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut ids = Vec::with_capacity(PER_TASK);
+            for n in 0..PER_TASK {
+                let control_id = format!("{task}-{n}");
+                let body = format!("MSH|{control_id}");
+                let when = Timestamp::now() + SignedDuration::from_millis(n as i64);
+                let outcome = journal.append(received("FAC", &control_id, body.as_bytes(), when)).await;
+                ids.push((stored_id(outcome.unwrap()), body));
+            }
+            ids
+        }));
+    }
+    let mut seen = HashSet::new();
+    let mut all = Vec::new();
+    for task in tasks {
+        for (id, body) in task.await.unwrap() {
+            assert!(seen.insert(id), "id {id} given twice");
+            all.push((id, body));
+        }
+    }
+    assert_eq!(seen.len(), TASKS * PER_TASK);
+
+    let stats = journal.commit_stats();
+    assert_eq!(stats.entries, (TASKS * PER_TASK) as u64);
+    assert!(stats.commits * 4 < stats.entries, "commits did not group: {stats:?}");
+    journal.close().await.unwrap();
+    drop(journal);
+
+    let journal = Journal::open(config(&dir)).unwrap();
+    assert_eq!(journal.stats().unwrap()["journaled"], (TASKS * PER_TASK) as u64);
+    for (id, body) in all.iter().step_by(97) {
+        assert_eq!(journal.raw(*id).unwrap().unwrap(), body.as_bytes());
+    }
+}
+
+#[test]
+fn identical_appends_in_one_batch_deduplicate() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = redb::Database::create(dir.path().join("journal.redb")).unwrap();
+    store::create_tables(&db).unwrap();
+    let window = 3_600_000_000;
+    let batch = vec![
+        Prepared::new(received("FAC", "1", b"MSH|same", at(0))).unwrap(),
+        Prepared::new(received("FAC", "1", b"MSH|same", at(0))).unwrap(),
+        Prepared::new(received("FAC", "1", b"MSH|changed", at(0))).unwrap(),
+    ];
+    let outcomes = store::write_batch(&db, batch, window).unwrap();
+    let Appended::Stored { id: first } = outcomes[0] else { panic!("{outcomes:?}") };
+    assert_eq!(outcomes[1], Appended::Duplicate { original: first });
+    assert!(matches!(outcomes[2], Appended::Conflict { original, .. } if original == first), "{outcomes:?}");
+    assert_eq!(store::stats(&db).unwrap()["journaled"], 2);
+}
