@@ -13,6 +13,6 @@ pub mod config;
 pub mod hl7v2;
 pub mod ingest;
 pub mod journal;
-pub mod shutdown;
 pub mod send;
 pub mod server;
+pub mod shutdown;

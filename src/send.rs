@@ -100,8 +100,8 @@ pub fn collect(paths: &[PathBuf]) -> Result<Vec<Outgoing>, Error> {
     }
     let mut out = Vec::new();
     for file in files {
-        let bytes =
-            std::fs::read(&file).map_err(|source| Error::Read { path: file.display().to_string(), source })?;
+        let bytes = std::fs::read(&file)
+            .map_err(|source| Error::Read { path: file.display().to_string(), source })?;
         let messages = split_messages(&bytes);
         if messages.is_empty() {
             return Err(Error::Empty(file.display().to_string()));

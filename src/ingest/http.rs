@@ -94,7 +94,10 @@ async fn messages(AxumState(state): AxumState<AppState>, Query(query): Query<Mes
         Some(name) => match State::from_str(name) {
             Some(s) => Some(s),
             None => {
-                return (StatusCode::BAD_REQUEST, Json(serde_json::json!({ "error": format!("unknown state `{name}`") })))
+                return (
+                    StatusCode::BAD_REQUEST,
+                    Json(serde_json::json!({ "error": format!("unknown state `{name}`") })),
+                )
                     .into_response();
             }
         },

@@ -212,10 +212,8 @@ pub async fn run_listener(
         }
     }
     drop(listener);
-    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
-        while connections.join_next().await.is_some() {}
-    })
-    .await;
+    let drained =
+        tokio::time::timeout(DRAIN_TIMEOUT, async { while connections.join_next().await.is_some() {} }).await;
     if drained.is_err() {
         warn!(open = connections.len(), "connections still busy after the drain timeout; closing them");
         connections.abort_all();
@@ -262,7 +260,10 @@ pub async fn serve_connection<S>(
             }
             Frame::Unterminated(raw) => {
                 warn!(%peer, bytes = raw.len(), "MLLP frame interrupted by a new start byte");
-                (intake.submit_framing_fault(raw, transport, &peer_text, FramingFault::Unterminated).await, false)
+                (
+                    intake.submit_framing_fault(raw, transport, &peer_text, FramingFault::Unterminated).await,
+                    false,
+                )
             }
             Frame::Oversize(raw) => {
                 warn!(%peer, limit = intake.max_message_size(), "message over the size limit; closing");

@@ -17,9 +17,7 @@ use bytes::Bytes;
 use tracing::{debug, error, warn};
 
 use crate::config::Settings;
-use crate::hl7v2::{
-    AckCode, AckError, Charset, ErrorCode, Header, Location, Message, ParseError, build_ack,
-};
+use crate::hl7v2::{AckCode, AckError, Charset, ErrorCode, Header, Location, Message, ParseError, build_ack};
 use crate::journal::{self, Appended, HeaderFields, Journal, NewEntry, State, Transport};
 use mllp::FramingFault;
 

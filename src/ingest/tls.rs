@@ -90,7 +90,8 @@ impl TlsServer {
             return Some(stream);
         }
         let (_, connection) = stream.get_ref();
-        let identity = connection.peer_certificates().and_then(|c| c.first()).map(|c| ClientIdentity::read(c));
+        let identity =
+            connection.peer_certificates().and_then(|c| c.first()).map(|c| ClientIdentity::read(c));
         match identity {
             Some(Ok(id)) if id.matches_any(&self.allowed_clients) => Some(stream),
             Some(Ok(id)) => {
@@ -137,11 +138,8 @@ impl ClientIdentity {
     pub fn read(der: &CertificateDer<'_>) -> Result<ClientIdentity, String> {
         let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).map_err(|e| e.to_string())?;
         let subject = cert.subject().to_string();
-        let common_names = cert
-            .subject()
-            .iter_common_name()
-            .filter_map(|cn| cn.as_str().ok().map(str::to_string))
-            .collect();
+        let common_names =
+            cert.subject().iter_common_name().filter_map(|cn| cn.as_str().ok().map(str::to_string)).collect();
         let mut alt_names = Vec::new();
         if let Ok(Some(san)) = cert.subject_alternative_name() {
             use x509_parser::extensions::GeneralName;
@@ -152,8 +150,12 @@ impl ClientIdentity {
                     GeneralName::RFC822Name(m) => alt_names.push(format!("email:{m}")),
                     GeneralName::IPAddress(bytes) => {
                         let ip = match bytes.len() {
-                            4 => <[u8; 4]>::try_from(*bytes).ok().map(|b| std::net::IpAddr::from(b).to_string()),
-                            16 => <[u8; 16]>::try_from(*bytes).ok().map(|b| std::net::IpAddr::from(b).to_string()),
+                            4 => <[u8; 4]>::try_from(*bytes)
+                                .ok()
+                                .map(|b| std::net::IpAddr::from(b).to_string()),
+                            16 => <[u8; 16]>::try_from(*bytes)
+                                .ok()
+                                .map(|b| std::net::IpAddr::from(b).to_string()),
                             _ => None,
                         };
                         if let Some(ip) = ip {

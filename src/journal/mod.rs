@@ -160,6 +160,13 @@ impl Journal {
     /// Deduplication applies only to entries with state `Received` and a header (key: sending_facility +
     /// control_id). If the future is dropped after the entry was queued, the entry is still written.
     pub async fn append(&self, entry: NewEntry) -> Result<Appended, Error> {
+        self.enqueue(entry).await?.await
+    }
+
+    /// Queues the entry and returns at once with a [`Pending`] outcome to await later. Entries queued one
+    /// after the other (from one connection) are journaled in that order, so a caller can keep several in
+    /// flight and still answer them in order.
+    pub async fn enqueue(&self, entry: NewEntry) -> Result<Pending, Error> {
         let entry = Prepared::new(entry)?;
         let sender = {
             let intake = self.inner.intake.read().unwrap_or_else(PoisonError::into_inner);
@@ -167,8 +174,7 @@ impl Journal {
         };
         let (reply, answer) = oneshot::channel();
         sender.send(Request { entry, reply }).await.map_err(|_| Error::Closed)?;
-        drop(sender);
-        answer.await.map_err(|_| Error::WriterLost)?
+        Ok(Pending(answer))
     }
 
     /// Counts: `{"journaled": total, "received": n, "rejected": n, ...}` (every state, zeros included).
@@ -210,6 +216,21 @@ impl Journal {
     /// Group-commit figures since `open`.
     pub fn commit_stats(&self) -> CommitStats {
         self.inner.counters.snapshot()
+    }
+}
+
+/// The outcome of a queued append; resolves once its group commit is durable (or failed).
+#[derive(Debug)]
+pub struct Pending(oneshot::Receiver<Result<Appended, Error>>);
+
+impl std::future::Future for Pending {
+    type Output = Result<Appended, Error>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx).map(|answer| answer.unwrap_or(Err(Error::WriterLost)))
     }
 }
 
