@@ -5,6 +5,8 @@
 //! subcomponents are split only when asked for. Segment separators may be CR, LF or CRLF; empty lines are
 //! skipped. Every slice handed out borrows the input.
 
+use std::fmt;
+
 use super::charset::Charset;
 use super::delimiters::Delimiters;
 use super::error::{ErrorCode, Location, ParseError};
@@ -29,7 +31,8 @@ struct SegmentSpan {
 }
 
 /// A whole message indexed once (segments and fields); components/subcomponents/repetitions split lazily.
-#[derive(Debug, Clone)]
+/// Its `Debug` output names segments and sizes only, never field values (they may hold patient data).
+#[derive(Clone)]
 pub struct Message<'a> {
     raw: &'a [u8],
     header: Header<'a>,
@@ -273,8 +276,18 @@ fn positive(text: &str) -> Option<usize> {
     text.parse::<usize>().ok().filter(|&n| n >= 1)
 }
 
-/// One segment of a [`Message`].
-#[derive(Debug, Clone, Copy)]
+impl fmt::Debug for Message<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Message")
+            .field("bytes", &self.raw.len())
+            .field("charset", &self.charset)
+            .field("segments", &self.segments().map(|s| s.id()).collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// One segment of a [`Message`] (`Debug` shows its id and size, not its content).
+#[derive(Clone, Copy)]
 pub struct Segment<'a, 'm> {
     message: &'m Message<'a>,
     span: &'m SegmentSpan,
@@ -360,8 +373,19 @@ impl<'a, 'm> Segment<'a, 'm> {
     }
 }
 
+impl fmt::Debug for Segment<'_, '_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Segment")
+            .field("id", &self.id())
+            .field("sequence", &self.sequence())
+            .field("fields", &self.field_count())
+            .finish()
+    }
+}
+
 /// One field (or one repetition of it): raw bytes plus the delimiters to split them.
-#[derive(Debug, Clone, Copy)]
+/// `Debug` shows its size only (field values may hold patient data).
+#[derive(Clone, Copy)]
 pub struct Field<'a> {
     raw: &'a [u8],
     delimiters: Delimiters,
@@ -424,6 +448,12 @@ impl<'a> Field<'a> {
     }
 }
 
+impl fmt::Debug for Field<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Field").field("bytes", &self.raw.len()).finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -470,6 +500,14 @@ OBX|2|TX|NOTE||ligne 1\\.br\\ligne 2\r";
         }
         let msh: Vec<_> = m.segment("MSH").unwrap().fields().take(3).map(|f| f.component(1)).collect();
         assert_eq!(msh, [&b"|"[..], b"^~\\&", b"DXCARE"]);
+    }
+
+    #[test]
+    fn debug_output_holds_no_field_values() {
+        let m = Message::parse(A01.as_bytes()).unwrap();
+        let shown = format!("{m:?} {:?} {:?}", m.segment("PID").unwrap(), m.segment("PID").unwrap().field(5));
+        assert!(shown.contains("PID"));
+        assert!(!shown.contains("BERNARD") && !shown.contains("19890214"), "{shown}");
     }
 
     #[test]
