@@ -5,6 +5,8 @@
 //! subcomponents are split only when asked for. Segment separators may be CR, LF or CRLF; empty lines are
 //! skipped. Every slice handed out borrows the input.
 
+use std::fmt;
+
 use super::charset::Charset;
 use super::delimiters::Delimiters;
 use super::error::{ErrorCode, Location, ParseError};
@@ -29,7 +31,8 @@ struct SegmentSpan {
 }
 
 /// A whole message indexed once (segments and fields); components/subcomponents/repetitions split lazily.
-#[derive(Debug, Clone)]
+/// Its `Debug` output names segments and sizes only, never field values (they may hold patient data).
+#[derive(Clone)]
 pub struct Message<'a> {
     raw: &'a [u8],
     header: Header<'a>,
@@ -82,40 +85,37 @@ impl<'a> Message<'a> {
         }
         let field_separator = header.delimiters().field;
         let mut spans: Vec<SegmentSpan> = Vec::with_capacity(24);
-        let mut separators: Vec<u32> = Vec::with_capacity(raw.len() / 8 + 16);
+        let mut separators: Vec<u32> = Vec::with_capacity(raw.len() / 4 + 16);
         let mut counter = OccurrenceCounter { seen: [([0; 3], 0); 24], len: 0 };
         let mut segment_start = content_start(raw);
-        let mut first_separator = 0usize;
-        // One pass: every field separator is recorded; every CR/LF closes the current segment.
-        let hits = memchr::memchr3_iter(field_separator, b'\r', b'\n', raw).chain(std::iter::once(raw.len()));
-        for position in hits {
-            if position < segment_start {
-                continue;
-            }
-            if raw.get(position) == Some(&field_separator) {
-                // Offsets fit in u32 (checked above).
-                separators.push(position as u32);
-                continue;
-            }
-            let segment = raw.get(segment_start..position).unwrap_or_default();
-            if segment.iter().all(u8::is_ascii_whitespace) {
-                // Empty (or blank) line: nothing to index.
-                separators.truncate(first_separator);
-            } else {
+        // One pass: memchr2 finds each segment end (sparse); field separators are dense, so a plain byte
+        // loop records them (faster than restarting a SIMD search every few bytes).
+        while segment_start < raw.len() {
+            let rest = raw.get(segment_start..).unwrap_or_default();
+            let length = memchr::memchr2(b'\r', b'\n', rest).unwrap_or(rest.len());
+            let segment = rest.get(..length).unwrap_or_default();
+            let segment_end = segment_start + length;
+            if !segment.iter().all(u8::is_ascii_whitespace) {
                 let id = segment_id(segment, field_separator)
                     .ok_or_else(|| bad_segment_id(segment, spans.len()))?;
+                let first_separator = separators.len();
+                for (offset, &byte) in segment.iter().enumerate() {
+                    if byte == field_separator {
+                        // Offsets fit in u32 (checked above).
+                        separators.push((segment_start + offset) as u32);
+                    }
+                }
                 let sequence = counter.next(id, raw, &spans);
                 spans.push(SegmentSpan {
                     start: segment_start as u32,
-                    end: position as u32,
+                    end: segment_end as u32,
                     first_separator: first_separator as u32,
                     separator_count: (separators.len() - first_separator) as u32,
                     sequence,
                     header_like: matches!(&id, b"MSH" | b"BHS" | b"FHS"),
                 });
             }
-            segment_start = position + 1;
-            first_separator = separators.len();
+            segment_start = segment_end + 1;
         }
         Ok(Message { raw, header, charset: Charset::Utf8, spans, separators })
     }
@@ -276,8 +276,18 @@ fn positive(text: &str) -> Option<usize> {
     text.parse::<usize>().ok().filter(|&n| n >= 1)
 }
 
-/// One segment of a [`Message`].
-#[derive(Debug, Clone, Copy)]
+impl fmt::Debug for Message<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Message")
+            .field("bytes", &self.raw.len())
+            .field("charset", &self.charset)
+            .field("segments", &self.segments().map(|s| s.id()).collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// One segment of a [`Message`] (`Debug` shows its id and size, not its content).
+#[derive(Clone, Copy)]
 pub struct Segment<'a, 'm> {
     message: &'m Message<'a>,
     span: &'m SegmentSpan,
@@ -336,14 +346,46 @@ impl<'a, 'm> Segment<'a, 'm> {
         raw.get(start..end)
     }
 
-    /// Every field from 1 to [`Segment::field_count`].
-    pub fn fields(&self) -> impl Iterator<Item = Field<'a>> + '_ {
-        (1..=self.field_count()).map(|n| self.field(n))
+    /// Every field from 1 to [`Segment::field_count`], in order (walks the separator index directly).
+    pub fn fields(&self) -> impl Iterator<Item = Field<'a>> + use<'a, 'm> {
+        let raw = self.message.raw;
+        let delimiters = self.message.delimiters();
+        let header_like = self.span.header_like;
+        let end = self.span.end as usize;
+        let first = self.span.first_separator as usize;
+        let separators = self
+            .message
+            .separators
+            .get(first..first + self.span.separator_count as usize)
+            .unwrap_or_default();
+        // MSH-1 (the separator itself) comes before the fields the separators open.
+        let separator_field = separators.first().filter(|_| header_like).map(|&at| Field {
+            raw: raw.get(at as usize..at as usize + 1).unwrap_or_default(),
+            delimiters,
+            literal: true,
+        });
+        let opened = separators.iter().enumerate().map(move |(i, &open)| {
+            let stop = separators.get(i + 1).map_or(end, |&next| next as usize);
+            let field_raw = raw.get(open as usize + 1..stop).unwrap_or_default();
+            Field { raw: field_raw, delimiters, literal: header_like && i == 0 }
+        });
+        separator_field.into_iter().chain(opened)
+    }
+}
+
+impl fmt::Debug for Segment<'_, '_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Segment")
+            .field("id", &self.id())
+            .field("sequence", &self.sequence())
+            .field("fields", &self.field_count())
+            .finish()
     }
 }
 
 /// One field (or one repetition of it): raw bytes plus the delimiters to split them.
-#[derive(Debug, Clone, Copy)]
+/// `Debug` shows its size only (field values may hold patient data).
+#[derive(Clone, Copy)]
 pub struct Field<'a> {
     raw: &'a [u8],
     delimiters: Delimiters,
@@ -406,6 +448,12 @@ impl<'a> Field<'a> {
     }
 }
 
+impl fmt::Debug for Field<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Field").field("bytes", &self.raw.len()).finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -440,6 +488,26 @@ OBX|2|TX|NOTE||ligne 1\\.br\\ligne 2\r";
             m.segments_named("OBX").map(|s| s.field(5).raw()).collect::<Vec<_>>(),
             [&b"82"[..], b"ligne 1\\.br\\ligne 2"]
         );
+    }
+
+    #[test]
+    fn fields_walk_matches_field_by_number() {
+        let m = Message::parse(A01.as_bytes()).unwrap();
+        for segment in m.segments() {
+            let walked: Vec<_> = segment.fields().map(|f| f.raw()).collect();
+            let numbered: Vec<_> = (1..=segment.field_count()).map(|n| segment.field(n).raw()).collect();
+            assert_eq!(walked, numbered, "{}", segment.id());
+        }
+        let msh: Vec<_> = m.segment("MSH").unwrap().fields().take(3).map(|f| f.component(1)).collect();
+        assert_eq!(msh, [&b"|"[..], b"^~\\&", b"DXCARE"]);
+    }
+
+    #[test]
+    fn debug_output_holds_no_field_values() {
+        let m = Message::parse(A01.as_bytes()).unwrap();
+        let shown = format!("{m:?} {:?} {:?}", m.segment("PID").unwrap(), m.segment("PID").unwrap().field(5));
+        assert!(shown.contains("PID"));
+        assert!(!shown.contains("BERNARD") && !shown.contains("19890214"), "{shown}");
     }
 
     #[test]

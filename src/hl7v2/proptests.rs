@@ -72,6 +72,10 @@ fn exercise(raw: &[u8]) {
                 assert!(inside(segment.raw()));
                 assert!(!segment.raw().contains(&b'\r') && !segment.raw().contains(&b'\n'));
                 let _ = (segment.id(), segment.sequence());
+                let walked: Vec<&[u8]> = segment.fields().map(|f| f.raw()).collect();
+                let numbered: Vec<&[u8]> =
+                    (1..=segment.field_count()).map(|n| segment.field(n).raw()).collect();
+                assert_eq!(walked, numbered);
                 for n in 0..=segment.field_count() + 1 {
                     let field = segment.field(n);
                     assert!(inside(field.raw()));
