@@ -539,3 +539,17 @@ pub fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// The 1.6 KB PAM FR ADT^A01 of `test-messages/bench/` (CR segment ends) with MSH-10 set to `control_id`.
+pub fn adt(control_id: &str) -> Vec<u8> {
+    with_msh_field(&sample("bench/adt_a01_fr.hl7"), 10, control_id)
+}
+
+/// The control ids (MSH-10) of the journal entries listed by `/api/messages` (at most `limit`, any state).
+pub fn journaled_ids(relais: &Relais, state: &str, limit: usize) -> Vec<String> {
+    relais
+        .messages(state, limit)
+        .iter()
+        .filter_map(|m| m["control_id"].as_str().map(str::to_string))
+        .collect()
+}
