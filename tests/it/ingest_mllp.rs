@@ -2,6 +2,7 @@
 //! ends, de-duplication, framing faults, size limit and graceful stop.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use crate::harness::*;
 
@@ -20,8 +21,11 @@ fn harness_starts_answers_and_stops() {
 
 /// Splits the samples into groups in which no two share MSH-4 + MSH-10, so each group can go to one server
 /// without tripping de-duplication (the ANS corpus reuses `CHU-X` + `3975` for two different A01s).
-pub fn groups_without_shared_control_ids(files: &[std::path::PathBuf]) -> Vec<Vec<std::path::PathBuf>> {
-    let mut groups: Vec<(Vec<(String, String)>, Vec<std::path::PathBuf>)> = Vec::new();
+pub fn groups_without_shared_control_ids(files: &[PathBuf]) -> Vec<Vec<PathBuf>> {
+    /// MSH-4 and MSH-10.
+    type Key = (String, String);
+    // Each group: the keys it holds, and its files.
+    let mut groups: Vec<(Vec<Key>, Vec<PathBuf>)> = Vec::new();
     for file in files {
         let bytes = std::fs::read(file).unwrap();
         let key = (msh_field(&bytes, 4), msh_field(&bytes, 10));
