@@ -2,7 +2,6 @@
 //! ends, de-duplication, framing faults, size limit and graceful stop.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use crate::harness::*;
 
@@ -17,27 +16,6 @@ fn harness_starts_answers_and_stops() {
     let status = relais.stop();
     assert!(status.success(), "exit status {status}; log:\n{}", relais.log());
     assert!(!relais.data_dir().join("listeners.json").exists(), "listeners.json removed on a clean stop");
-}
-
-/// Splits the samples into groups in which no two share MSH-4 + MSH-10, so each group can go to one server
-/// without tripping de-duplication (the ANS corpus reuses `CHU-X` + `3975` for two different A01s).
-pub fn groups_without_shared_control_ids(files: &[PathBuf]) -> Vec<Vec<PathBuf>> {
-    /// MSH-4 and MSH-10.
-    type Key = (String, String);
-    // Each group: the keys it holds, and its files.
-    let mut groups: Vec<(Vec<Key>, Vec<PathBuf>)> = Vec::new();
-    for file in files {
-        let bytes = std::fs::read(file).unwrap();
-        let key = (msh_field(&bytes, 4), msh_field(&bytes, 10));
-        match groups.iter_mut().find(|(keys, _)| !keys.contains(&key)) {
-            Some((keys, members)) => {
-                keys.push(key);
-                members.push(file.clone());
-            }
-            None => groups.push((vec![key], vec![file.clone()])),
-        }
-    }
-    groups.into_iter().map(|(_, members)| members).collect()
 }
 
 /// Item 3 and the first "Tests" bullet: each public ANS sample gets AA over MLLP, the ACK names it in MSA-2,

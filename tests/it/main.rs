@@ -3,4 +3,5 @@
 
 mod harness;
 
+mod ingest_http;
 mod ingest_mllp;
