@@ -3,5 +3,6 @@
 
 mod harness;
 
+mod bad_input;
 mod ingest_http;
 mod ingest_mllp;
