@@ -4,5 +4,6 @@
 mod harness;
 
 mod bad_input;
+mod charsets;
 mod ingest_http;
 mod ingest_mllp;
