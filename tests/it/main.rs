@@ -5,5 +5,6 @@ mod harness;
 
 mod bad_input;
 mod charsets;
+mod crash;
 mod ingest_http;
 mod ingest_mllp;
