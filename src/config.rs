@@ -213,9 +213,18 @@ impl Settings {
     }
 
     /// The charset assumed for `sending_facility` (MSH-4.1) when its MSH-18 is empty.
+    ///
+    /// Facility names match case-insensitively: the config crate lowercases environment keys, so
+    /// `RELAIS__SENDERS__CHMAYENNE__CHARSET` arrives as `senders.chmayenne`.
     pub fn charset_for(&self, sending_facility: &str) -> Charset {
-        self.senders
-            .get(sending_facility)
+        let exact = self.senders.get(sending_facility);
+        exact
+            .or_else(|| {
+                self.senders
+                    .iter()
+                    .find(|(name, _)| name.eq_ignore_ascii_case(sending_facility))
+                    .map(|(_, s)| s)
+            })
             .and_then(|s| s.charset.as_deref())
             .and_then(Charset::from_msh18)
             .or_else(|| Charset::from_msh18(&self.mllp.default_charset))
@@ -282,6 +291,14 @@ mod tests {
         assert_eq!(s.mllp.listen, "127.0.0.1:3575");
         assert_eq!(s.data_dir, PathBuf::from("/tmp/x"));
         assert_eq!(s.dedup_window(), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn sender_charset_from_the_environment_keeps_working_despite_lowercased_keys() {
+        let s = Settings::load_from(None, env(&[("RELAIS__SENDERS__CHLATIN9__CHARSET", "8859/15")])).unwrap();
+        s.check().unwrap();
+        assert_eq!(s.charset_for("CHLATIN9"), Charset::Latin9);
+        assert_eq!(s.charset_for("OTHER"), Charset::Latin1);
     }
 
     #[test]

@@ -4,10 +4,13 @@
 //!   422 (AE).
 //! - `GET /health`: liveness.
 //! - `GET /api/stats`, `GET /api/messages?state=&limit=`: journal counts and message metadata (never bodies).
-//!   When `http.admin_token` is set, `/api/*` requires `Authorization: Bearer <token>`.
+//! - `GET /api/messages/{id}/raw`: one message's bytes exactly as received (`application/octet-stream`), for
+//!   an operator reviewing a rejected message; 404 when no such entry.
+//!
+//! When `http.admin_token` is set, `/api/*` requires `Authorization: Bearer <token>`.
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Query, State as AxumState};
+use axum::extract::{DefaultBodyLimit, Path, Query, State as AxumState};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -33,6 +36,7 @@ pub fn router(intake: Intake, admin_token: String) -> Router {
     let api = Router::new()
         .route("/api/stats", get(stats))
         .route("/api/messages", get(messages))
+        .route("/api/messages/{id}/raw", get(raw_message))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/hl7v2", post(post_hl7v2))
@@ -106,6 +110,19 @@ async fn messages(AxumState(state): AxumState<AppState>, Query(query): Query<Mes
     let journal = state.intake.journal().clone();
     match tokio::task::spawn_blocking(move || journal.list(filter, limit)).await {
         Ok(Ok(list)) => Json(list).into_response(),
+        Ok(Err(e)) => internal_error(e.to_string()),
+        Err(e) => internal_error(e.to_string()),
+    }
+}
+
+async fn raw_message(AxumState(state): AxumState<AppState>, Path(id): Path<u64>) -> Response {
+    let journal = state.intake.journal().clone();
+    match tokio::task::spawn_blocking(move || journal.raw(id)).await {
+        Ok(Ok(Some(bytes))) => ([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response(),
+        Ok(Ok(None)) => {
+            (StatusCode::NOT_FOUND, Json(serde_json::json!({ "error": format!("no journal entry {id}") })))
+                .into_response()
+        }
         Ok(Err(e)) => internal_error(e.to_string()),
         Err(e) => internal_error(e.to_string()),
     }

@@ -3,4 +3,8 @@
 
 mod harness;
 
+mod bad_input;
+mod charsets;
+mod crash;
+mod ingest_http;
 mod ingest_mllp;
