@@ -43,6 +43,25 @@ pub struct Settings {
     pub journal: JournalSettings,
     /// Per-sender settings, keyed by the first component of MSH-4 (sending facility).
     pub senders: BTreeMap<String, SenderSettings>,
+    /// Prometheus metrics.
+    pub metrics: MetricsSettings,
+}
+
+/// Prometheus metrics (`GET /metrics` on the HTTP listener).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// Most distinct values of the `sender` and of the `event` label (each) besides the senders named in
+    /// `[senders]`; later values are counted as `other` (100).
+    pub label_limit: usize,
+    /// Seconds between two measurements of the data directory's size (30).
+    pub scan_interval_secs: u64,
+}
+
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        MetricsSettings { label_limit: 100, scan_interval_secs: 30 }
+    }
 }
 
 /// MLLP listeners: plain TCP and, optionally, TLS.
@@ -114,6 +133,7 @@ impl Default for Settings {
             http: HttpSettings::default(),
             journal: JournalSettings::default(),
             senders: BTreeMap::new(),
+            metrics: MetricsSettings::default(),
         }
     }
 }
@@ -203,6 +223,9 @@ impl Settings {
         }
         if self.journal.max_batch == 0 {
             return Err(invalid("journal.max_batch", "must be at least 1"));
+        }
+        if self.metrics.scan_interval_secs == 0 {
+            return Err(invalid("metrics.scan_interval_secs", "must be at least 1"));
         }
         Ok(())
     }

@@ -98,6 +98,7 @@ impl Writer {
             let started = Instant::now();
             let result = store::write_batch(&self.db, entries.drain(..), self.dedup_window_us);
             self.counters.record(replies.len(), started.elapsed());
+            crate::ops::metrics::journal_commit(replies.len(), started.elapsed(), result.is_ok());
 
             match result {
                 Ok(outcomes) => {
