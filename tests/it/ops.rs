@@ -1,0 +1,456 @@
+//! Ops, end to end against the real binary: `/metrics` counts what ingest did and passes `promtool check
+//! metrics`; `/health` and `/ready` answer with details; info logs of a run over every HL7v2 test message hold
+//! no patient name, birth date, identifier or address; the deploy kit (alert rules, systemd unit, compose,
+//! Kubernetes, Grafana) checks out and only uses metrics Relais exports.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use relais::hl7v2::{Message, decode_text};
+use relais::ops::metrics::{CATALOG, Kind};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A `relais serve` child process on ports chosen by the OS, with its own data dir; killed on drop.
+struct Server {
+    child: Child,
+    dir: tempfile::TempDir,
+    http: SocketAddr,
+    mllp: SocketAddr,
+}
+
+impl Server {
+    fn start(env: &[(&str, &str)]) -> Server {
+        Server::start_with(&[], env)
+    }
+
+    /// `relais [args] serve …`: `args` are global flags such as `--log-json`.
+    fn start_with(args: &[&str], env: &[(&str, &str)]) -> Server {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let stderr = std::fs::File::create(dir.path().join("stderr.log")).expect("stderr file");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_relais"));
+        command
+            .args(args)
+            .args(["serve", "--data"])
+            .arg(dir.path().join("data"))
+            .env("RELAIS__MLLP__LISTEN", "127.0.0.1:0")
+            .env("RELAIS__HTTP__LISTEN", "127.0.0.1:0")
+            .env("RELAIS_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr);
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().expect("start relais serve");
+        let listeners = dir.path().join("data/listeners.json");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let bound: serde_json::Value = loop {
+            if let Ok(bytes) = std::fs::read(&listeners)
+                && let Ok(value) = serde_json::from_slice(&bytes)
+            {
+                break value;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                let log = std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default();
+                panic!("relais serve exited with {status}: {log}");
+            }
+            assert!(Instant::now() < deadline, "relais serve did not write listeners.json in 30 s");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let addr = |key: &str| bound[key].as_str().unwrap_or_default().parse().expect("bound address");
+        Server { http: addr("http"), mllp: addr("mllp"), child, dir }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
+    }
+
+    /// Stops the server with SIGTERM and returns everything it logged.
+    fn stop(mut self) -> String {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends each message on one MLLP connection and returns each ACK's MSA-1.
+async fn send_mllp(to: SocketAddr, messages: &[Vec<u8>]) -> Vec<String> {
+    let mut stream = TcpStream::connect(to).await.expect("connect MLLP");
+    let mut codes = Vec::new();
+    for message in messages {
+        let mut frame = vec![0x0b];
+        frame.extend_from_slice(message);
+        frame.extend_from_slice(&[0x1c, 0x0d]);
+        stream.write_all(&frame).await.expect("write frame");
+        let mut ack = Vec::new();
+        while !ack.ends_with(&[0x1c, 0x0d]) {
+            let mut buf = [0u8; 4096];
+            let n = tokio::time::timeout(Duration::from_secs(20), stream.read(&mut buf))
+                .await
+                .expect("ACK within 20 s")
+                .expect("read ACK");
+            assert!(n > 0, "connection closed before the ACK");
+            ack.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8_lossy(&ack);
+        let msa = text.split(['\r', '\n']).find(|s| s.starts_with("MSA")).expect("MSA segment in the ACK");
+        codes.push(msa.split('|').nth(1).unwrap_or_default().to_string());
+    }
+    codes
+}
+
+/// The bench ADT^A01 with MSH-10 set to `control_id`.
+fn adt_a01(control_id: &str) -> Vec<u8> {
+    let raw = std::fs::read_to_string("test-messages/bench/adt_a01_fr.hl7").expect("bench message");
+    raw.replacen("|BENCH000001|", &format!("|{control_id}|"), 1).into_bytes()
+}
+
+async fn scrape(server: &Server) -> String {
+    let response = reqwest::get(server.url("/metrics")).await.expect("GET /metrics");
+    assert_eq!(response.status(), 200);
+    let content_type = response.headers()["content-type"].to_str().unwrap_or_default().to_string();
+    assert!(content_type.starts_with("text/plain; version=0.0.4"), "content type {content_type}");
+    response.text().await.expect("metrics body")
+}
+
+/// Sum of the samples of `name` whose labels include every pair of `labels`.
+fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric, label_text) = match series.split_once('{') {
+                Some((m, rest)) => (m, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            if metric != name {
+                return None;
+            }
+            let present: HashMap<&str, &str> = label_text
+                .split("\",")
+                .filter_map(|pair| pair.split_once("=\""))
+                .map(|(k, v)| (k.trim_matches(','), v.trim_end_matches('"')))
+                .collect();
+            labels.iter().all(|(k, v)| present.get(k) == Some(v)).then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
+}
+
+/// Series names in a scrape (histograms as `_bucket`, `_sum`, `_count`).
+fn series_names(text: &str) -> BTreeSet<String> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Runs a setup script once when a tool is missing (the scripts install with apt-get/pip, as root).
+fn ensure_tools() {
+    let have_promtool = Command::new("promtool").arg("--version").output().is_ok_and(|o| o.status.success());
+    let have_yaml = Command::new("python3").args(["-c", "import yaml"]).status().is_ok_and(|s| s.success());
+    if !have_promtool || !have_yaml {
+        let status =
+            Command::new("sh").arg("scripts/setup.d/40-promtool.sh").status().expect("run setup script");
+        assert!(status.success(), "scripts/setup.d/40-promtool.sh failed");
+    }
+}
+
+fn promtool(args: &[&str], stdin: Option<&str>) -> (bool, String) {
+    ensure_tools();
+    let mut child = Command::new("promtool")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run promtool");
+    if let Some(input) = stdin {
+        use std::io::Write;
+        child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("feed promtool");
+    }
+    drop(child.stdin.take());
+    let out = child.wait_with_output().expect("promtool output");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+#[tokio::test]
+async fn metrics_count_what_ingest_did_and_pass_promtool() {
+    let server = Server::start(&[]);
+    let before = scrape(&server).await;
+    let mllp_aa = [("transport", "mllp"), ("sender", "CHMAYENNE"), ("event", "ADT_A01"), ("code", "AA")];
+    assert_eq!(sample(&before, "relais_ingest_acks_total", &mllp_aa), 0.0);
+
+    // Three new messages, one resend of the first (a duplicate), on one MLLP connection.
+    let codes =
+        send_mllp(server.mllp, &[adt_a01("OPS-1"), adt_a01("OPS-2"), adt_a01("OPS-3"), adt_a01("OPS-1")])
+            .await;
+    assert_eq!(codes, ["AA", "AA", "AA", "AA"]);
+    // One good and one bad message over HTTP.
+    let client = reqwest::Client::new();
+    let ok = client.post(server.url("/hl7v2")).body(adt_a01("OPS-4")).send().await.expect("POST");
+    assert_eq!(ok.status(), 200);
+    let bad = client.post(server.url("/hl7v2")).body("not HL7 at all").send().await.expect("POST");
+    assert_eq!(bad.status(), 400);
+
+    let after = scrape(&server).await;
+    let mllp = [("transport", "mllp"), ("sender", "CHMAYENNE"), ("event", "ADT_A01")];
+    assert_eq!(sample(&after, "relais_ingest_messages_received_total", &mllp), 4.0);
+    assert_eq!(sample(&after, "relais_ingest_acks_total", &mllp_aa), 4.0);
+    assert_eq!(sample(&after, "relais_ingest_duplicates_total", &[("transport", "mllp")]), 1.0);
+    assert_eq!(sample(&after, "relais_ingest_messages_rejected_total", &[("transport", "mllp")]), 0.0);
+    let http = [("transport", "http")];
+    assert_eq!(sample(&after, "relais_ingest_messages_received_total", &http), 2.0);
+    assert_eq!(sample(&after, "relais_ingest_acks_total", &[("transport", "http"), ("code", "AA")]), 1.0);
+    assert_eq!(sample(&after, "relais_ingest_acks_total", &[("transport", "http"), ("code", "AR")]), 1.0);
+    let rejected = [("transport", "http"), ("sender", "unknown"), ("reason", "segment_sequence")];
+    assert_eq!(sample(&after, "relais_ingest_messages_rejected_total", &rejected), 1.0);
+    // Journal: 4 stored as received (the duplicate is not stored again), 1 rejected; every append committed.
+    assert_eq!(sample(&after, "relais_journal_entries", &[("state", "received")]), 4.0);
+    assert_eq!(sample(&after, "relais_journal_entries", &[("state", "rejected")]), 1.0);
+    let batched = sample(&after, "relais_journal_commit_batch_size_sum", &[]);
+    assert_eq!(batched, 6.0, "every append (duplicate included) goes through a commit");
+    let commits = sample(&after, "relais_journal_commit_seconds_count", &[]);
+    assert!((1.0..=6.0).contains(&commits), "commits: {commits}");
+    assert_eq!(sample(&after, "relais_journal_commit_batch_size_count", &[]), commits);
+    assert_eq!(sample(&after, "relais_journal_commit_failures_total", &[]), 0.0);
+    // Process figures read from /proc at scrape time.
+    assert!(sample(&after, "process_resident_memory_bytes", &[]) > 1_000_000.0);
+    assert!(sample(&after, "process_open_fds", &[]) >= 3.0);
+    assert_eq!(sample(&after, "relais_build_info", &[("version", env!("CARGO_PKG_VERSION"))]), 1.0);
+
+    // The connection gauge follows an open connection, then its close.
+    let open = TcpStream::connect(server.mllp).await.expect("connect");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let connections = |t: &str| sample(t, "relais_ingest_mllp_connections", &[("transport", "mllp")]);
+    loop {
+        let text = scrape(&server).await;
+        if connections(&text) == 1.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "open connection never counted: {}", connections(&text));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(open);
+    loop {
+        let text = scrape(&server).await;
+        if connections(&text) == 0.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "closed connection still counted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The data dir size is measured in the background, right at start-up.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sample(&scrape(&server).await, "relais_data_dir_bytes", &[]) <= 0.0 {
+        assert!(Instant::now() < deadline, "relais_data_dir_bytes never measured");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Every exported series is in the catalog (so documented), and promtool accepts the whole scrape.
+    let final_scrape = scrape(&server).await;
+    let catalog = catalog_series();
+    for name in series_names(&final_scrape) {
+        assert!(catalog.contains(&name), "{name} is exported but not in ops::metrics::CATALOG");
+    }
+    let (ok, report) = promtool(&["check", "metrics"], Some(&final_scrape));
+    assert!(ok, "promtool check metrics:\n{report}\n---\n{final_scrape}");
+    server.stop();
+}
+
+/// Series names the catalog allows (histograms expand to their three series).
+fn catalog_series() -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for spec in CATALOG {
+        if spec.kind == Kind::Histogram {
+            for suffix in ["_bucket", "_sum", "_count"] {
+                names.insert(format!("{}{suffix}", spec.name));
+            }
+        } else {
+            names.insert(spec.name.to_string());
+        }
+    }
+    names
+}
+
+#[tokio::test]
+async fn health_and_ready_answer_with_details() {
+    let server = Server::start(&[]);
+    let health = reqwest::get(server.url("/health")).await.expect("GET /health");
+    assert_eq!(health.status(), 200);
+    let health: serde_json::Value = health.json().await.expect("health JSON");
+    assert_eq!(health["status"], "ok");
+    assert_eq!(health["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(health["journal"]["accepting"], true);
+    assert_eq!(health["listeners"]["mllp"], server.mllp.to_string());
+
+    let ready = reqwest::get(server.url("/ready")).await.expect("GET /ready");
+    assert_eq!(ready.status(), 200);
+    let ready: serde_json::Value = ready.json().await.expect("ready JSON");
+    assert_eq!(ready["ready"], true);
+    for check in ["journal", "data_dir", "listeners", "stopping"] {
+        assert_eq!(ready["checks"][check]["ok"], true, "{check}: {ready}");
+    }
+    assert_eq!(ready["checks"]["listeners"]["detail"]["http"], server.http.to_string());
+
+    // The probe is not the admin API: it stays open when an admin token is set.
+    let token = Server::start(&[("RELAIS__HTTP__ADMIN_TOKEN", "s3cret")]);
+    assert_eq!(reqwest::get(token.url("/ready")).await.expect("GET").status(), 200);
+    assert_eq!(reqwest::get(token.url("/metrics")).await.expect("GET").status(), 200);
+    assert_eq!(reqwest::get(token.url("/api/stats")).await.expect("GET").status(), 401);
+    token.stop();
+    server.stop();
+}
+
+/// Every HL7v2 message under test-messages/ (files whose content starts with `MSH`), split per message.
+fn corpus_messages() -> Vec<(PathBuf, Vec<u8>)> {
+    let mut files = Vec::new();
+    let mut stack = vec![PathBuf::from("test-messages")];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read test-messages").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    let mut messages = Vec::new();
+    for file in files {
+        let bytes = std::fs::read(&file).expect("read message file");
+        let body = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
+        if !body.trim_ascii_start().starts_with(b"MSH") {
+            continue;
+        }
+        for message in relais::send::split_messages(body) {
+            messages.push((file.clone(), message.to_vec()));
+        }
+    }
+    messages
+}
+
+/// Names (PID-5, PID-6, PID-9), birth date (PID-7, as sent and as YYYY-MM-DD), identifiers (PID-3: IPP, INS,
+/// PID-18 account), address lines and postcodes (PID-11) and phone numbers (PID-13, PID-14) of a message.
+fn patient_data(raw: &[u8]) -> Vec<String> {
+    let Ok(message) = Message::parse(raw) else { return Vec::new() };
+    let (cs, delimiters) = (message.charset(), message.delimiters());
+    let text = |bytes: &[u8]| decode_text(bytes, &delimiters, cs);
+    let mut found = Vec::new();
+    for pid in message.segments_named("PID") {
+        for (field, components) in [
+            (3, &[1][..]),
+            (5, &[1, 2, 3][..]),
+            (6, &[1, 2][..]),
+            (9, &[1, 2][..]),
+            (11, &[1, 2, 5][..]),
+            (13, &[1][..]),
+            (14, &[1][..]),
+            (18, &[1][..]),
+        ] {
+            for repetition in pid.field(field).repetitions() {
+                for &c in components {
+                    found.push(text(repetition.component(c)));
+                }
+            }
+        }
+        let birth = text(pid.field(7).component(1));
+        if birth.len() >= 8 {
+            found.push(birth[..8].to_string());
+            found.push(format!("{}-{}-{}", &birth[..4], &birth[4..6], &birth[6..8]));
+        }
+    }
+    found.retain(|s| s.trim().chars().count() >= 4);
+    found.iter_mut().for_each(|s| *s = s.trim().to_string());
+    found.sort();
+    found.dedup();
+    found
+}
+
+/// Variants of a message that ingest rejects, so rejection logging runs over patient data too: a byte
+/// invalid in the declared charset inside PID-5, and PID moved before MSH.
+fn broken_variants(raw: &[u8]) -> Vec<Vec<u8>> {
+    let text = String::from_utf8_lossy(raw);
+    let mut variants = Vec::new();
+    if let Some(at) = text.find("\nPID|").or_else(|| text.find("\rPID|")) {
+        let mut bad_byte = raw.to_vec();
+        let name = at + 1 + "PID|".len();
+        if let Some(offset) = raw[name..].iter().position(|&b| b == b'|') {
+            // Past PID-1 and PID-2 and PID-3: somewhere in the patient's name or identifiers.
+            bad_byte.insert(name + offset + 1, 0xFF);
+            variants.push(bad_byte);
+        }
+        let segments: Vec<&str> = text.split(['\r', '\n']).filter(|s| !s.is_empty()).collect();
+        let mut reordered: Vec<&str> = segments.iter().copied().filter(|s| s.starts_with("PID")).collect();
+        reordered.extend(segments.iter().copied().filter(|s| !s.starts_with("PID")));
+        variants.push(reordered.join("\r").into_bytes());
+    }
+    variants
+}
+
+/// True when `needle` occurs in `haystack` with no letter or digit right before or after it.
+fn occurs_as_word(haystack: &str, needle: &str) -> bool {
+    haystack.match_indices(needle).any(|(at, _)| {
+        let before = haystack[..at].chars().next_back();
+        let after = haystack[at + needle.len()..].chars().next();
+        !before.is_some_and(char::is_alphanumeric) && !after.is_some_and(char::is_alphanumeric)
+    })
+}
+
+#[tokio::test]
+async fn info_logs_hold_no_patient_data() {
+    let corpus = corpus_messages();
+    assert!(corpus.len() >= 10, "expected the HL7v2 test corpus, found {} messages", corpus.len());
+    let mut secrets = BTreeSet::new();
+    for (_, raw) in &corpus {
+        secrets.extend(patient_data(raw));
+    }
+    // The ANS test identity must be among what is looked for, or the extraction is broken.
+    for known in ["PAT-TROIS", "DOMINIQUE", "19790328", "1979-03-28", "279035121518989"] {
+        assert!(secrets.contains(known), "{known} not extracted from the corpus");
+    }
+
+    let mut logs = String::new();
+    for json in [false, true] {
+        let env: &[(&str, &str)] = &[];
+        let args: &[&str] = if json { &["--log-json"] } else { &[] };
+        let server = Server::start_with(args, env);
+        let mut messages: Vec<Vec<u8>> = corpus.iter().map(|(_, m)| m.clone()).collect();
+        messages.extend(corpus.iter().flat_map(|(_, m)| broken_variants(m)));
+        let codes = send_mllp(server.mllp, &messages).await;
+        assert_eq!(codes.len(), messages.len());
+        assert!(
+            codes.iter().filter(|c| *c == "AR").count() >= corpus.len(),
+            "variants not rejected: {codes:?}"
+        );
+        let client = reqwest::Client::new();
+        for message in messages.iter().take(5) {
+            let _ = client.post(server.url("/hl7v2")).body(message.clone()).send().await.expect("POST");
+        }
+        let stats = reqwest::get(server.url("/api/stats")).await.expect("stats").text().await.expect("text");
+        assert!(stats.contains("journaled"), "{stats}");
+        logs.push_str(&server.stop());
+    }
+    assert!(logs.contains("relais ready"), "the logs were not captured: {logs}");
+    let leaked: Vec<&String> = secrets.iter().filter(|s| occurs_as_word(&logs, s)).collect();
+    assert!(leaked.is_empty(), "patient data in info logs: {leaked:?}");
+}
