@@ -167,3 +167,55 @@ impl Health {
             .map_err(|e| format!("{} not writable: {e}", self.inner.data_dir.display()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::JournalConfig;
+
+    #[tokio::test]
+    async fn ready_only_with_listeners_an_open_journal_and_a_writable_data_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        let journal = Journal::open(JournalConfig::new(data.join("journal.redb"))).unwrap();
+        let health = Health::new(journal.clone(), data.clone());
+
+        let before = health.readiness();
+        assert!(!before.ready);
+        assert!(!before.checks["listeners"].ok);
+        health.set_listeners(BoundAddresses::default());
+        assert!(health.readiness().ready);
+
+        struct Bus(bool);
+        impl ReadinessCheck for Bus {
+            fn name(&self) -> &str {
+                "bus"
+            }
+            fn check(&self) -> Result<Value, String> {
+                if self.0 { Ok(Value::Null) } else { Err("not connected".into()) }
+            }
+        }
+        health.register(Arc::new(Bus(false)));
+        let with_bus = health.readiness();
+        assert!(!with_bus.ready);
+        assert_eq!(with_bus.checks["bus"].detail, "not connected");
+
+        let health = Health::new(journal.clone(), data.join("missing"));
+        health.set_listeners(BoundAddresses::default());
+        let no_dir = health.readiness();
+        assert!(!no_dir.ready);
+        assert!(!no_dir.checks["data_dir"].ok);
+
+        let health = Health::new(journal.clone(), data.clone());
+        health.set_listeners(BoundAddresses::default());
+        journal.close().await.unwrap();
+        let closed = health.readiness();
+        assert!(!closed.ready);
+        assert!(!closed.checks["journal"].ok);
+        assert!(closed.checks["data_dir"].ok);
+        health.set_stopping();
+        assert!(!health.readiness().checks["stopping"].ok);
+        assert_eq!(health.liveness()["status"], "stopping");
+    }
+}

@@ -331,6 +331,9 @@ pub fn install(known_senders: &[String], label_limit: usize) -> PrometheusHandle
             gauge!(MLLP_CONNECTIONS, "transport" => transport).increment(0.0);
         }
         counter!(JOURNAL_COMMIT_FAILURES).absolute(0);
+        for reason in ["handshake", "client_refused"] {
+            counter!(TLS_HANDSHAKE_FAILURES, "reason" => reason).absolute(0);
+        }
         Registry {
             handle,
             senders: LabelSet::new(label_limit, known_senders),

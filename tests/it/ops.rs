@@ -454,3 +454,300 @@ async fn info_logs_hold_no_patient_data() {
     let leaked: Vec<&String> = secrets.iter().filter(|s| occurs_as_word(&logs, s)).collect();
     assert!(leaked.is_empty(), "patient data in info logs: {leaked:?}");
 }
+
+// ---- The deploy kit ----
+
+/// Every YAML document of `files`, parsed by PyYAML and handed over as JSON (one list of documents per file).
+fn yaml_documents(files: &[&str]) -> Vec<Vec<serde_json::Value>> {
+    ensure_tools();
+    let script = "import sys, json, yaml\nprint(json.dumps([list(yaml.safe_load_all(open(f))) for f in sys.argv[1:]]))";
+    let out = Command::new("python3").arg("-c").arg(script).args(files).output().expect("run python3");
+    assert!(out.status.success(), "YAML parse failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("JSON from python")
+}
+
+/// Settings from an optional TOML file plus `RELAIS__*` variables, checked as `relais serve` would.
+fn check_settings(toml: Option<&str>, env: &[(String, String)]) -> relais::config::Settings {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("relais.toml");
+    if let Some(text) = toml {
+        std::fs::write(&file, text).expect("write toml");
+    }
+    let env: std::collections::HashMap<String, String> = env.iter().cloned().collect();
+    let settings = relais::config::Settings::load_from(toml.map(|_| file.as_path()), Some(env))
+        .unwrap_or_else(|e| panic!("settings do not load: {e}"));
+    settings.check().unwrap_or_else(|e| panic!("settings do not pass check: {e}"));
+    settings
+}
+
+#[test]
+fn alert_rules_pass_promtool_check_and_their_unit_tests() {
+    let (ok, report) = promtool(&["check", "rules", "deploy/prometheus/relais.rules.yml"], None);
+    assert!(ok, "promtool check rules:\n{report}");
+    assert!(report.contains("SUCCESS"), "{report}");
+    let (ok, report) = promtool(&["test", "rules", "deploy/prometheus/relais.rules.test.yml"], None);
+    assert!(ok, "promtool test rules:\n{report}");
+    let groups = &yaml_documents(&["deploy/prometheus/relais.rules.yml"])[0][0]["groups"];
+    let alerts: BTreeSet<String> = groups
+        .as_array()
+        .expect("groups")
+        .iter()
+        .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
+        .filter_map(|r| r["alert"].as_str().map(str::to_string))
+        .collect();
+    for needed in
+        ["RelaisSinkFailing", "RelaisSinkQueueOld", "RelaisJournalDiskLow", "RelaisRejectedRateHigh"]
+    {
+        assert!(alerts.contains(needed), "alert {needed} missing: {alerts:?}");
+    }
+}
+
+#[test]
+fn systemd_unit_is_hardened_and_verifies() {
+    let unit = std::fs::read_to_string("deploy/systemd/relais.service").expect("unit file");
+    for line in [
+        "User=relais",
+        "ProtectSystem=strict",
+        "StateDirectory=relais",
+        "NoNewPrivileges=yes",
+        "CapabilityBoundingSet=",
+        "Environment=RELAIS__DATA_DIR=/var/lib/relais",
+    ] {
+        assert!(unit.lines().any(|l| l.trim() == line), "{line} missing from relais.service");
+    }
+    let sysusers = std::fs::read_to_string("deploy/systemd/relais.sysusers.conf").expect("sysusers");
+    assert!(sysusers.lines().any(|l| l.starts_with("u relais ")), "no relais user in relais.sysusers.conf");
+    // The settings file it starts with, under the environment it sets.
+    let toml = std::fs::read_to_string("deploy/systemd/relais.toml").expect("relais.toml");
+    let env = [
+        ("RELAIS__DATA_DIR".to_string(), "/var/lib/relais".to_string()),
+        ("RELAIS__HTTP__ADMIN_TOKEN".to_string(), "from-relais.env".to_string()),
+    ];
+    let settings = check_settings(Some(&toml), &env);
+    assert_eq!(settings.data_dir, PathBuf::from("/var/lib/relais"));
+
+    if Command::new("systemd-analyze").arg("--version").output().is_err() {
+        eprintln!("SKIPPED systemd-analyze verify: systemd-analyze is not installed on this machine");
+        return;
+    }
+    // verify also checks that ExecStart is executable: point it at the binary under test.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let copy = dir.path().join("relais.service");
+    std::fs::write(&copy, unit.replace("/usr/local/bin/relais", env!("CARGO_BIN_EXE_relais"))).expect("copy");
+    let out = Command::new("systemd-analyze").arg("verify").arg(&copy).output().expect("systemd-analyze");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let own: Vec<&str> = stderr.lines().filter(|l| l.contains("relais.service")).collect();
+    assert!(out.status.success() && own.is_empty(), "systemd-analyze verify:\n{stderr}");
+}
+
+#[test]
+fn dockerfile_builds_in_one_stage_and_runs_non_root_in_another() {
+    let dockerfile = std::fs::read_to_string("deploy/docker/Dockerfile").expect("Dockerfile");
+    let instructions: Vec<&str> = dockerfile.lines().map(str::trim).filter(|l| !l.starts_with('#')).collect();
+    let stages: Vec<&&str> = instructions.iter().filter(|l| l.starts_with("FROM ")).collect();
+    assert!(stages.len() >= 2, "not multi-stage: {stages:?}");
+    assert!(stages[0].contains(" AS build"), "first stage is not the build: {}", stages[0]);
+    let last = instructions.iter().rposition(|l| l.starts_with("FROM ")).unwrap_or(0);
+    let runtime = &instructions[last..];
+    assert!(runtime.iter().any(|l| l.starts_with("COPY --from=build")), "runtime copies nothing from build");
+    let user = runtime.iter().rev().find(|l| l.starts_with("USER ")).expect("USER in the runtime stage");
+    let who = user.trim_start_matches("USER ").split(':').next().unwrap_or("");
+    assert!(!["root", "0", ""].contains(&who), "runtime runs as {who}");
+    // Every file the build copies is in the repository and let through the context's ignore file.
+    let ignore = std::fs::read_to_string("deploy/docker/Dockerfile.dockerignore").expect("dockerignore");
+    for line in instructions.iter().filter(|l| l.starts_with("COPY ") && !l.contains("--from")) {
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        for source in &parts[1..parts.len() - 1] {
+            assert!(std::path::Path::new(source).exists(), "COPY {source}: not in the repository");
+            let allowed = ignore.lines().any(|l| l.trim_end_matches('/') == format!("!{source}"));
+            assert!(allowed, "COPY {source}: excluded by Dockerfile.dockerignore");
+        }
+    }
+    // The image's environment makes valid settings (once an admin token is given, as compose and k8s do).
+    let mut env: Vec<(String, String)> = dockerfile
+        .split("ENV ")
+        .nth(1)
+        .expect("ENV in the Dockerfile")
+        .lines()
+        .take_while(|l| !l.trim().is_empty() && !l.starts_with("USER"))
+        .filter_map(|l| l.trim().trim_end_matches('\\').trim().split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    assert!(env.iter().any(|(k, _)| k == "RELAIS__DATA_DIR"), "{env:?}");
+    env.push(("RELAIS__HTTP__ADMIN_TOKEN".into(), "t".into()));
+    check_settings(None, &env);
+}
+
+#[test]
+fn compose_and_kubernetes_manifests_parse_and_agree() {
+    let docs = yaml_documents(&["deploy/compose/compose.yaml"]);
+    let services = &docs[0][0]["services"];
+    for name in ["relais", "rabbitmq", "mailpit"] {
+        assert!(services[name].is_object(), "compose service {name} missing");
+    }
+    assert_eq!(services["relais"]["build"]["dockerfile"], "deploy/docker/Dockerfile");
+    assert!(services["relais"]["depends_on"]["rabbitmq"].is_object());
+    let env: Vec<(String, String)> = services["relais"]["environment"]
+        .as_object()
+        .expect("relais environment")
+        .iter()
+        .filter(|(k, _)| k.starts_with("RELAIS__"))
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+        .chain([("RELAIS__HTTP__LISTEN".to_string(), "0.0.0.0:8080".to_string())])
+        .collect();
+    check_settings(None, &env);
+
+    let files = [
+        "deploy/k8s/kustomization.yaml",
+        "deploy/k8s/namespace.yaml",
+        "deploy/k8s/configmap.yaml",
+        "deploy/k8s/pvc.yaml",
+        "deploy/k8s/deployment.yaml",
+        "deploy/k8s/service.yaml",
+        "deploy/k8s/servicemonitor.yaml",
+    ];
+    let parsed = yaml_documents(&files);
+    let kustomization = &parsed[0][0];
+    let listed: BTreeSet<String> = kustomization["resources"]
+        .as_array()
+        .expect("resources")
+        .iter()
+        .map(|r| format!("deploy/k8s/{}", r.as_str().unwrap_or_default()))
+        .collect();
+    assert_eq!(listed, files[1..].iter().map(|f| f.to_string()).collect(), "kustomization resources");
+    let objects: Vec<&serde_json::Value> = parsed[1..].iter().flatten().collect();
+    let find = |kind: &str, name: &str| {
+        objects
+            .iter()
+            .copied()
+            .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("{kind} {name} missing"))
+    };
+    for o in &objects {
+        assert!(o["apiVersion"].is_string() && o["metadata"]["name"].is_string(), "malformed object {o}");
+    }
+    let deployment = find("Deployment", "relais");
+    let pod = &deployment["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/health");
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/ready");
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    let volumes = pod["volumes"].as_array().expect("volumes");
+    let claim = volumes.iter().find_map(|v| v["persistentVolumeClaim"]["claimName"].as_str()).expect("a PVC");
+    find("PersistentVolumeClaim", claim);
+    let journal_mount = container["volumeMounts"]
+        .as_array()
+        .expect("mounts")
+        .iter()
+        .find(|m| m["mountPath"] == "/var/lib/relais")
+        .expect("journal mount");
+    assert!(
+        volumes.iter().any(|v| v["name"] == journal_mount["name"] && v["persistentVolumeClaim"].is_object())
+    );
+    for v in volumes.iter().filter_map(|v| v["configMap"]["name"].as_str()) {
+        find("ConfigMap", v);
+    }
+    // The ConfigMap's settings, with the Deployment's environment, pass relais's own checks.
+    let toml = find("ConfigMap", "relais-config")["data"]["relais.toml"].as_str().expect("relais.toml");
+    let env: Vec<(String, String)> = container["env"]
+        .as_array()
+        .expect("env")
+        .iter()
+        .filter(|e| e["name"].as_str().is_some_and(|n| n.starts_with("RELAIS__")))
+        .map(|e| {
+            (
+                e["name"].as_str().unwrap_or_default().to_string(),
+                e["value"].as_str().unwrap_or("secret").to_string(),
+            )
+        })
+        .collect();
+    let settings = check_settings(Some(toml), &env);
+    let http_port: u16 = settings.http.listen.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port");
+    let ports = container["ports"].as_array().expect("ports");
+    assert!(ports.iter().any(|p| p["name"] == "http" && p["containerPort"] == http_port), "http port");
+    // Service and ServiceMonitor reach /metrics on that port.
+    let service = find("Service", "relais");
+    assert!(
+        service["spec"]["ports"]
+            .as_array()
+            .expect("ports")
+            .iter()
+            .any(|p| p["name"] == "http" && p["targetPort"] == "http")
+    );
+    let monitor = find("ServiceMonitor", "relais");
+    assert_eq!(monitor["spec"]["endpoints"][0]["port"], "http");
+    assert_eq!(monitor["spec"]["endpoints"][0]["path"], "/metrics");
+    assert_eq!(monitor["spec"]["selector"]["matchLabels"], service["metadata"]["labels"]);
+}
+
+/// Metric names in PromQL expressions (identifiers starting with `relais_` or `process_`).
+fn metric_names(expr: &str) -> BTreeSet<String> {
+    expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+        .filter(|t| t.starts_with("relais_") || t.starts_with("process_"))
+        .map(str::to_string)
+        .collect()
+}
+
+fn collect_exprs(value: &serde_json::Value, out: &mut Vec<String>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                match (k.as_str(), v) {
+                    ("expr", serde_json::Value::String(s)) => out.push(s.clone()),
+                    _ => collect_exprs(v, out),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|v| collect_exprs(v, out)),
+        _ => {}
+    }
+}
+
+#[tokio::test]
+async fn dashboard_and_alerts_use_only_metrics_relais_exports() {
+    let dashboard: serde_json::Value =
+        serde_json::from_slice(&std::fs::read("deploy/grafana/relais.json").expect("dashboard"))
+            .expect("JSON");
+    let mut exprs = Vec::new();
+    collect_exprs(&dashboard["panels"], &mut exprs);
+    assert!(exprs.len() >= 20, "dashboard has {} queries", exprs.len());
+    let rules = yaml_documents(&["deploy/prometheus/relais.rules.yml"]);
+    let mut rule_exprs = Vec::new();
+    collect_exprs(&rules[0][0], &mut rule_exprs);
+    assert!(rule_exprs.len() >= 8);
+    let used: BTreeSet<String> = exprs.iter().chain(&rule_exprs).flat_map(|e| metric_names(e)).collect();
+
+    // A scrape after an accepted message, its resend and a rejected message.
+    let server = Server::start(&[]);
+    let messages = [adt_a01("DASH-1"), adt_a01("DASH-1"), b"garbage".to_vec()];
+    assert_eq!(send_mllp(server.mllp, &messages).await, ["AA", "AA", "AR"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut text = scrape(&server).await;
+    while !text.contains("relais_data_dir_bytes") {
+        assert!(Instant::now() < deadline, "data dir never measured");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        text = scrape(&server).await;
+    }
+    server.stop();
+    let exported = series_names(&text);
+    let mut later = BTreeSet::new();
+    for name in &used {
+        let base =
+            ["_bucket", "_sum", "_count"].iter().fold(name.as_str(), |n, s| n.strip_suffix(s).unwrap_or(n));
+        let spec = CATALOG
+            .iter()
+            .find(|s| s.name == name || (s.kind == Kind::Histogram && s.name == base))
+            .unwrap_or_else(|| {
+                panic!("{name} is used by the dashboard or alerts but is not a Relais metric")
+            });
+        if ["ingest", "journal", "ops", "process"].contains(&spec.stage) {
+            assert!(exported.contains(name), "{name} is used but not in a scrape of a running Relais");
+        } else {
+            later.insert(format!("{name} ({})", spec.stage));
+        }
+    }
+    // Metrics of stages not built yet are declared in the catalog; say which, so the gap stays visible.
+    if !later.is_empty() {
+        eprintln!("used, recorded once their stage lands: {later:?}");
+    }
+}
