@@ -764,3 +764,46 @@ fn ops_doc_lists_every_metric_and_alert() {
         assert!(doc.contains(&format!("| `{alert}` |")), "docs/ops.md does not describe {alert}");
     }
 }
+
+#[tokio::test]
+async fn tls_handshake_failures_are_counted() {
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("certificate");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (cert, key) = (dir.path().join("server.crt"), dir.path().join("server.key"));
+    std::fs::write(&cert, certified.cert.pem()).expect("write cert");
+    std::fs::write(&key, certified.signing_key.serialize_pem()).expect("write key");
+    let (cert, key) = (cert.display().to_string(), key.display().to_string());
+    let server = Server::start(&[
+        ("RELAIS__MLLP__TLS__LISTEN", "127.0.0.1:0"),
+        ("RELAIS__MLLP__TLS__CERT", &cert),
+        ("RELAIS__MLLP__TLS__KEY", &key),
+    ]);
+    let bound: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(server.dir.path().join("data/listeners.json")).expect("listeners.json"),
+    )
+    .expect("JSON");
+    let tls: SocketAddr = bound["mllp_tls"].as_str().expect("mllp_tls bound").parse().expect("address");
+    let before = scrape(&server).await;
+    let handshake = [("reason", "handshake")];
+    assert_eq!(sample(&before, "relais_ingest_tls_handshake_failures_total", &handshake), 0.0);
+
+    // Plain MLLP on the TLS port: not a TLS ClientHello, the handshake fails.
+    for _ in 0..2 {
+        let mut stream = TcpStream::connect(tls).await.expect("connect");
+        stream.write_all(b"\x0bMSH|^~\\&|not TLS\x1c\x0d").await.expect("write");
+        let mut sink = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut sink)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = scrape(&server).await;
+        let failures = sample(&text, "relais_ingest_tls_handshake_failures_total", &handshake);
+        if failures == 2.0 {
+            assert_eq!(sample(&text, "relais_ingest_mllp_connections", &[("transport", "mllp_tls")]), 0.0);
+            break;
+        }
+        assert!(Instant::now() < deadline, "handshake failures counted: {failures}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.stop();
+}
