@@ -14,7 +14,7 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use metrics::{Unit, counter, gauge, histogram};
@@ -366,8 +366,8 @@ pub fn render(journal: Option<&Journal>) -> String {
 #[derive(Debug, Clone)]
 pub struct IngestLabels {
     transport: &'static str,
-    sender: String,
-    event: String,
+    sender: Arc<str>,
+    event: Arc<str>,
 }
 
 impl IngestLabels {
@@ -375,13 +375,13 @@ impl IngestLabels {
     pub fn new(transport: Transport, header: Option<&HeaderFields>) -> IngestLabels {
         let transport = transport_label(transport);
         let Some(registry) = REGISTRY.get() else {
-            return IngestLabels { transport, sender: "unknown".into(), event: "unknown".into() };
+            return IngestLabels { transport, sender: Arc::from("unknown"), event: Arc::from("unknown") };
         };
         let (sender, event) = match header {
-            None => ("unknown".to_string(), "unknown".to_string()),
+            None => (Arc::from("unknown"), Arc::from("unknown")),
             Some(h) => (
                 registry.senders.admit(first_component(&h.sending_facility)),
-                registry.events.admit(&event_label(&h.message_type)),
+                registry.events.admit(event_label(&h.message_type).as_ref()),
             ),
         };
         IngestLabels { transport, sender, event }
@@ -598,30 +598,45 @@ fn event_label(message_type: &str) -> String {
 /// A label's admitted values: at most `limit` distinct ones besides the known ones; the rest become `other`.
 struct LabelSet {
     limit: usize,
-    seen: Mutex<HashSet<String>>,
+    seen: Mutex<HashSet<Arc<str>>>,
 }
 
 impl LabelSet {
     fn new(limit: usize, known: &[String]) -> LabelSet {
-        let seen = known.iter().map(|k| clean(k)).collect();
+        let seen = known.iter().map(|k| Arc::from(clean(k))).collect();
         LabelSet { limit: limit + known.len(), seen: Mutex::new(seen) }
     }
 
-    fn admit(&self, raw: &str) -> String {
-        let value = clean(raw);
+    /// The label for `raw`: a shared string, so recording it costs no allocation once it was seen.
+    fn admit(&self, raw: &str) -> Arc<str> {
+        let trimmed = raw.trim();
+        let cleaned;
+        let value = if is_clean(trimmed) {
+            trimmed
+        } else {
+            cleaned = clean(trimmed);
+            cleaned.as_str()
+        };
         if value == "none" || value == "other" {
-            return value;
+            return Arc::from(value);
         }
         let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
-        if seen.contains(&value) {
-            return value;
+        if let Some(known) = seen.get(value) {
+            return Arc::clone(known);
         }
         if seen.len() < self.limit {
-            seen.insert(value.clone());
+            let value: Arc<str> = Arc::from(value);
+            seen.insert(Arc::clone(&value));
             return value;
         }
-        "other".to_string()
+        Arc::from("other")
     }
+}
+
+fn is_clean(value: &str) -> bool {
+    !value.is_empty()
+        && value.len() <= 64
+        && value.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// Keeps `[A-Za-z0-9._-]` (others become `_`), at most 64 characters; empty → `none`.
@@ -651,13 +666,13 @@ mod tests {
     #[test]
     fn label_set_caps_distinct_values_and_keeps_known_ones() {
         let set = LabelSet::new(2, &["CHU_NANTES".to_string()]);
-        assert_eq!(set.admit("A"), "A");
-        assert_eq!(set.admit("B"), "B");
-        assert_eq!(set.admit("C"), "other");
-        assert_eq!(set.admit("A"), "A");
-        assert_eq!(set.admit("CHU_NANTES"), "CHU_NANTES");
-        assert_eq!(set.admit(""), "none");
-        assert_eq!(set.admit("CH Mayenne/é"), "other");
+        assert_eq!(&*set.admit("A"), "A");
+        assert_eq!(&*set.admit("B"), "B");
+        assert_eq!(&*set.admit("C"), "other");
+        assert_eq!(&*set.admit("A"), "A");
+        assert_eq!(&*set.admit("CHU_NANTES"), "CHU_NANTES");
+        assert_eq!(&*set.admit(""), "none");
+        assert_eq!(&*set.admit("CH Mayenne/é"), "other");
     }
 
     #[test]
