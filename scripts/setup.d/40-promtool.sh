@@ -11,6 +11,10 @@ if ! command -v promtool >/dev/null 2>&1; then
       dpkg --fsys-tarfile prometheus_*.deb | tar -x ./usr/bin/promtool
       install -m 0755 usr/bin/promtool /usr/local/bin/promtool )
 fi
-if ! python3 -c 'import yaml' >/dev/null 2>&1 && ! /usr/bin/python3 -c 'import yaml' >/dev/null 2>&1; then
-    apt-get install -y -qq python3-yaml >/dev/null 2>&1 || pip install -q pyyaml
+# The tests run `python3` from PATH: make sure that one imports yaml.
+if ! python3 -c 'import yaml' >/dev/null 2>&1; then
+    apt-get install -y -qq python3-yaml >/dev/null 2>&1 \
+        || { apt-get update -qq >/dev/null && apt-get install -y -qq python3-yaml >/dev/null 2>&1; } || true
+    python3 -c 'import yaml' >/dev/null 2>&1 || python3 -m pip install -q pyyaml 2>/dev/null \
+        || python3 -m pip install -q --break-system-packages pyyaml
 fi
