@@ -9,6 +9,7 @@
 //!
 //! [`config`] turns `relais.toml` and `RELAIS__*` variables into checked [`config::Settings`];
 //! [`shutdown`] carries the one stop signal every task listens to.
+//! [`ops`] observes every stage (Prometheus metrics, `/health`, `/ready`) and decides nothing.
 
 pub mod config;
 pub mod facts;
