@@ -41,10 +41,10 @@ pub struct Settings {
     pub http: HttpSettings,
     /// Journal behaviour.
     pub journal: JournalSettings,
-    /// Per-sender settings, keyed by the first component of MSH-4 (sending facility).
-    pub senders: BTreeMap<String, SenderSettings>,
     /// Prometheus metrics.
     pub metrics: MetricsSettings,
+    /// Per-sender settings, keyed by the first component of MSH-4 (sending facility).
+    pub senders: BTreeMap<String, SenderSettings>,
 }
 
 /// Prometheus metrics (`GET /metrics` on the HTTP listener).
@@ -131,9 +131,9 @@ impl Default for Settings {
             data_dir: PathBuf::from("./data"),
             mllp: MllpSettings::default(),
             http: HttpSettings::default(),
+            metrics: MetricsSettings::default(),
             journal: JournalSettings::default(),
             senders: BTreeMap::new(),
-            metrics: MetricsSettings::default(),
         }
     }
 }
@@ -221,11 +221,11 @@ impl Settings {
                 ));
             }
         }
-        if self.journal.max_batch == 0 {
-            return Err(invalid("journal.max_batch", "must be at least 1"));
-        }
         if self.metrics.scan_interval_secs == 0 {
             return Err(invalid("metrics.scan_interval_secs", "must be at least 1"));
+        }
+        if self.journal.max_batch == 0 {
+            return Err(invalid("journal.max_batch", "must be at least 1"));
         }
         Ok(())
     }

@@ -15,7 +15,6 @@ use crate::config::{self, Settings};
 use crate::ingest::tls::TlsServer;
 use crate::ingest::{Intake, http, mllp};
 use crate::journal::{Journal, JournalConfig};
-use crate::ops;
 use crate::shutdown::{self, Shutdown};
 
 /// Why the server could not start or stop cleanly.
@@ -78,14 +77,14 @@ pub async fn run(settings: Settings, stop: impl std::future::Future<Output = ()>
     .map_err(|e| Error::Io { what: "opening the journal".into(), source: std::io::Error::other(e) })??;
     info!(path = %journal_path.display(), "journal open");
     let known_senders: Vec<String> = settings.senders.keys().cloned().collect();
-    ops::metrics::install(&known_senders, settings.metrics.label_limit);
-    let health = ops::health::Health::new(journal.clone(), settings.data_dir.clone());
+    crate::ops::metrics::install(&known_senders, settings.metrics.label_limit);
+    let health = crate::ops::health::Health::new(journal.clone(), settings.data_dir.clone());
 
     let intake = Intake::new(journal.clone(), &settings);
     let (trigger, shutdown) = shutdown::channel();
     let mut tasks = tokio::task::JoinSet::new();
     let mut bound = BoundAddresses::default();
-    tasks.spawn(ops::metrics::run_housekeeping(
+    tasks.spawn(crate::ops::metrics::run_housekeeping(
         settings.data_dir.clone(),
         std::time::Duration::from_secs(settings.metrics.scan_interval_secs),
         shutdown.clone(),
@@ -109,7 +108,7 @@ pub async fn run(settings: Settings, stop: impl std::future::Future<Output = ()>
         bound.http = listener.local_addr().ok();
         info!(addr = ?bound.http, "HTTP listening");
         let router = http::router(intake.clone(), settings.http.admin_token.clone())
-            .merge(ops::http::router(health.clone(), journal.clone()));
+            .merge(crate::ops::http::router(health.clone(), journal.clone()));
         let http_shutdown: Shutdown = shutdown.clone();
         tasks.spawn(async move {
             if let Err(e) = http::run(listener, router, http_shutdown).await {
