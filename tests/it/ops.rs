@@ -487,6 +487,13 @@ fn alert_rules_pass_promtool_check_and_their_unit_tests() {
     assert!(report.contains("SUCCESS"), "{report}");
     let (ok, report) = promtool(&["test", "rules", "deploy/prometheus/relais.rules.test.yml"], None);
     assert!(ok, "promtool test rules:\n{report}");
+    // The example Prometheus config loads the rules, and its job is the one RelaisDown watches.
+    let (ok, report) = promtool(&["check", "config", "deploy/prometheus/prometheus.yml"], None);
+    assert!(ok, "promtool check config:\n{report}");
+    let config = &yaml_documents(&["deploy/prometheus/prometheus.yml"])[0][0];
+    assert_eq!(config["scrape_configs"][0]["job_name"], "relais");
+    let rules_text = std::fs::read_to_string("deploy/prometheus/relais.rules.yml").expect("rules");
+    assert!(rules_text.contains("up{job=\"relais\"}"), "RelaisDown does not watch the relais job");
     let groups = &yaml_documents(&["deploy/prometheus/relais.rules.yml"])[0][0]["groups"];
     let alerts: BTreeSet<String> = groups
         .as_array()
@@ -596,6 +603,26 @@ fn compose_and_kubernetes_manifests_parse_and_agree() {
         .chain([("RELAIS__HTTP__LISTEN".to_string(), "0.0.0.0:8080".to_string())])
         .collect();
     check_settings(None, &env);
+    // Every file the compose services mount is in the repository (paths relative to the compose file).
+    let mut mounted = 0;
+    for (name, service) in services.as_object().expect("services") {
+        for volume in service["volumes"].as_array().into_iter().flatten() {
+            let spec = volume.as_str().expect("short volume syntax");
+            if let Some(source) = spec.split(':').next().filter(|s| s.starts_with('.')) {
+                let path = PathBuf::from("deploy/compose").join(source);
+                assert!(path.exists(), "{name} mounts {source}, which does not exist");
+                mounted += 1;
+            }
+        }
+    }
+    assert!(mounted >= 4, "expected the monitoring profile's mounts");
+    assert_eq!(services["prometheus"]["profiles"][0], "monitoring");
+    let provisioning = yaml_documents(&[
+        "deploy/grafana/provisioning/datasources/prometheus.yaml",
+        "deploy/grafana/provisioning/dashboards/relais.yaml",
+    ]);
+    assert_eq!(provisioning[0][0]["datasources"][0]["type"], "prometheus");
+    assert_eq!(provisioning[1][0]["providers"][0]["options"]["path"], "/var/lib/grafana/dashboards");
 
     let files = [
         "deploy/k8s/kustomization.yaml",
