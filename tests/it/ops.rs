@@ -834,3 +834,35 @@ async fn tls_handshake_failures_are_counted() {
     }
     server.stop();
 }
+
+#[tokio::test]
+async fn sender_label_values_are_capped_by_metrics_label_limit() {
+    let server = Server::start(&[
+        ("RELAIS__METRICS__LABEL_LIMIT", "2"),
+        ("RELAIS__SENDERS__KNOWN__CHARSET", "UNICODE UTF-8"),
+    ]);
+    let from = |facility: &str, id: &str| {
+        String::from_utf8(adt_a01(id))
+            .expect("UTF-8")
+            .replacen("|CHMAYENNE|", &format!("|{facility}|"), 1)
+            .into_bytes()
+    };
+    let messages = [
+        from("SITE_A", "CAP-1"),
+        from("SITE_B", "CAP-2"),
+        from("SITE_C", "CAP-3"),
+        from("SITE_D", "CAP-4"),
+        from("known", "CAP-5"),
+        from("SITE_A", "CAP-6"),
+    ];
+    assert_eq!(send_mllp(server.mllp, &messages).await, ["AA"; 6]);
+    let text = scrape(&server).await;
+    let received =
+        |sender: &str| sample(&text, "relais_ingest_messages_received_total", &[("sender", sender)]);
+    assert_eq!(received("SITE_A"), 2.0);
+    assert_eq!(received("SITE_B"), 1.0);
+    assert_eq!(received("other"), 2.0, "SITE_C and SITE_D are past the limit");
+    assert_eq!(received("SITE_C"), 0.0);
+    assert_eq!(received("known"), 1.0, "a sender named under [senders] is always its own label");
+    server.stop();
+}
