@@ -841,6 +841,7 @@ async fn sender_label_values_are_capped_by_metrics_label_limit() {
         ("RELAIS__METRICS__LABEL_LIMIT", "2"),
         ("RELAIS__SENDERS__KNOWN__CHARSET", "UNICODE UTF-8"),
     ]);
+    // The config crate lowercases keys read from the environment: this sender is `known`.
     let from = |facility: &str, id: &str| {
         String::from_utf8(adt_a01(id))
             .expect("UTF-8")
