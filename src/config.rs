@@ -41,8 +41,27 @@ pub struct Settings {
     pub http: HttpSettings,
     /// Journal behaviour.
     pub journal: JournalSettings,
+    /// Prometheus metrics.
+    pub metrics: MetricsSettings,
     /// Per-sender settings, keyed by the first component of MSH-4 (sending facility).
     pub senders: BTreeMap<String, SenderSettings>,
+}
+
+/// Prometheus metrics (`GET /metrics` on the HTTP listener).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// Most distinct values of the `sender` and of the `event` label (each) besides the senders named in
+    /// `[senders]`; later values are counted as `other` (100).
+    pub label_limit: usize,
+    /// Seconds between two measurements of the data directory's size (30).
+    pub scan_interval_secs: u64,
+}
+
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        MetricsSettings { label_limit: 100, scan_interval_secs: 30 }
+    }
 }
 
 /// MLLP listeners: plain TCP and, optionally, TLS.
@@ -112,6 +131,7 @@ impl Default for Settings {
             data_dir: PathBuf::from("./data"),
             mllp: MllpSettings::default(),
             http: HttpSettings::default(),
+            metrics: MetricsSettings::default(),
             journal: JournalSettings::default(),
             senders: BTreeMap::new(),
         }
@@ -200,6 +220,9 @@ impl Settings {
                     "needs mllp.tls.client_ca (client certificates are only asked for under mutual TLS)",
                 ));
             }
+        }
+        if self.metrics.scan_interval_secs == 0 {
+            return Err(invalid("metrics.scan_interval_secs", "must be at least 1"));
         }
         if self.journal.max_batch == 0 {
             return Err(invalid("journal.max_batch", "must be at least 1"));

@@ -9,12 +9,14 @@
 //!
 //! [`config`] turns `relais.toml` and `RELAIS__*` variables into checked [`config::Settings`];
 //! [`shutdown`] carries the one stop signal every task listens to.
+//! [`ops`] observes every stage (Prometheus metrics, `/health`, `/ready`) and decides nothing.
 
 pub mod config;
 pub mod facts;
 pub mod hl7v2;
 pub mod ingest;
 pub mod journal;
+pub mod ops;
 pub mod send;
 pub mod server;
 pub mod shutdown;

@@ -76,11 +76,19 @@ pub async fn run(settings: Settings, stop: impl std::future::Future<Output = ()>
     .await
     .map_err(|e| Error::Io { what: "opening the journal".into(), source: std::io::Error::other(e) })??;
     info!(path = %journal_path.display(), "journal open");
+    let known_senders: Vec<String> = settings.senders.keys().cloned().collect();
+    crate::ops::metrics::install(&known_senders, settings.metrics.label_limit);
+    let health = crate::ops::health::Health::new(journal.clone(), settings.data_dir.clone());
 
     let intake = Intake::new(journal.clone(), &settings);
     let (trigger, shutdown) = shutdown::channel();
     let mut tasks = tokio::task::JoinSet::new();
     let mut bound = BoundAddresses::default();
+    tasks.spawn(crate::ops::metrics::run_housekeeping(
+        settings.data_dir.clone(),
+        std::time::Duration::from_secs(settings.metrics.scan_interval_secs),
+        shutdown.clone(),
+    ));
 
     if !settings.mllp.listen.is_empty() {
         let listener = bind("mllp.listen", &settings.mllp.listen).await?;
@@ -99,7 +107,8 @@ pub async fn run(settings: Settings, stop: impl std::future::Future<Output = ()>
         let listener = bind("http.listen", &settings.http.listen).await?;
         bound.http = listener.local_addr().ok();
         info!(addr = ?bound.http, "HTTP listening");
-        let router = http::router(intake.clone(), settings.http.admin_token.clone());
+        let router = http::router(intake.clone(), settings.http.admin_token.clone())
+            .merge(crate::ops::http::router(health.clone(), journal.clone()));
         let http_shutdown: Shutdown = shutdown.clone();
         tasks.spawn(async move {
             if let Err(e) = http::run(listener, router, http_shutdown).await {
@@ -109,9 +118,11 @@ pub async fn run(settings: Settings, stop: impl std::future::Future<Output = ()>
     }
     let listeners_file = settings.data_dir.join("listeners.json");
     write_atomically(&listeners_file, &serde_json::to_vec_pretty(&bound).unwrap_or_default())?;
+    health.set_listeners(bound);
     info!("relais ready");
 
     stop.await;
+    health.set_stopping();
     info!("stopping: no new connections; answering what was already read");
     trigger.fire();
     while tasks.join_next().await.is_some() {}

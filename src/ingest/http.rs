@@ -2,7 +2,7 @@
 //!
 //! - `POST /hl7v2`: one message as the body; the ACK comes back as the body with 200 (AA), 400 (AR) or
 //!   422 (AE).
-//! - `GET /health`: liveness.
+//! - `GET /health`, `/ready`, `/metrics`: see [`crate::ops::http`] (merged in by the server).
 //! - `GET /api/stats`, `GET /api/messages?state=&limit=`: journal counts and message metadata (never bodies).
 //! - `GET /api/messages/{id}/raw`: one message's bytes exactly as received (`application/octet-stream`), for
 //!   an operator reviewing a rejected message; 404 when no such entry.
@@ -40,7 +40,6 @@ pub fn router(intake: Intake, admin_token: String) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/hl7v2", post(post_hl7v2))
-        .route("/health", get(health))
         .merge(api)
         .layer(DefaultBodyLimit::max(intake.max_message_size()))
         .with_state(state)
@@ -70,10 +69,6 @@ async fn post_hl7v2(
         response.headers_mut().insert(header::CONTENT_TYPE, value);
     }
     response
-}
-
-async fn health() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "status": "ok" }))
 }
 
 async fn stats(AxumState(state): AxumState<AppState>) -> Response {
