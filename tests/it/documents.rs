@@ -275,3 +275,75 @@ async fn oru_r01_over_mllp_is_acknowledged_aa_once_journaled() {
         assert!(entry["message_type"].as_str().unwrap().starts_with("ORU^R01"));
     }
 }
+
+/// The Python that has the independent validator (fhir.resources, R4B models): the venv made by
+/// `scripts/setup.d/20-fhir-validator.sh`, else a `python3` that already has it.
+fn fhir_validator_python() -> Option<PathBuf> {
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+    let candidates = [home.join(".cache/relais/fhir-venv/bin/python"), PathBuf::from("python3")];
+    candidates.into_iter().find(|python| {
+        Command::new(python)
+            .args(["-c", "import fhir.resources.R4B.bundle"])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })
+}
+
+const VALIDATE: &str = r#"
+import json, sys
+from fhir.resources.R4B.bundle import Bundle
+bad = 0
+for path in sys.argv[1:]:
+    data = json.load(open(path, encoding="utf-8"))
+    try:
+        Bundle.model_validate(data)
+    except Exception as e:
+        bad += 1
+        print(path, " ".join(str(e).split()))
+    urls = {e["fullUrl"] for e in data["entry"]}
+    for e in data["entry"]:
+        for key in ("subject", "authenticator"):
+            ref = e["resource"].get(key, {}).get("reference")
+            if ref and ref not in urls:
+                bad += 1
+                print(path, "unresolved", ref)
+        if "request" not in e:
+            bad += 1
+            print(path, "transaction entry without request")
+sys.exit(1 if bad else 0)
+"#;
+
+#[test]
+fn document_bundles_pass_the_independent_fhir_validator() {
+    let Some(python) = fhir_validator_python() else {
+        eprintln!(
+            "\n*** SKIPPED: fhir.resources is not installed: run scripts/setup.d/20-fhir-validator.sh (or \
+             scripts/test.sh) first ***\n"
+        );
+        return;
+    };
+    let mapper = relais::documents::DocumentMapper::load(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings/tables"),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut files = Vec::new();
+    let inputs = GOOD.iter().map(|f| (relais::facts::MessageKind::Cda, *f)).chain([
+        (relais::facts::MessageKind::Hl7v2, "oru/own_ORU_R01_CR-URG_DMP-MSS.hl7"),
+        (relais::facts::MessageKind::Hl7v2, "oru/own_ORU_R01_CR-URG_PROV.hl7"),
+    ]);
+    for (n, (kind, file)) in inputs.enumerate() {
+        let doc = mapper.map_document(kind, &sample(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let path = dir.path().join(format!("{n}.json"));
+        std::fs::write(&path, &doc.mapped.bundle).unwrap();
+        files.push(path);
+    }
+    let output = Command::new(python).arg("-c").arg(VALIDATE).args(&files).output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
