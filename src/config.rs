@@ -45,6 +45,32 @@ pub struct Settings {
     pub metrics: MetricsSettings,
     /// Per-sender settings, keyed by the first component of MSH-4 (sending facility).
     pub senders: BTreeMap<String, SenderSettings>,
+    /// The drop folder.
+    pub folder: FolderSettings,
+    /// CDA documents: size limit and XDS tables.
+    pub documents: DocumentSettings,
+}
+
+/// The drop folder: CDA (`.xml`) and HL7v2 (`.hl7`, `.er7`, `.txt`) files dropped there are journaled.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FolderSettings {
+    /// Watch the folder (`true`).
+    pub enabled: bool,
+    /// The folder (`<data_dir>/inbox` when empty).
+    pub path: PathBuf,
+    /// A file is taken once its size and modification time have not changed for this many seconds (2).
+    pub settle_secs: u64,
+}
+
+/// CDA documents.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DocumentSettings {
+    /// Largest accepted CDA document in bytes (20 MiB), by `POST /cda` and the drop folder.
+    pub max_size: usize,
+    /// Where `xds-types.toml` and `xds-codes.toml` are (`mappings/tables`).
+    pub tables: PathBuf,
 }
 
 /// Prometheus metrics (`GET /metrics` on the HTTP listener).
@@ -123,6 +149,8 @@ pub struct JournalSettings {
 pub struct SenderSettings {
     /// Charset assumed when this sender leaves MSH-18 empty.
     pub charset: Option<String>,
+    /// MLLP destination (`host:port`) of this sender's business acknowledgements (ZAM^Z01/Z02/Z03).
+    pub business_ack_to: Option<String>,
 }
 
 impl Default for Settings {
@@ -134,7 +162,21 @@ impl Default for Settings {
             metrics: MetricsSettings::default(),
             journal: JournalSettings::default(),
             senders: BTreeMap::new(),
+            folder: FolderSettings::default(),
+            documents: DocumentSettings::default(),
         }
+    }
+}
+
+impl Default for FolderSettings {
+    fn default() -> Self {
+        FolderSettings { enabled: true, path: PathBuf::new(), settle_secs: 2 }
+    }
+}
+
+impl Default for DocumentSettings {
+    fn default() -> Self {
+        DocumentSettings { max_size: 20 * 1024 * 1024, tables: PathBuf::from("mappings/tables") }
     }
 }
 
@@ -227,6 +269,21 @@ impl Settings {
         if self.journal.max_batch == 0 {
             return Err(invalid("journal.max_batch", "must be at least 1"));
         }
+        for (name, sender) in &self.senders {
+            if let Some(to) = &sender.business_ack_to
+                && to
+                    .rsplit_once(':')
+                    .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+            {
+                return Err(invalid(&format!("senders.{name}.business_ack_to"), "expected host:port"));
+            }
+        }
+        if self.folder.settle_secs > 3600 {
+            return Err(invalid("folder.settle_secs", "at most 3600 seconds"));
+        }
+        if self.documents.max_size < 1024 {
+            return Err(invalid("documents.max_size", "must be at least 1024 bytes"));
+        }
         Ok(())
     }
 
@@ -257,6 +314,15 @@ impl Settings {
     /// How long a control id is remembered for de-duplication.
     pub fn dedup_window(&self) -> Duration {
         Duration::from_secs(self.journal.dedup_window_secs)
+    }
+
+    /// The drop folder: `folder.path`, or `<data_dir>/inbox`.
+    pub fn folder_path(&self) -> PathBuf {
+        if self.folder.path.as_os_str().is_empty() {
+            self.data_dir.join("inbox")
+        } else {
+            self.folder.path.clone()
+        }
     }
 
     /// The journal file.
@@ -353,5 +419,23 @@ mod tests {
         let s = Settings::load_from(None, env(&[("RELAIS__MLLP__DEFAULT_CHARSET", "EBCDIC")])).unwrap();
         let err = s.check().unwrap_err().to_string();
         assert!(err.contains("mllp.default_charset"), "{err}");
+
+        let s = Settings::load_from(None, env(&[("RELAIS__DOCUMENTS__MAX_SIZE", "10")])).unwrap();
+        let err = s.check().unwrap_err().to_string();
+        assert!(err.contains("documents.max_size"), "{err}");
+    }
+
+    #[test]
+    fn drop_folder_defaults_under_the_data_dir() {
+        let s = Settings::load_from(None, env(&[("RELAIS__DATA_DIR", "/srv/relais")])).unwrap();
+        assert_eq!(s.folder_path(), PathBuf::from("/srv/relais/inbox"));
+        assert_eq!(s.folder.settle_secs, 2);
+        let s = Settings::load_from(
+            None,
+            env(&[("RELAIS__FOLDER__PATH", "/mnt/depot"), ("RELAIS__FOLDER__SETTLE_SECS", "5")]),
+        )
+        .unwrap();
+        assert_eq!(s.folder_path(), PathBuf::from("/mnt/depot"));
+        assert_eq!(s.folder.settle_secs, 5);
     }
 }

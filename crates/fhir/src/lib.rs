@@ -6,3 +6,5 @@
 /// The FHIR release whose JSON this crate emits (fhir-sdk's `r4b` models, JSON-compatible with R4
 /// for the resources Relais produces).
 pub const FHIR_VERSION: &str = "4.0.1";
+
+pub mod document_reference;
