@@ -104,6 +104,8 @@ pub struct JournalSettings {
 pub struct SenderSettings {
     /// Charset assumed when this sender leaves MSH-18 empty.
     pub charset: Option<String>,
+    /// IANA time zone of this sender's local times (HL7 times without an offset); default `Europe/Paris`.
+    pub timezone: Option<String>,
 }
 
 impl Default for Settings {
@@ -187,6 +189,14 @@ impl Settings {
         for (name, sender) in &self.senders {
             if let Some(cs) = &sender.charset {
                 parse_charset(&format!("senders.{name}.charset"), cs)?;
+            }
+            if let Some(zone) = &sender.timezone {
+                jiff::tz::TimeZone::get(zone).map_err(|_| {
+                    invalid(
+                        &format!("senders.{name}.timezone"),
+                        "not a known IANA time zone (e.g. Europe/Paris)",
+                    )
+                })?;
             }
         }
         if let Some(tls) = &self.mllp.tls {

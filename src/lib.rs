@@ -5,6 +5,7 @@
 //! - [`ingest`]: MLLP (plain, TLS, mutual TLS) and HTTP listeners; each message is journaled, then acknowledged.
 //! - [`hl7v2`]: zero-copy HL7v2 reading, charsets (MSH-18), escapes, ACK/NAK building.
 //! - [`journal`]: the durable message store; an id is returned only after the write is on disk.
+//! - [`mapping`]: PAM FR ADT messages → FHIR R4 Bundles (FR Core) and routing facts, rules in `mappings/`.
 //! - [`facts`]: the map stage's output (FHIR Bundle + routing facts), the contract between map and route.
 //!
 //! [`config`] turns `relais.toml` and `RELAIS__*` variables into checked [`config::Settings`];
@@ -15,6 +16,7 @@ pub mod facts;
 pub mod hl7v2;
 pub mod ingest;
 pub mod journal;
+pub mod mapping;
 pub mod send;
 pub mod server;
 pub mod shutdown;
