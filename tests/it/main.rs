@@ -4,3 +4,4 @@
 mod harness;
 
 mod ingest_mllp;
+mod mapping;
