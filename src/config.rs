@@ -151,6 +151,8 @@ pub struct SenderSettings {
     pub charset: Option<String>,
     /// MLLP destination (`host:port`) of this sender's business acknowledgements (ZAM^Z01/Z02/Z03).
     pub business_ack_to: Option<String>,
+    /// IANA time zone of this sender's local times (HL7 times without an offset); default `Europe/Paris`.
+    pub timezone: Option<String>,
 }
 
 impl Default for Settings {
@@ -249,6 +251,14 @@ impl Settings {
         for (name, sender) in &self.senders {
             if let Some(cs) = &sender.charset {
                 parse_charset(&format!("senders.{name}.charset"), cs)?;
+            }
+            if let Some(zone) = &sender.timezone {
+                jiff::tz::TimeZone::get(zone).map_err(|_| {
+                    invalid(
+                        &format!("senders.{name}.timezone"),
+                        "not a known IANA time zone (e.g. Europe/Paris)",
+                    )
+                })?;
             }
         }
         if let Some(tls) = &self.mllp.tls {

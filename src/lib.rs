@@ -7,6 +7,7 @@
 //! - [`journal`]: the durable message store; an id is returned only after the write is on disk.
 //! - [`cda`]: CDA R2 (CI-SIS) header extraction, streaming, with clear refusals naming the XML element.
 //! - [`documents`]: XDS metadata, ORU^R01 documents, the FHIR DocumentReference bundle, ZAM acknowledgements.
+//! - [`mapping`]: PAM FR ADT messages → FHIR R4 Bundles (FR Core) and routing facts, rules in `mappings/`.
 //! - [`facts`]: the map stage's output (FHIR Bundle + routing facts), the contract between map and route.
 //!
 //! [`config`] turns `relais.toml` and `RELAIS__*` variables into checked [`config::Settings`];
@@ -21,6 +22,7 @@ pub mod hl7v2;
 pub mod ingest;
 pub mod journal;
 pub mod ops;
+pub mod mapping;
 pub mod send;
 pub mod server;
 pub mod shutdown;

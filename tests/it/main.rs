@@ -10,3 +10,4 @@ mod ingest_http;
 mod ingest_mllp;
 mod ops;
 mod documents;
+mod mapping;
