@@ -15,6 +15,7 @@ pub mod facts;
 pub mod hl7v2;
 pub mod ingest;
 pub mod journal;
+pub mod routing;
 pub mod send;
 pub mod server;
 pub mod shutdown;
