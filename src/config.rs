@@ -43,6 +43,34 @@ pub struct Settings {
     pub journal: JournalSettings,
     /// Per-sender settings, keyed by the first component of MSH-4 (sending facility).
     pub senders: BTreeMap<String, SenderSettings>,
+    /// The bus: AMQP URL (unset = embedded), partitions, retries.
+    pub bus: crate::bus::BusSettings,
+    /// Sink instances by name: what route destinations name (`sinks.gp-notify.kind = "notify"`).
+    pub sinks: BTreeMap<String, SinkSettings>,
+    /// Directory of the route files (`./routes`).
+    pub routes_dir: PathBuf,
+}
+
+/// The kind of a sink instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SinkKind {
+    /// FHIR notification (message Bundle to a webhook).
+    Notify,
+    /// MSSanté secure mail.
+    Mss,
+    /// DMP document feed.
+    Dmp,
+}
+
+/// One sink instance: its kind plus the options of that kind (read by the sinks module).
+#[derive(Debug, Clone, Deserialize)]
+pub struct SinkSettings {
+    /// Which sink it is.
+    pub kind: SinkKind,
+    /// Every other key of the table, for the sink to read.
+    #[serde(flatten)]
+    pub options: BTreeMap<String, serde_json::Value>,
 }
 
 /// MLLP listeners: plain TCP and, optionally, TLS.
@@ -114,6 +142,9 @@ impl Default for Settings {
             http: HttpSettings::default(),
             journal: JournalSettings::default(),
             senders: BTreeMap::new(),
+            bus: crate::bus::BusSettings::default(),
+            sinks: BTreeMap::new(),
+            routes_dir: PathBuf::from("./routes"),
         }
     }
 }
@@ -204,7 +235,22 @@ impl Settings {
         if self.journal.max_batch == 0 {
             return Err(invalid("journal.max_batch", "must be at least 1"));
         }
+        self.bus.check().map_err(|(key, reason)| invalid(&key, &reason))?;
+        for name in self.sinks.keys() {
+            let plain = name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            if name.is_empty() || !plain {
+                return Err(invalid(
+                    &format!("sinks.{name}"),
+                    "sink names use letters, digits, - and _ only",
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// The sink instance names, sorted (what route destinations may name).
+    pub fn sink_names(&self) -> Vec<String> {
+        self.sinks.keys().cloned().collect()
     }
 
     /// The charset assumed when MSH-18 is empty and the sender has no setting of its own.
@@ -313,5 +359,32 @@ mod tests {
         let s = Settings::load_from(None, env(&[("RELAIS__MLLP__DEFAULT_CHARSET", "EBCDIC")])).unwrap();
         let err = s.check().unwrap_err().to_string();
         assert!(err.contains("mllp.default_charset"), "{err}");
+
+        let s = Settings::load_from(None, env(&[("RELAIS__BUS__AMQP_URL", "http://x")])).unwrap();
+        let err = s.check().unwrap_err().to_string();
+        assert!(err.contains("bus.amqp_url"), "{err}");
+    }
+
+    #[test]
+    fn bus_and_sinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("relais.toml");
+        std::fs::write(
+            &file,
+            "[bus]\npartitions = 4\n[sinks.gp-notify]\nkind = \"notify\"\nurl = \"https://x\"\n[sinks.dmp]\nkind = \"dmp\"\n",
+        )
+        .unwrap();
+        let s = Settings::load_from(
+            Some(&file),
+            env(&[("RELAIS__BUS__AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f")]),
+        )
+        .unwrap();
+        s.check().unwrap();
+        assert_eq!(s.bus.partitions, 4);
+        assert_eq!(s.bus.amqp_url.as_deref(), Some("amqp://guest:guest@127.0.0.1:5672/%2f"));
+        assert_eq!(s.sink_names(), ["dmp", "gp-notify"]);
+        assert_eq!(s.sinks["gp-notify"].kind, SinkKind::Notify);
+        assert_eq!(s.sinks["gp-notify"].options["url"], "https://x");
+        assert_eq!(Settings::load_from(None, env(&[])).unwrap().bus.amqp_url, None);
     }
 }

@@ -10,11 +10,13 @@
 //! [`config`] turns `relais.toml` and `RELAIS__*` variables into checked [`config::Settings`];
 //! [`shutdown`] carries the one stop signal every task listens to.
 
+pub mod bus;
 pub mod config;
 pub mod facts;
 pub mod hl7v2;
 pub mod ingest;
 pub mod journal;
+pub mod pipeline;
 pub mod routing;
 pub mod send;
 pub mod server;

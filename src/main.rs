@@ -52,6 +52,35 @@ enum Command {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
+    /// Validate route files against the sinks of the settings; errors are printed as file:line.
+    Check {
+        /// Settings file (for `sinks.*` and `routes_dir`).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Route directory (default: `routes_dir` of the settings).
+        #[arg(long)]
+        routes: Option<PathBuf>,
+    },
+    /// Route tools.
+    Routes {
+        #[command(subcommand)]
+        command: RoutesCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RoutesCommand {
+    /// Print which routes match a message and, for the others, which predicate failed.
+    Explain {
+        /// The message file (HL7v2).
+        file: PathBuf,
+        /// Settings file (for `sinks.*` and `routes_dir`).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Route directory (default: `routes_dir` of the settings).
+        #[arg(long)]
+        routes: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -116,7 +145,52 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             eprintln!("{} sent, {} not AA", results.len(), not_aa);
             Ok(if not_aa == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
+        Command::Check { config, routes } => {
+            let settings = Settings::load(config.as_deref())?;
+            settings.check()?;
+            let dir = routes.unwrap_or_else(|| settings.routes_dir.clone());
+            let sinks = settings.sink_names().into_iter().collect();
+            match relais::routing::check::check_routes(&dir, &sinks) {
+                Ok(count) => {
+                    println!("{}: {count} routes OK", dir.display());
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
+        Command::Routes { command: RoutesCommand::Explain { file, config, routes } } => {
+            let (settings, set) = load_routes(config.as_deref(), routes)?;
+            let raw = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let transform = relais::pipeline::transform_for(&settings);
+            let kind = relais::facts::MessageKind::Hl7v2;
+            match relais::routing::explain_message(&set, transform.as_ref(), kind, &raw) {
+                Ok(verdicts) => {
+                    print!("{}", relais::routing::render_verdicts(&verdicts));
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(failure) => {
+                    eprintln!("relais: {}: {failure}", file.display());
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
     }
+}
+
+fn load_routes(
+    config: Option<&std::path::Path>,
+    routes: Option<PathBuf>,
+) -> anyhow::Result<(Settings, relais::routing::RouteSet)> {
+    let settings = Settings::load(config)?;
+    settings.check()?;
+    let dir = routes.unwrap_or_else(|| settings.routes_dir.clone());
+    let sinks = settings.sink_names().into_iter().collect();
+    let set = relais::routing::RouteSet::load_dir(&dir, &sinks)
+        .map_err(|errors| anyhow::anyhow!("route errors:\n{errors}"))?;
+    Ok((settings, set))
 }
 
 fn init_logging(json: bool) {

@@ -170,6 +170,37 @@ impl RouteSet {
     }
 }
 
+/// For `relais routes explain`: maps `raw` with `transform` and gives each route's verdict on its facts.
+pub fn explain_message(
+    set: &RouteSet,
+    transform: &dyn crate::facts::Transform,
+    kind: crate::facts::MessageKind,
+    raw: &[u8],
+) -> Result<Vec<Verdict>, crate::facts::MapFailure> {
+    let mapped = transform.map(kind, raw)?;
+    Ok(set.explain(&mapped.facts))
+}
+
+/// Renders verdicts one per line: `MATCH name (file:line) -> dest, dest` or `no    name (file:line): why`.
+pub fn render_verdicts(verdicts: &[Verdict]) -> String {
+    let mut out = String::new();
+    for verdict in verdicts {
+        match &verdict.failed {
+            None => out.push_str(&format!(
+                "MATCH {} ({}) -> {}\n",
+                verdict.route,
+                verdict.location,
+                verdict.destinations.join(", ")
+            )),
+            Some(why) => out.push_str(&format!("no    {} ({}): {why}\n", verdict.route, verdict.location)),
+        }
+    }
+    if verdicts.iter().all(|v| v.failed.is_some()) {
+        out.push_str("=> unrouted\n");
+    }
+    out
+}
+
 fn route_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir)? {
