@@ -4,10 +4,11 @@
 mod harness;
 
 mod bad_input;
+mod bus;
 mod charsets;
 mod crash;
+mod documents;
 mod ingest_http;
 mod ingest_mllp;
-mod ops;
-mod documents;
 mod mapping;
+mod ops;
