@@ -22,7 +22,7 @@ use bytes::Bytes;
 
 use crate::bus::{self, Bus, Envelope};
 use crate::config::Settings;
-use crate::facts::{EventClass, Mapped, MessageKind, Transform};
+use crate::facts::{EventClass, Mapped, Transform};
 use crate::journal::{self, Delivery, DocumentMeta, Journal, Progress, Stage, State, Unfinished};
 use crate::routing::reload::LiveRoutes;
 use crate::shutdown::Shutdown;
@@ -163,7 +163,7 @@ impl Pipeline {
                 .into_iter()
                 .map(|mut entry| {
                     let id = entry.meta.id;
-                    let kind = kind_of(&entry.meta);
+                    let kind = entry.meta.kind;
                     if entry.meta.state == State::Routed
                         && let (Some(progress), Some(bundle)) =
                             (entry.meta.progress.take(), entry.bundle.take())
@@ -214,11 +214,6 @@ enum Decision {
     Failed(String),
     Mapped(Progress, Bytes),
     Routed(Progress, Bytes),
-}
-
-/// The kind of a journaled message: the journal records only HL7v2 today (CDA intake adds its kind).
-fn kind_of(_meta: &journal::EntryMeta) -> MessageKind {
-    MessageKind::Hl7v2
 }
 
 fn progress_of(mapped: &Mapped, routing: &crate::routing::Routing) -> Progress {
