@@ -190,6 +190,16 @@ impl facts::Transform for DocumentMapper {
     }
 }
 
+/// What `raw` looks like: a CDA when it starts (after a BOM and blanks) with `<`, else HL7v2 — for tools such
+/// as `relais convert` that get a file without a transport telling its kind.
+pub fn sniff_kind(raw: &[u8]) -> MessageKind {
+    let raw = raw.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(raw);
+    match raw.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'<') => MessageKind::Cda,
+        _ => MessageKind::Hl7v2,
+    }
+}
+
 /// The INS when qualified, else the sender's IPP as `<root>|<IPP>` (or the ORU's PID-3 IPP).
 fn patient_key(header: &CdaHeader, qualified: bool, oru_ipp: Option<&str>) -> String {
     if qualified && let Some(ins) = &header.patient.ins {

@@ -316,3 +316,10 @@ fn tables_name_the_file_on_error() {
     let e = DocumentMapper::load(dir.path()).unwrap_err().to_string();
     assert!(e.contains("xds-types.toml") && e.contains("\"77\""), "{e}");
 }
+
+#[test]
+fn kind_is_sniffed_from_the_first_byte() {
+    assert_eq!(sniff_kind(&read("cda/ans-testcontenucda_LDL-SES_2022.01.xml")), MessageKind::Cda);
+    assert_eq!(sniff_kind(b"\xEF\xBB\xBF  \n<ClinicalDocument/>"), MessageKind::Cda);
+    assert_eq!(sniff_kind(&read("oru/ans-transdoc_ORU_R01_CR-BIO_DMP-MSS.hl7")), MessageKind::Hl7v2);
+}
