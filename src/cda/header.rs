@@ -11,7 +11,7 @@ use quick_xml::reader::NsReader;
 use super::model::{
     Body, CdaHeader, Code, Encounter, Ins, InsKind, InstanceId, Organization, Patient, Person, ServiceEvent,
 };
-use super::{CDA_TYPE_ID, CdaError, HL7_V3_NS};
+use super::{ANS_TYPES_OID, CDA_TYPE_ID, CdaError, HL7_V3_NS, LOINC_OID};
 
 /// Element names the header reader looks at; everything else (and any element outside the HL7 v3
 /// namespace) is [`Tag::Other`].
@@ -800,6 +800,16 @@ impl Builder {
         let code = self.code.take().ok_or_else(|| {
             CdaError::at("ClinicalDocument/code", "missing: the document type (LOINC code) is required")
         })?;
+        if code.system != LOINC_OID && code.system != ANS_TYPES_OID {
+            return Err(CdaError::at(
+                "ClinicalDocument/code",
+                format!(
+                    "code `{}` in code system `{}`: a document type is a LOINC code ({LOINC_OID}) or an ANS type \
+                     ({ANS_TYPES_OID})",
+                    code.code, code.system
+                ),
+            ));
+        }
         if !self.record_target {
             return Err(CdaError::at(
                 "ClinicalDocument/recordTarget",

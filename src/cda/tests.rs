@@ -158,6 +158,7 @@ fn bad_documents_are_refused_naming_the_element() {
         ("wrong-typeid.xml", "ClinicalDocument/typeId", "POCD_HD000041"),
         ("no-id.xml", "ClinicalDocument/id", "missing"),
         ("no-code.xml", "ClinicalDocument/code", "missing"),
+        ("not-loinc.xml", "ClinicalDocument/code", "2.16.840.1.113883.6.96"),
         ("no-recordtarget.xml", "ClinicalDocument/recordTarget", "missing"),
         ("doctype-xxe.xml", "XML", "DOCTYPE"),
         ("nonxml-not-pdf.xml", "ClinicalDocument/component/nonXMLBody/text", "not a PDF"),

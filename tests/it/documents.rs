@@ -137,6 +137,8 @@ async fn bad_documents_get_a_4xx_with_the_reason_and_are_kept_as_rejected() {
         ("cda/bad/wrong-root.xml", 400, "not a CDA R2 document"),
         ("cda/bad/wrong-typeid.xml", 400, "ClinicalDocument/typeId"),
         ("cda/bad/no-code.xml", 400, "ClinicalDocument/code"),
+        ("cda/bad/not-loinc.xml", 400, "LOINC"),
+        ("cda/bad/unknown-loinc.xml", 400, "not in the XDS tables"),
         ("cda/bad/no-recordtarget.xml", 400, "ClinicalDocument/recordTarget"),
         ("cda/bad/doctype-xxe.xml", 400, "DOCTYPE"),
         ("cda/bad/nonxml-not-pdf.xml", 400, "not a PDF"),
