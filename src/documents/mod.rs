@@ -41,12 +41,21 @@ pub struct DocumentMapper {
 }
 
 /// A mapped document: the shared [`Mapped`] (bundle + facts) and what the document sinks need.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct MappedDocument {
     /// Bundle and routing facts.
     pub mapped: Mapped,
     /// The XDS metadata, recipients and flags, for the bus envelope.
     pub details: DocumentDetails,
+}
+
+impl std::fmt::Debug for MappedDocument {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MappedDocument")
+            .field("bundle_bytes", &self.mapped.bundle.len())
+            .field("details", &self.details)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What travels with a document on the bus besides the Bundle.
