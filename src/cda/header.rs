@@ -398,6 +398,14 @@ fn to_utf8(raw: &[u8]) -> Result<Cow<'_, [u8]>, CdaError> {
     Ok(Cow::Owned(strip_declared_encoding(text.into_owned()).into_bytes()))
 }
 
+/// The document's encoding: a BOM's, else the XML declaration's, else UTF-8 (the XML default).
+pub fn encoding_of(raw: &[u8]) -> String {
+    if let Some((encoding, _)) = encoding_rs::Encoding::for_bom(raw) {
+        return encoding.name().to_string();
+    }
+    declared_encoding(raw).unwrap_or_else(|| "UTF-8".to_string())
+}
+
 /// `encoding="…"` of an ASCII-compatible XML declaration.
 fn declared_encoding(raw: &[u8]) -> Option<String> {
     let decl = raw.strip_prefix(b"<?xml")?;

@@ -18,7 +18,7 @@ mod model;
 #[cfg(test)]
 mod tests;
 
-pub use header::extract;
+pub use header::{encoding_of, extract};
 pub use model::{
     Body, CdaHeader, Code, Encounter, Ins, InsKind, InstanceId, Organization, Patient, Person, ServiceEvent,
 };

@@ -189,6 +189,9 @@ fn latin1_documents_are_transcoded() {
     assert_ne!(bytes.as_ref(), latin.as_bytes(), "the sample must contain non-ASCII text");
     let h = extract(&bytes).unwrap();
     assert_eq!(h.code.display, "CR opératoire");
+    assert_eq!(encoding_of(&bytes), "ISO-8859-1");
+    assert_eq!(encoding_of(latin.as_bytes()), "ISO-8859-1");
+    assert_eq!(encoding_of(b"<ClinicalDocument/>"), "UTF-8");
 }
 
 #[test]
