@@ -209,15 +209,16 @@ pub fn sniff_kind(raw: &[u8]) -> MessageKind {
     }
 }
 
-/// The INS when qualified, else the sender's IPP as `<root>|<IPP>` (or the ORU's PID-3 IPP).
+/// The INS when qualified; else the IPP: PID-3's `<assigner>|<IPP>` for an ORU^R01 (the ADT mapping's form, so
+/// a patient's ADT and documents share a partition), else the CDA's `<root>|<IPP>`.
 fn patient_key(header: &CdaHeader, qualified: bool, oru_ipp: Option<&str>) -> String {
     if qualified && let Some(ins) = &header.patient.ins {
         return ins.value.clone();
     }
-    if let Some(ipp) = &header.patient.ipp {
-        return format!("{}|{}", ipp.root, ipp.extension);
+    if let Some(ipp) = oru_ipp {
+        return ipp.to_string();
     }
-    oru_ipp.unwrap_or_default().to_string()
+    header.patient.ipp.as_ref().map(|ipp| format!("{}|{}", ipp.root, ipp.extension)).unwrap_or_default()
 }
 
 fn oid_system(oid: &str) -> String {
