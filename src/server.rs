@@ -1,7 +1,8 @@
 //! `relais serve`: opens the journal, binds every listener, runs until a stop signal, then drains.
 //!
-//! Start-up order: checked settings → data dir → journal (recovered) → listeners bound → `listeners.json`
-//! written (the bound addresses, for tools and tests that asked for port 0). Stop order: listeners stop
+//! Start-up order: checked settings → data dir → journal (recovered) → listeners bound → drop folder
+//! watched → `listeners.json` written (the bound addresses, for tools and tests that asked for port 0).
+//! Stop order: listeners stop
 //! accepting, connections answer what they already read, the journal commits what is queued and closes.
 
 use std::net::SocketAddr;
@@ -13,7 +14,7 @@ use tracing::info;
 
 use crate::config::{self, Settings};
 use crate::ingest::tls::TlsServer;
-use crate::ingest::{Intake, http, mllp};
+use crate::ingest::{Intake, folder, http, mllp};
 use crate::journal::{Journal, JournalConfig};
 use crate::shutdown::{self, Shutdown};
 
@@ -115,6 +116,12 @@ pub async fn run(settings: Settings, stop: impl std::future::Future<Output = ()>
                 tracing::error!(error = %e, "HTTP server stopped");
             }
         });
+    }
+    if settings.folder.enabled {
+        let dir = settings.folder_path();
+        folder::prepare(&dir).map_err(io(format!("creating drop folder {}", dir.display())))?;
+        let settle = std::time::Duration::from_secs(settings.folder.settle_secs);
+        tasks.spawn(folder::run(intake.clone(), dir, settle, shutdown.clone()));
     }
     let listeners_file = settings.data_dir.join("listeners.json");
     write_atomically(&listeners_file, &serde_json::to_vec_pretty(&bound).unwrap_or_default())?;

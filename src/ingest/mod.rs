@@ -6,6 +6,8 @@
 //! answered with AR and an ERR segment; nothing is dropped silently and nothing is acknowledged AA before it
 //! is on disk.
 
+pub mod document;
+pub mod folder;
 pub mod http;
 pub mod mllp;
 pub mod tls;
@@ -17,6 +19,7 @@ use bytes::Bytes;
 use tracing::{debug, error, warn};
 
 use crate::config::Settings;
+use crate::facts::MessageKind;
 use crate::hl7v2::{AckCode, AckError, Charset, ErrorCode, Header, Location, Message, ParseError, build_ack};
 use crate::journal::{self, Appended, HeaderFields, Journal, NewEntry, State, Transport};
 use crate::ops::metrics::IngestLabels;
@@ -111,6 +114,7 @@ impl Intake {
                     header: Some(checked.fields),
                     state: State::Received,
                     reason: None,
+                    kind: MessageKind::Hl7v2,
                 };
                 self.enqueue(entry, raw, checked.charset, None).await
             }
@@ -126,6 +130,7 @@ impl Intake {
                     header: rejected.fields,
                     state: State::Rejected,
                     reason: Some(rejection_reason(&rejected.error)),
+                    kind: MessageKind::Hl7v2,
                 };
                 let charset = rejected.charset.unwrap_or(self.inner.default_charset);
                 self.enqueue(entry, raw, charset, Some(rejected.error)).await
@@ -175,6 +180,7 @@ impl Intake {
             header: fields,
             state: State::Rejected,
             reason: Some(rejection_reason(&error)),
+            kind: MessageKind::Hl7v2,
         };
         self.enqueue(entry, raw, charset, Some(error)).await
     }
