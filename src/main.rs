@@ -14,7 +14,7 @@ use relais::send::{self, SendOptions};
 #[command(name = "relais", version, about)]
 struct Cli {
     /// Log as JSON lines instead of text (level from RELAIS_LOG, default `info`).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, env = "RELAIS_LOG_JSON")]
     log_json: bool,
     #[command(subcommand)]
     command: Command,
