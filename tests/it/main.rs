@@ -8,3 +8,4 @@ mod charsets;
 mod crash;
 mod ingest_http;
 mod ingest_mllp;
+mod ingest_tls;
