@@ -9,3 +9,4 @@ mod crash;
 mod ingest_http;
 mod ingest_mllp;
 mod ingest_tls;
+mod send_cli;
