@@ -66,6 +66,8 @@ pub struct Relais {
     /// Holds `data/`, `relais.log` and an optional `relais.toml`; removed on drop.
     dir: tempfile::TempDir,
     env: Vec<(String, String)>,
+    /// Extra arguments after `serve`.
+    args: Vec<String>,
     config: Option<PathBuf>,
     child: Option<Child>,
     listeners: Listeners,
@@ -110,6 +112,16 @@ impl Relais {
         (status, relais.log())
     }
 
+    /// As [`Relais::start_with`], with extra `relais serve` arguments; `{data}` in one stands for the data dir
+    /// (e.g. `["--data", "{data}"]` with `RELAIS__DATA_DIR` pointing elsewhere).
+    pub fn start_with_args(args: &[&str], env: &[(&str, &str)]) -> Relais {
+        let mut relais = Relais::prepare(None, env);
+        let data = relais.data_dir().display().to_string();
+        relais.args = args.iter().map(|a| a.replace("{data}", &data)).collect();
+        relais.spawn();
+        relais
+    }
+
     fn launch(toml: Option<&str>, env: &[(&str, &str)]) -> Relais {
         let mut relais = Relais::prepare(toml, env);
         relais.spawn();
@@ -133,7 +145,15 @@ impl Relais {
             all.retain(|(key, _)| key != k);
             all.push((k.to_string(), v.to_string()));
         }
-        Relais { dir, env: all, config, child: None, listeners: Listeners::default(), runs: 0 }
+        Relais {
+            dir,
+            env: all,
+            args: Vec::new(),
+            config,
+            child: None,
+            listeners: Listeners::default(),
+            runs: 0,
+        }
     }
 
     /// Starts the process again on the same data dir and settings (after [`Relais::stop`] or
@@ -174,7 +194,7 @@ impl Relais {
     fn command(&self) -> Command {
         let log = std::fs::File::create(self.log_path()).expect("log file");
         let mut command = Command::new(env!("CARGO_BIN_EXE_relais"));
-        command.arg("serve");
+        command.arg("serve").args(&self.args);
         if let Some(config) = &self.config {
             command.arg("--config").arg(config);
         }

@@ -2,6 +2,7 @@
 //! ends, de-duplication, framing faults, size limit and graceful stop.
 
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use crate::harness::*;
 
@@ -41,6 +42,8 @@ fn every_ans_sample_gets_aa() {
             assert_eq!(ack.field("MSH", 3), msh_field(&message, 5));
             assert_eq!(ack.field("MSH", 4), msh_field(&message, 6));
             assert_ne!(ack.field("MSH", 10), msh_field(&message, 10), "the ACK has its own MSH-10");
+            let trigger = msh_field(&message, 9).split('^').nth(1).unwrap_or_default().to_string();
+            assert_eq!(ack.field("MSH", 9), format!("ACK^{trigger}^ACK"), "{}", file.display());
         }
         let stats = relais.stats();
         assert_eq!(stats["journaled"], group.len() as u64);
@@ -108,6 +111,48 @@ fn resend_is_acknowledged_once_journaled() {
     assert_eq!((again.code(), again.acked_id()), ("AA".to_string(), "RESEND-1".to_string()));
     let stats = relais.stats();
     assert_eq!((stats["journaled"], stats["rejected"]), (1, 0));
+}
+
+/// Item 8: the de-duplication window is a setting: within it a resend is not stored again, after it the
+/// same message is stored anew.
+#[test]
+fn dedup_window_is_configurable() {
+    let window = Duration::from_secs(2);
+    let relais = Relais::start_with(&[("RELAIS__JOURNAL__DEDUP_WINDOW_SECS", "2")]);
+    let message = adt("WINDOW-1");
+    let mut client = MllpClient::connect(relais.mllp_addr());
+    assert_eq!(client.exchange(&message).code(), "AA");
+    let first = Instant::now();
+    assert_eq!(client.exchange(&message).code(), "AA");
+    if first.elapsed() < window {
+        assert_eq!(relais.stats()["journaled"], 1, "a resend within the window is not stored");
+    }
+    eventually("the resend after the window is stored", || {
+        let sent_at = first.elapsed();
+        assert_eq!(client.exchange(&message).code(), "AA");
+        let journaled = relais.stats()["journaled"];
+        if journaled == 1 {
+            return None;
+        }
+        assert!(sent_at >= window, "stored again after {sent_at:?}, inside the {window:?} window");
+        Some(journaled)
+    });
+    assert_eq!(relais.stats()["journaled"], 2);
+}
+
+/// Item 2: `--data DIR` wins over `RELAIS__DATA_DIR`; `RELAIS__MLLP__LISTEN` / `RELAIS__HTTP__LISTEN` move the
+/// listeners (port 0 here: the harness reads the real ports from `listeners.json` in that data dir).
+#[test]
+fn data_flag_and_env_overrides() {
+    let elsewhere = tempfile::tempdir().unwrap();
+    let ignored = elsewhere.path().join("ignored");
+    let relais =
+        Relais::start_with_args(&["--data", "{data}"], &[("RELAIS__DATA_DIR", ignored.to_str().unwrap())]);
+    assert_eq!(Ack::parse(&mllp_send(relais.mllp_addr(), &adt("DATA-1"))).code(), "AA");
+    assert!(relais.data_dir().join("journal.redb").is_file());
+    assert!(!ignored.exists(), "RELAIS__DATA_DIR is overridden by --data");
+    assert!(relais.mllp_addr().ip().is_loopback() && relais.mllp_addr().port() != 2575);
+    assert!(relais.http_addr().ip().is_loopback() && relais.http_addr().port() != 8080);
 }
 
 /// Item 3: 100 messages written at once on one connection get 100 AAs, in the order sent.
