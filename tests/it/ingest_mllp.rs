@@ -177,6 +177,21 @@ fn pipelined_messages_are_acknowledged_in_order() {
     assert_eq!(relais.stats()["journaled"], 100);
 }
 
+/// A batch sender that writes everything then closes its side (`cat batch | nc host 2575`) still gets every
+/// ACK, in order, before the server closes.
+#[test]
+fn half_closed_connection_gets_every_ack() {
+    let relais = Relais::start();
+    let ids: Vec<String> = (0..50).map(|i| format!("HALF-{i:02}")).collect();
+    let mut client = MllpClient::connect(relais.mllp_addr());
+    client.send_raw(&ids.iter().flat_map(|id| frame(&adt(id))).collect::<Vec<u8>>());
+    client.stream().shutdown(std::net::Shutdown::Write).unwrap();
+    let acked: Vec<String> = ids.iter().map(|_| client.read_ack()).map(|a| a.acked_id()).collect();
+    assert_eq!(acked, ids);
+    assert!(client.closed_by_server());
+    assert_eq!(relais.stats()["journaled"], 50);
+}
+
 /// Item 3: many connections at once, each sending and waiting as a DPI does; every message is AA and
 /// journaled once.
 #[test]
