@@ -3,7 +3,11 @@
 //! - `POST /hl7v2`: one message as the body; the ACK comes back as the body with 200 (AA), 400 (AR) or
 //!   422 (AE). A body over `mllp.max_message_size` is answered like an oversize MLLP frame: AR (ERR 207),
 //!   its first bytes journaled as `rejected`.
-//! - `GET /health`: liveness.
+//! - `GET /health`, `/ready`, `/metrics`: see [`crate::ops::http`] (merged in by the server).
+//! - `POST /cda`: one CDA R2 document (`application/xml`, `text/xml` or `application/hl7-cda+xml`); 202 with
+//!   `{"id": n}` once journaled, else 400 (not XML / not a CDA), 409 (document id reused), 413 (over
+//!   `documents.max_size`), 415 (content type) with `{"error": reason, "id": n}` — refused documents are
+//!   journaled `rejected` too. Bodies over twice the limit are cut by the server (413, not journaled).
 //! - `GET /api/stats`, `GET /api/messages?state=&limit=`: journal counts and message metadata (never bodies).
 //! - `GET /api/messages/{id}/raw`: one message's bytes exactly as received (`application/octet-stream`), for
 //!   an operator reviewing a rejected message; 404 when no such entry.
@@ -21,6 +25,7 @@ use serde::Deserialize;
 use tokio::net::TcpListener;
 
 use super::Intake;
+use super::document::{DocumentOutcome, Refusal};
 use super::mllp::FramingFault;
 use crate::hl7v2::AckCode;
 use crate::journal::{State, Transport};
@@ -41,11 +46,14 @@ pub fn router(intake: Intake, admin_token: String) -> Router {
         .route("/api/messages", get(messages))
         .route("/api/messages/{id}/raw", get(raw_message))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    let documents = Router::new()
+        .route("/cda", post(post_cda))
+        .layer(DefaultBodyLimit::max(intake.max_document_size().saturating_mul(2)));
     Router::new()
         .route("/hl7v2", post(post_hl7v2))
-        .route("/health", get(health))
         .merge(api)
         .layer(DefaultBodyLimit::max(intake.max_message_size()))
+        .merge(documents)
         .with_state(state)
 }
 
@@ -110,8 +118,50 @@ async fn post_hl7v2(
     response
 }
 
-async fn health() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "status": "ok" }))
+/// Content types accepted for a CDA document.
+const CDA_CONTENT_TYPES: [&str; 3] = ["application/xml", "text/xml", "application/hl7-cda+xml"];
+
+async fn post_cda(
+    AxumState(state): AxumState<AppState>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let peer = peer.to_string();
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let media_type = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let outcome = if CDA_CONTENT_TYPES.contains(&media_type.as_str()) {
+        state.intake.submit_document(body, Transport::Http, &peer).await
+    } else {
+        let reason = format!(
+            "content type `{content_type}`: a CDA document is sent as {}",
+            CDA_CONTENT_TYPES.join(", ")
+        );
+        state.intake.reject_document(body, Transport::Http, &peer, Refusal::ContentType, reason).await
+    };
+    match outcome {
+        DocumentOutcome::Accepted { id, duplicate } => {
+            (StatusCode::ACCEPTED, Json(serde_json::json!({ "id": id, "duplicate": duplicate })))
+                .into_response()
+        }
+        DocumentOutcome::Rejected { id, refusal, reason } => {
+            let status = match refusal {
+                Refusal::Invalid => StatusCode::BAD_REQUEST,
+                Refusal::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+                Refusal::ContentType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                Refusal::Conflict => StatusCode::CONFLICT,
+            };
+            (status, Json(serde_json::json!({ "error": reason, "id": id }))).into_response()
+        }
+        DocumentOutcome::Unavailable { reason } => {
+            tracing::error!(%reason, "document not journaled");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(serde_json::json!({ "error": "document not stored (journal unavailable); send it again later" })),
+            )
+                .into_response()
+        }
+    }
 }
 
 async fn stats(AxumState(state): AxumState<AppState>) -> Response {

@@ -10,3 +10,6 @@ mod ingest_http;
 mod ingest_mllp;
 mod ingest_tls;
 mod send_cli;
+mod ops;
+mod documents;
+mod mapping;
