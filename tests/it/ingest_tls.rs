@@ -150,12 +150,24 @@ const BOTH: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13, &r
 #[test]
 fn tls_serves_the_samples_and_refuses_plain_mllp() {
     let files = TlsFiles::new();
+    let config = client_config(&files.path("server-ca.pem"), None, BOTH);
+    // Two samples share MSH-4 + MSH-10: every group but the last goes to its own server first.
+    let mut groups = groups_without_shared_control_ids(&samples_in("ans"));
+    let last = groups.pop().expect("samples");
+    for group in &groups {
+        let relais = Relais::start_with_config(&files.config(false, &[]), &[]);
+        for file in group {
+            let message = std::fs::read(file).unwrap();
+            let ack = tls_exchange(relais.mllp_tls_addr(), config.clone(), &message)
+                .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+            assert_eq!(ack.code(), "AA", "{}", file.display());
+        }
+        assert_eq!(relais.stats()["journaled"], group.len() as u64);
+    }
     let relais = Relais::start_with_config(&files.config(false, &[]), &[]);
     let addr = relais.mllp_tls_addr();
-    let config = client_config(&files.path("server-ca.pem"), None, BOTH);
     let mut sent = 0;
-    let groups = groups_without_shared_control_ids(&samples_in("ans"));
-    for file in &groups[0] {
+    for file in &last {
         let message = std::fs::read(file).unwrap();
         let ack = tls_exchange(addr, config.clone(), &message)
             .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
