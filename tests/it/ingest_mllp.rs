@@ -157,6 +157,43 @@ fn data_flag_and_env_overrides() {
     assert!(relais.http_addr().ip().is_loopback() && relais.http_addr().port() != 8080);
 }
 
+/// Item 8 under concurrency: the same control id sent at the same moment on 8 connections, 4 with one
+/// content and 4 with another. Whichever content the journal takes first is AA'd on all its connections and
+/// stored once; the other content gets AE on all its connections and each copy is kept as `rejected`.
+#[test]
+fn simultaneous_resends_and_conflicts() {
+    let relais = Relais::start();
+    let addr = relais.mllp_addr();
+    let first = adt("RACE-1");
+    let mut second = first.clone();
+    second.extend_from_slice(b"NTE|1||other content\r");
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(8));
+    let threads: Vec<_> = (0..8)
+        .map(|n| {
+            let message = if n % 2 == 0 { first.clone() } else { second.clone() };
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                let mut client = MllpClient::connect(addr);
+                barrier.wait();
+                (n % 2, client.exchange(&message).code())
+            })
+        })
+        .collect();
+    let answers: Vec<(usize, String)> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let codes_of = |variant: usize| -> Vec<&str> {
+        answers.iter().filter(|(v, _)| *v == variant).map(|(_, c)| c.as_str()).collect()
+    };
+    let (even, odd) = (codes_of(0), codes_of(1));
+    let winner_all_aa = |codes: &[&str]| codes.iter().all(|c| *c == "AA");
+    let loser_all_ae = |codes: &[&str]| codes.iter().all(|c| *c == "AE");
+    assert!(
+        (winner_all_aa(&even) && loser_all_ae(&odd)) || (winner_all_aa(&odd) && loser_all_ae(&even)),
+        "one content wins everywhere: {answers:?}"
+    );
+    let stats = relais.stats();
+    assert_eq!((stats["received"], stats["rejected"]), (1, 4));
+}
+
 /// Item 3: 100 messages written at once on one connection get 100 AAs, in the order sent.
 #[test]
 fn pipelined_messages_are_acknowledged_in_order() {
