@@ -81,7 +81,8 @@ impl Relais {
         Relais::start_with(&[])
     }
 
-    /// As [`Relais::start`], with extra `RELAIS__…` variables (they override the harness's own).
+    /// As [`Relais::start`], with extra `RELAIS__…` variables (they override the harness's own, as does
+    /// `RELAIS_LOG`, `info` by default).
     pub fn start_with(env: &[(&str, &str)]) -> Relais {
         Relais::launch(None, env)
     }
@@ -140,6 +141,8 @@ impl Relais {
             ("RELAIS__DATA_DIR".to_string(), data.display().to_string()),
             ("RELAIS__MLLP__LISTEN".to_string(), "127.0.0.1:0".to_string()),
             ("RELAIS__HTTP__LISTEN".to_string(), "127.0.0.1:0".to_string()),
+            // Info level, as in production: tests check the log for patient data at that level.
+            ("RELAIS_LOG".to_string(), "info".to_string()),
         ];
         for (k, v) in env {
             all.retain(|(key, _)| key != k);
@@ -206,7 +209,6 @@ impl Relais {
         }
         command
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .env("RELAIS_LOG", "info")
             .current_dir(self.dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
