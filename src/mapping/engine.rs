@@ -696,7 +696,13 @@ pub(crate) fn map(ctx: &Ctx<'_, '_, '_>, kind: BundleKind, pretty: bool) -> Resu
         unit,
         document_type: None,
         confidentiality: None,
-        flags: Vec::new(),
+        flags: ctx
+            .rules
+            .flags
+            .iter()
+            .filter(|(p, values, _)| p.text(ctx.msg, ctx.cs).is_some_and(|v| values.contains(&v)))
+            .map(|(_, _, flag)| flag.clone())
+            .collect(),
         ins_qualified: part.ins_qualified,
         dmp_opposition,
         gp_known: part.gp_known,

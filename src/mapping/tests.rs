@@ -84,6 +84,10 @@ fn the_gp_comes_from_rol_odrp_or_pd1_4_and_a_deleted_one_is_not_known() {
     let mapped = m.convert(&deleted, BundleKind::Message, false).expect("maps");
     assert!(!mapped.facts.gp_known);
     assert!(resource(&json(&mapped), "Practitioner").is_none());
+    let hidden = msg("A01", "", pv1, &format!("{}\r", seg("PD1", &[(12, "Y")])));
+    let f = m.convert(&hidden, BundleKind::Message, false).expect("maps").facts;
+    assert_eq!(f.flags, ["INVISIBLE_PATIENT"]);
+    assert!(f.event_class.is_some() && !f.gp_known);
     let other_role = msg("A01", "", pv1, &format!("ROL||UC|FHCP|{xcn}\r"));
     assert!(!m.convert(&other_role, BundleKind::Message, false).expect("maps").facts.gp_known);
     let adeli = msg("A01", "", pv1, "ROL||UC|ODRP|123456789^X^Y^^^^^^^L^^^ADELI\r");
