@@ -428,12 +428,14 @@ fn gp(ctx: &Ctx<'_, '_, '_>, field: &Field<'_>) -> Option<PractitionerData> {
     let kind = ctx.comp(&rep, 13).unwrap_or_default();
     let ident = match kind.as_str() {
         "RPPS" if number.len() == 11 && number.bytes().all(|b| b.is_ascii_digit()) => Ident {
+            use_: Some("official".into()),
             type_: Some(Code { system: FR_V2_0203.into(), code: "RPPS".into(), display: None }),
             system: RPPS_SYSTEM.into(),
             value: number,
             ..Ident::default()
         },
         "IDNPS" => Ident {
+            use_: Some("official".into()),
             type_: Some(Code { system: FR_V2_0203.into(), code: "IDNPS".into(), display: None }),
             system: IDNPS_SYSTEM.into(),
             value: number,

@@ -168,3 +168,46 @@ pub fn message_header(data: &HeaderData) -> Result<Built, Error> {
     let header = built("MessageHeader", b.build())?;
     Ok(wrap(Resource::MessageHeader(header), "MessageHeader", &data.id))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Code, Ident, Ref};
+
+    fn patient_data() -> PatientData {
+        PatientData {
+            id: "p1".into(),
+            identifiers: vec![Ident { system: "urn:oid:1.2".into(), value: "42".into(), ..Ident::default() }],
+            gender: Some("female".into()),
+            birth_date: Some("1979-03".into()),
+            deceased: Deceased::At("2026-07-18T03:10:00+02:00".into()),
+            ..PatientData::default()
+        }
+    }
+
+    #[test]
+    fn a_patient_serializes_with_its_precision_and_offset() {
+        let built = patient(&patient_data()).expect("builds");
+        let json: serde_json::Value = serde_json::from_slice(&built.to_json().expect("json")).expect("parse");
+        assert_eq!(json["resourceType"], "Patient");
+        assert_eq!(json["birthDate"], "1979-03");
+        assert_eq!(json["deceasedDateTime"], "2026-07-18T03:10:00+02:00");
+        assert_eq!(format!("{built:?}"), "Built { type: \"Patient\" }", "Debug shows no field value");
+    }
+
+    #[test]
+    fn codes_and_dates_outside_the_fhir_model_are_errors() {
+        let bad_gender = PatientData { gender: Some("bogus".into()), ..patient_data() };
+        assert!(matches!(patient(&bad_gender), Err(Error::Value { element: "Patient.gender", .. })));
+        let bad_date = PatientData { birth_date: Some("1979-13-01".into()), ..patient_data() };
+        assert!(patient(&bad_date).is_err());
+        let bad_status = EncounterData {
+            id: "e1".into(),
+            status: "admitted".into(),
+            class: Code { system: "s".into(), code: "IMP".into(), display: None },
+            subject: Some(Ref { reference: Some("urn:uuid:p1".into()), ..Ref::default() }),
+            ..EncounterData::default()
+        };
+        assert!(matches!(encounter(&bad_status), Err(Error::Value { element: "Encounter.status", .. })));
+    }
+}
