@@ -351,7 +351,14 @@ fn consume_all(bus: &Bus, sink: &str, seen: Arc<Mutex<Seen>>) -> Vec<tokio::task
             tokio::spawn(async move {
                 let mut consumer = bus.consume(&sink, partition).await.unwrap();
                 loop {
-                    let Ok(received) = consumer.next().await else { continue };
+                    let received = match consumer.next().await {
+                        Ok(received) => received,
+                        Err(error) => {
+                            eprintln!("consumer of {sink}.{partition}: {error}");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        }
+                    };
                     let poison =
                         std::str::from_utf8(&received.envelope().bundle).unwrap().contains("\"poison\":true");
                     seen.lock().unwrap().deliveries.push((
@@ -499,7 +506,7 @@ async fn poison_goes_to_the_dead_letter_queue(backend: Backend) {
     let tasks = consume_all(&bus, "a", Arc::clone(&seen));
     let expected = others.len() + 2;
     wait_for("every message on sink a", Duration::from_secs(30), || {
-        let seen = std::mem::take(&mut *seen.lock().unwrap());
+        let seen = seen.lock().unwrap();
         seen.distinct_ids().len() == expected
             && seen.deliveries.iter().any(|(e, _, _)| e.message_id == behind)
     })
