@@ -114,6 +114,9 @@ pub struct NewEntry {
     pub state: State,
     /// Why it was rejected.
     pub reason: Option<String>,
+    /// HL7v2 or CDA. For a CDA document `header` holds the custodian id (facility), `CDA^<type code>`
+    /// (message type) and the document id (control id), so a resent document is deduplicated too.
+    pub kind: MessageKind,
 }
 
 /// Metadata of a journaled message (no body): what `/api/messages` returns.
@@ -138,6 +141,9 @@ pub struct EntryMeta {
     pub state: State,
     /// Why it was rejected, or why it could not be mapped (`failed`).
     pub reason: Option<String>,
+    /// HL7v2 or CDA (entries written before the field existed read as HL7v2).
+    #[serde(default)]
+    pub kind: MessageKind,
     /// What the stages after the journal recorded (routes, destinations, publications).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<Progress>,
@@ -250,6 +256,8 @@ pub(crate) struct StoredRecord {
     pub(crate) state: State,
     #[serde(default)]
     pub(crate) reason: Option<String>,
+    #[serde(default)]
+    pub(crate) kind: MessageKind,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) progress: Option<Progress>,
 }
@@ -266,6 +274,7 @@ impl StoredRecord {
             header: entry.header,
             state: entry.state,
             reason: entry.reason,
+            kind: entry.kind,
             progress: None,
         };
         (record, entry.raw)
@@ -283,6 +292,7 @@ impl StoredRecord {
             header: self.header,
             state: self.state,
             reason: self.reason,
+            kind: self.kind,
             progress: self.progress,
         }
     }
@@ -320,9 +330,11 @@ mod tests {
             }),
             state: State::Received,
             reason: None,
+            kind: MessageKind::Hl7v2,
             progress: None,
         };
         let value = serde_json::to_value(&meta).unwrap();
+        assert_eq!(value["kind"], "hl7v2");
         assert_eq!(value["control_id"], "42");
         assert_eq!(value["transport"], "mllp_tls");
         let back: EntryMeta = serde_json::from_value(value).unwrap();
@@ -331,5 +343,12 @@ mod tests {
         let headerless = EntryMeta { header: None, ..meta };
         let back: EntryMeta = serde_json::from_value(serde_json::to_value(&headerless).unwrap()).unwrap();
         assert_eq!(back.header, None);
+    }
+
+    #[test]
+    fn records_written_before_kind_read_as_hl7v2() {
+        let old = r#"{"received_at":"2026-01-01T00:00:00Z","transport":"mllp","peer":"x","size":3,"state":"received"}"#;
+        let record: StoredRecord = serde_json::from_str(old).unwrap();
+        assert_eq!(record.kind, MessageKind::Hl7v2);
     }
 }

@@ -22,10 +22,12 @@ use bytes::Bytes;
 
 use crate::bus::{self, Bus, Envelope};
 use crate::config::Settings;
-use crate::facts::{EventClass, MapFailure, Mapped, MessageKind, Transform};
+use crate::facts::{EventClass, Mapped, MessageKind, Transform};
 use crate::journal::{self, Delivery, DocumentMeta, Journal, Progress, Stage, State, Unfinished};
 use crate::routing::reload::LiveRoutes;
 use crate::shutdown::Shutdown;
+
+pub mod map_stage;
 
 /// Why the pipeline stopped.
 #[derive(Debug, thiserror::Error)]
@@ -38,20 +40,9 @@ pub enum Error {
     Task(String),
 }
 
-/// The map stage the pipeline uses, chosen from the settings.
-///
-/// This branch has no mapper yet: every message is recorded `failed` with the reason "mapping not
-/// available", and nothing is invented. The HL7v2 and CDA mappers plug in here.
-pub fn transform_for(_settings: &Settings) -> Arc<dyn Transform> {
-    Arc::new(MappingUnavailable)
-}
-
-struct MappingUnavailable;
-
-impl Transform for MappingUnavailable {
-    fn map(&self, _kind: MessageKind, _raw: &[u8]) -> Result<Mapped, MapFailure> {
-        Err(MapFailure { location: "relais".into(), reason: "mapping not available".into() })
-    }
+/// The map stage the pipeline uses: the ADT mapping and the documents module, loaded from the settings.
+pub fn transform_for(settings: &Settings) -> Result<Arc<dyn Transform>, map_stage::Error> {
+    Ok(Arc::new(map_stage::MapStage::load(settings)?))
 }
 
 /// The pipeline's parts.

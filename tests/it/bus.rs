@@ -96,6 +96,7 @@ async fn append(journal: &Journal, control_id: &str, trigger: &str, patient: &st
         }),
         state: State::Received,
         reason: None,
+        kind: relais::facts::MessageKind::Hl7v2,
     };
     match journal.append(entry).await.unwrap() {
         Appended::Stored { id } => id,
