@@ -72,6 +72,7 @@ async fn journal_with_messages(dir: &Path) -> Journal {
             header: Some(HeaderFields { control_id: format!("B{n}"), ..HeaderFields::default() }),
             state: State::Received,
             reason: None,
+            kind: MessageKind::Hl7v2,
         };
         pending.push(journal.enqueue(entry).await.unwrap());
     }
