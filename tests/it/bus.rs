@@ -611,6 +611,24 @@ fn serve_routes_and_publishes_then_survives_kill_9() {
     assert_eq!(progress["deliveries"][0]["published"], true);
     assert_eq!(progress["event_class"], "admission");
     assert_eq!(progress["partition_key"].as_str().map(str::len), Some(16));
+    let (status, body) = relais.get("/metrics");
+    let metrics = String::from_utf8_lossy(&body);
+    assert_eq!(status, 200);
+    assert!(metrics.contains("relais_routing_messages_total{result=\"unrouted\"} 1"), "{metrics}");
+    assert!(metrics.contains("relais_bus_published_total{result=\"confirmed\"} 1"), "{metrics}");
+
+    // A CDA document with a qualified INS and no opposition goes to the DMP sink.
+    let response = super::harness::http()
+        .post(format!("{}/cda", relais.http_url()))
+        .header("content-type", "application/xml")
+        .body(sample("cda/ans-testcontenucda_BIO-CR-BIO_2024.01_TSH_1.xml"))
+        .send()
+        .unwrap();
+    assert!(response.status().is_success(), "{:?}", response.status());
+    wait_blocking("the document published", || relais.stats()["published"] == 2);
+    let document = &relais.messages("published", 10)[0];
+    assert_eq!(document["progress"]["kind"], "cda");
+    assert_eq!(document["progress"]["deliveries"][0]["destination"], "dmp");
 
     // More admissions, then kill -9 as soon as they are acknowledged: the outbox finishes after restart.
     let a01 = String::from_utf8(sample("adt/a01_admission.hl7")).unwrap();
@@ -620,9 +638,14 @@ fn serve_routes_and_publishes_then_survives_kill_9() {
     }
     relais.kill();
     relais.restart();
-    wait_blocking("every admission published after restart", || relais.stats()["published"] == 31);
-    let published: Vec<u64> =
-        relais.messages("published", 100).iter().map(|m| m["id"].as_u64().unwrap()).collect();
+    wait_blocking("every admission published after restart", || relais.stats()["published"] == 32);
+    let published: Vec<u64> = relais
+        .messages("published", 100)
+        .iter()
+        .filter(|m| m["progress"]["deliveries"][0]["destination"] == "gp-notify")
+        .map(|m| m["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(published.len(), 31);
     relais.stop();
 
     let bus = relais::bus::embedded::EmbeddedBus::open(
