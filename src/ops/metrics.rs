@@ -355,7 +355,9 @@ pub fn render(journal: Option<&Journal>) -> String {
     if let Some(journal) = journal
         && let Ok(stats) = journal.stats()
     {
-        for (state, count) in stats.into_iter().filter(|(state, _)| state != "journaled") {
+        for (state, count) in
+            stats.into_iter().filter(|(state, _)| state != "journaled" && state != "accepted")
+        {
             gauge!(JOURNAL_ENTRIES, "state" => state).set(count as f64);
         }
     }

@@ -22,7 +22,7 @@ use bytes::Bytes;
 
 use crate::bus::{self, Bus, Envelope};
 use crate::config::Settings;
-use crate::facts::{EventClass, Mapped, MessageKind, Transform};
+use crate::facts::{EventClass, Mapped, Transform};
 use crate::journal::{self, Delivery, DocumentMeta, Journal, Progress, Stage, State, Unfinished};
 use crate::ops::metrics as ops_metrics;
 use crate::routing::reload::LiveRoutes;
@@ -174,7 +174,7 @@ impl Pipeline {
                 .into_iter()
                 .map(|mut entry| {
                     let id = entry.meta.id;
-                    let kind = kind_of(&entry.meta);
+                    let kind = entry.meta.kind;
                     if entry.meta.state == State::Routed
                         && let (Some(progress), Some(bundle)) =
                             (entry.meta.progress.take(), entry.bundle.take())
@@ -265,11 +265,6 @@ fn failure_label(location: &str) -> &'static str {
     ];
     let head = location.split(['-', '/', '.', ':', ' ']).next().unwrap_or_default();
     KNOWN.into_iter().find(|k| *k == head).unwrap_or("other")
-}
-
-/// The kind of a journaled message, as ingest recorded it (HL7v2 or CDA).
-fn kind_of(meta: &journal::EntryMeta) -> MessageKind {
-    meta.kind
 }
 
 fn progress_of(mapped: &Mapped, routing: &crate::routing::Routing) -> Progress {

@@ -328,6 +328,11 @@ impl Relais {
         serde_json::from_value(self.get_json("/api/stats")).expect("stats are counts")
     }
 
+    /// Metadata of the newest `limit` entries that were accepted (every state but `rejected`).
+    pub fn accepted(&self, limit: usize) -> Vec<serde_json::Value> {
+        self.messages("", limit).into_iter().filter(|m| m["state"] != "rejected").collect()
+    }
+
     /// `GET /api/messages?state=<state>&limit=<limit>` (state may be empty for all states).
     pub fn messages(&self, state: &str, limit: usize) -> Vec<serde_json::Value> {
         let value = self.get_json(&format!("/api/messages?state={state}&limit={limit}"));
@@ -580,13 +585,10 @@ pub fn adt(control_id: &str) -> Vec<u8> {
     with_msh_field(&sample("bench/adt_a01_fr.hl7"), 10, control_id)
 }
 
-/// The control ids (MSH-10) of the journal entries listed by `/api/messages` (at most `limit`, any state).
-pub fn journaled_ids(relais: &Relais, state: &str, limit: usize) -> Vec<String> {
-    relais
-        .messages(state, limit)
-        .iter()
-        .filter_map(|m| m["control_id"].as_str().map(str::to_string))
-        .collect()
+/// MSH-10 of every accepted message (any state but `rejected`: the pipeline moves accepted messages on from
+/// `received` to `mapped`, `routed`, `unrouted`, `failed`…), newest first.
+pub fn accepted_ids(relais: &Relais, limit: usize) -> Vec<String> {
+    relais.accepted(limit).iter().filter_map(|m| m["control_id"].as_str().map(str::to_string)).collect()
 }
 
 /// Splits the samples into groups in which no two share MSH-4 + MSH-10, so each group can go to one server

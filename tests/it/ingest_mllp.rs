@@ -45,7 +45,7 @@ fn every_ans_sample_gets_aa() {
         let stats = relais.stats();
         assert_eq!(stats["journaled"], group.len() as u64);
         assert_eq!(stats["rejected"], 0);
-        let listed = relais.messages("received", 100);
+        let listed = relais.accepted(100);
         for file in &group {
             let message = std::fs::read(file).unwrap();
             let entry = listed
@@ -87,7 +87,7 @@ fn same_control_id_different_bytes_is_ae_and_kept_for_review() {
     assert!(!ack.err_text().is_empty(), "the ERR says why");
 
     let stats = relais.stats();
-    assert_eq!((stats["journaled"], stats["received"], stats["rejected"]), (2, 1, 1));
+    assert_eq!((stats["journaled"], stats["accepted"], stats["rejected"]), (2, 1, 1));
     let rejected = relais.messages("rejected", 10);
     assert_eq!(rejected.len(), 1);
     assert_eq!(rejected[0]["control_id"], "3975");
@@ -154,7 +154,7 @@ fn concurrent_connections_are_all_served() {
     for t in threads {
         t.join().expect("a client thread failed");
     }
-    let ids = journaled_ids(&relais, "received", 1000);
+    let ids = accepted_ids(&relais, 1000);
     assert_eq!(ids.len(), connections * per_connection);
     let unique: std::collections::BTreeSet<_> = ids.iter().collect();
     assert_eq!(unique.len(), ids.len(), "no message journaled twice");
@@ -182,7 +182,7 @@ fn cr_lf_and_crlf_segment_ends() {
         assert_eq!(ack.err_code(), "100");
     }
     let stats = relais.stats();
-    assert_eq!((stats["received"], stats["rejected"]), (3, 3));
+    assert_eq!((stats["accepted"], stats["rejected"]), (3, 3));
 }
 
 /// Item 3 and 10: bytes between frames are answered with AR, journaled as `rejected` with a reason, and the
@@ -258,7 +258,7 @@ fn graceful_stop_on_sigterm_answers_what_was_read() {
 
     relais.restart();
     let journaled: BTreeMap<String, ()> =
-        journaled_ids(&relais, "received", 1000).into_iter().map(|id| (id, ())).collect();
+        accepted_ids(&relais, 1000).into_iter().map(|id| (id, ())).collect();
     for id in &acked_ids {
         assert!(journaled.contains_key(id), "{id} got AA but is not in the journal");
     }

@@ -222,13 +222,14 @@ async fn metrics_count_what_ingest_did_and_pass_promtool() {
     assert_eq!(sample(&after, "relais_ingest_acks_total", &[("transport", "http"), ("code", "AR")]), 1.0);
     let rejected = [("transport", "http"), ("sender", "unknown"), ("reason", "segment_sequence")];
     assert_eq!(sample(&after, "relais_ingest_messages_rejected_total", &rejected), 1.0);
-    // Journal: 4 stored as received (the duplicate is not stored again), 1 rejected; every append committed.
-    assert_eq!(sample(&after, "relais_journal_entries", &[("state", "received")]), 4.0);
+    // Journal: 4 accepted (the duplicate is not stored again; the pipeline moves them on from `received`) and
+    // 1 rejected; every append goes through a commit, and so do the pipeline's state updates.
+    assert_eq!(sample(&after, "relais_journal_entries", &[]), 5.0);
     assert_eq!(sample(&after, "relais_journal_entries", &[("state", "rejected")]), 1.0);
     let batched = sample(&after, "relais_journal_commit_batch_size_sum", &[]);
-    assert_eq!(batched, 6.0, "every append (duplicate included) goes through a commit");
+    assert!(batched >= 6.0, "every append (duplicate included) goes through a commit: {batched}");
     let commits = sample(&after, "relais_journal_commit_seconds_count", &[]);
-    assert!((1.0..=6.0).contains(&commits), "commits: {commits}");
+    assert!(commits >= 1.0 && commits <= batched, "commits: {commits}");
     assert_eq!(sample(&after, "relais_journal_commit_batch_size_count", &[]), commits);
     assert_eq!(sample(&after, "relais_journal_commit_failures_total", &[]), 0.0);
     // Process figures read from /proc at scrape time.
