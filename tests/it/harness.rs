@@ -66,6 +66,8 @@ pub struct Relais {
     /// Holds `data/`, `relais.log` and an optional `relais.toml`; removed on drop.
     dir: tempfile::TempDir,
     env: Vec<(String, String)>,
+    /// Extra arguments after `serve`.
+    args: Vec<String>,
     config: Option<PathBuf>,
     child: Option<Child>,
     listeners: Listeners,
@@ -79,7 +81,8 @@ impl Relais {
         Relais::start_with(&[])
     }
 
-    /// As [`Relais::start`], with extra `RELAIS__…` variables (they override the harness's own).
+    /// As [`Relais::start`], with extra `RELAIS__…` variables (they override the harness's own, as does
+    /// `RELAIS_LOG`, `info` by default).
     pub fn start_with(env: &[(&str, &str)]) -> Relais {
         Relais::launch(None, env)
     }
@@ -90,7 +93,43 @@ impl Relais {
         Relais::launch(Some(toml), env)
     }
 
+    /// Runs `relais serve` with settings that must be refused: returns its exit status and log once it exits.
+    pub fn start_failure(env: &[(&str, &str)]) -> (ExitStatus, String) {
+        let mut relais = Relais::prepare(None, env);
+        relais.runs += 1;
+        let mut child = relais.command().spawn().expect("spawning relais");
+        let deadline = Instant::now() + TIMEOUT;
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("relais kept running with settings it should refuse; log:\n{}", relais.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        (status, relais.log())
+    }
+
+    /// As [`Relais::start_with`], with extra `relais serve` arguments; `{data}` in one stands for the data dir
+    /// (e.g. `["--data", "{data}"]` with `RELAIS__DATA_DIR` pointing elsewhere).
+    pub fn start_with_args(args: &[&str], env: &[(&str, &str)]) -> Relais {
+        let mut relais = Relais::prepare(None, env);
+        let data = relais.data_dir().display().to_string();
+        relais.args = args.iter().map(|a| a.replace("{data}", &data)).collect();
+        relais.spawn();
+        relais
+    }
+
     fn launch(toml: Option<&str>, env: &[(&str, &str)]) -> Relais {
+        let mut relais = Relais::prepare(toml, env);
+        relais.spawn();
+        relais
+    }
+
+    fn prepare(toml: Option<&str>, env: &[(&str, &str)]) -> Relais {
         let dir = tempfile::Builder::new().prefix("relais-it-").tempdir().expect("temp dir");
         let config = toml.map(|text| {
             let path = dir.path().join("relais.toml");
@@ -102,15 +141,22 @@ impl Relais {
             ("RELAIS__DATA_DIR".to_string(), data.display().to_string()),
             ("RELAIS__MLLP__LISTEN".to_string(), "127.0.0.1:0".to_string()),
             ("RELAIS__HTTP__LISTEN".to_string(), "127.0.0.1:0".to_string()),
+            // Info level, as in production: tests check the log for patient data at that level.
+            ("RELAIS_LOG".to_string(), "info".to_string()),
         ];
         for (k, v) in env {
             all.retain(|(key, _)| key != k);
             all.push((k.to_string(), v.to_string()));
         }
-        let mut relais =
-            Relais { dir, env: all, config, child: None, listeners: Listeners::default(), runs: 0 };
-        relais.spawn();
-        relais
+        Relais {
+            dir,
+            env: all,
+            args: Vec::new(),
+            config,
+            child: None,
+            listeners: Listeners::default(),
+            runs: 0,
+        }
     }
 
     /// Starts the process again on the same data dir and settings (after [`Relais::stop`] or
@@ -125,26 +171,7 @@ impl Relais {
         // A killed process leaves its listeners.json behind: it must not be mistaken for the new one.
         let _ = std::fs::remove_file(&listeners_file);
         self.runs += 1;
-        let log = std::fs::File::create(self.log_path()).expect("log file");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_relais"));
-        command.arg("serve");
-        if let Some(config) = &self.config {
-            command.arg("--config").arg(config);
-        }
-        // Only the harness's settings reach the server: nothing from the developer's shell.
-        for (key, _) in std::env::vars() {
-            if key.starts_with("RELAIS") {
-                command.env_remove(key);
-            }
-        }
-        command
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .env("RELAIS_LOG", "info")
-            .current_dir(self.dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log);
-        let child = command.spawn().expect("spawning relais");
+        let child = self.command().spawn().expect("spawning relais");
         self.child = Some(child);
 
         let deadline = Instant::now() + TIMEOUT;
@@ -164,6 +191,32 @@ impl Relais {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// `relais serve` with this instance's settings, logging to the current run's log file.
+    fn command(&self) -> Command {
+        let log = std::fs::File::create(self.log_path()).expect("log file");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_relais"));
+        command.arg("serve").args(&self.args);
+        if let Some(config) = &self.config {
+            command.arg("--config").arg(config);
+        }
+        // Only the harness's settings reach the server: nothing from the developer's shell.
+        for (key, _) in std::env::vars() {
+            if key.starts_with("RELAIS") {
+                command.env_remove(key);
+            }
+        }
+        // The server runs in its temp dir: point it at the repository's mapping rules and tables.
+        command
+            .env("RELAIS__MAPPINGS_DIR", concat!(env!("CARGO_MANIFEST_DIR"), "/mappings"))
+            .env("RELAIS__DOCUMENTS__TABLES", concat!(env!("CARGO_MANIFEST_DIR"), "/mappings/documents"))
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        command
     }
 
     /// Sends SIGTERM and waits for the process to exit (graceful stop); returns its exit status.
@@ -229,9 +282,13 @@ impl Relais {
         self.listeners.http.expect("no HTTP listener")
     }
 
-    /// `http://<http addr>` (no trailing slash).
+    /// `http://<http addr>` (no trailing slash); a wildcard bind (`0.0.0.0`) is reached on 127.0.0.1.
     pub fn http_url(&self) -> String {
-        format!("http://{}", self.http_addr())
+        let mut addr = self.http_addr();
+        if addr.ip().is_unspecified() {
+            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        format!("http://{addr}")
     }
 
     /// The data dir (`journal.redb`, `listeners.json`).
@@ -291,6 +348,11 @@ impl Relais {
     /// `GET /api/stats` as a map of counts.
     pub fn stats(&self) -> std::collections::BTreeMap<String, u64> {
         serde_json::from_value(self.get_json("/api/stats")).expect("stats are counts")
+    }
+
+    /// Metadata of the newest `limit` entries that were accepted (every state but `rejected`).
+    pub fn accepted(&self, limit: usize) -> Vec<serde_json::Value> {
+        self.messages("", limit).into_iter().filter(|m| m["state"] != "rejected").collect()
     }
 
     /// `GET /api/messages?state=<state>&limit=<limit>` (state may be empty for all states).
@@ -538,4 +600,36 @@ pub fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The 1.6 KB PAM FR ADT^A01 of `test-messages/bench/` (CR segment ends) with MSH-10 set to `control_id`.
+pub fn adt(control_id: &str) -> Vec<u8> {
+    with_msh_field(&sample("bench/adt_a01_fr.hl7"), 10, control_id)
+}
+
+/// MSH-10 of every accepted message (any state but `rejected`: the pipeline moves accepted messages on from
+/// `received` to `mapped`, `routed`, `unrouted`, `failed`…), newest first.
+pub fn accepted_ids(relais: &Relais, limit: usize) -> Vec<String> {
+    relais.accepted(limit).iter().filter_map(|m| m["control_id"].as_str().map(str::to_string)).collect()
+}
+
+/// Splits the samples into groups in which no two share MSH-4 + MSH-10, so each group can go to one server
+/// without tripping de-duplication (the ANS corpus reuses `CHU-X` + `3975` for two different A01s).
+pub fn groups_without_shared_control_ids(files: &[PathBuf]) -> Vec<Vec<PathBuf>> {
+    /// MSH-4 and MSH-10.
+    type Key = (String, String);
+    // Each group: the keys it holds, and its files.
+    let mut groups: Vec<(Vec<Key>, Vec<PathBuf>)> = Vec::new();
+    for file in files {
+        let bytes = std::fs::read(file).unwrap();
+        let key = (msh_field(&bytes, 4), msh_field(&bytes, 10));
+        match groups.iter_mut().find(|(keys, _)| !keys.contains(&key)) {
+            Some((keys, members)) => {
+                keys.push(key);
+                members.push(file.clone());
+            }
+            None => groups.push((vec![key], vec![file.clone()])),
+        }
+    }
+    groups.into_iter().map(|(_, members)| members).collect()
 }

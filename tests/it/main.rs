@@ -3,5 +3,14 @@
 
 mod harness;
 
+mod bad_input;
+mod bus;
+mod charsets;
+mod crash;
+mod documents;
+mod ingest_http;
 mod ingest_mllp;
+mod ingest_tls;
 mod mapping;
+mod ops;
+mod send_cli;

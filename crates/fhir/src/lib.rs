@@ -9,6 +9,7 @@
 
 mod bundle;
 mod datatypes;
+pub mod document_reference;
 pub mod model;
 mod resources;
 
