@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use relais::mapping::{BundleKind, Mapper};
 
-const ADT_A01_FR: &[u8] = include_bytes!("../test-messages/bench/adt_a01_fr.hl7");
+const ADT_A01_FR: &[u8] = include_bytes!("../test-messages/bench/adt_a01_fr_mappable.hl7");
 
 /// CPU time this thread has run (user + system), from `/proc/thread-self/stat`; `None` off Linux.
 fn thread_cpu_time() -> Option<Duration> {

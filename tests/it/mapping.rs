@@ -378,7 +378,7 @@ fn every_bundle_passes_the_independent_fhir_validator() {
         .into_iter()
         .filter(|p| p.extension().is_some_and(|x| x == "er7"))
         .chain(samples_in("adt"))
-        .chain([test_messages().join("bench/adt_a01_fr.hl7")])
+        .chain([test_messages().join("bench/adt_a01_fr_mappable.hl7")])
         .collect();
     for input in &inputs {
         for kind in ["message", "transaction"] {
