@@ -83,8 +83,9 @@ impl From<bus::Error> for ApiError {
     }
 }
 
-/// Query of `GET /api/search` (all optional; the console's search form uses the same names).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// Query of `GET /api/search` (all optional; the console's search form uses the same names). Its `Debug`
+/// masks the patient key.
+#[derive(Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct SearchQuery {
     /// A journal state (`received`, `failed`, `published`...).
@@ -103,6 +104,21 @@ pub struct SearchQuery {
     pub patient: Option<String>,
     /// Most results (100; at most 10000).
     pub limit: Option<usize>,
+}
+
+impl std::fmt::Debug for SearchQuery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SearchQuery")
+            .field("state", &self.state)
+            .field("sender", &self.sender)
+            .field("control_id", &self.control_id)
+            .field("event", &self.event)
+            .field("since", &self.since)
+            .field("until", &self.until)
+            .field("patient", &self.patient.as_ref().map(|_| "***"))
+            .field("limit", &self.limit)
+            .finish()
+    }
 }
 
 /// Empty strings (from an HTML form) count as absent.

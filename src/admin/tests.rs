@@ -158,3 +158,21 @@ async fn retention_prunes_old_published_entries_only_and_keeps_raw_when_configur
     let off = JournalSettings::default();
     assert!(super::retention::cutoffs(&off, now).is_none());
 }
+
+#[test]
+fn search_query_debug_masks_the_patient_key() {
+    let query = SearchQuery { patient: Some("CHU-A|123456".into()), ..SearchQuery::default() };
+    let shown = format!("{query:?}");
+    assert!(!shown.contains("123456"), "{shown}");
+}
+
+#[test]
+fn raw_bytes_are_never_pruned_before_the_metadata() {
+    let mut settings = crate::config::Settings::default();
+    settings.journal.retention_days = 30;
+    settings.journal.raw_retention_days = 10;
+    let error = settings.check().unwrap_err().to_string();
+    assert!(error.contains("journal.raw_retention_days"), "{error}");
+    settings.journal.raw_retention_days = 0;
+    assert!(settings.check().is_ok());
+}
