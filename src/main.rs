@@ -206,7 +206,7 @@ enum BundleAs {
 enum RoutesCommand {
     /// Print which routes match a message and, for the others, which predicate failed.
     Explain {
-        /// The message file (HL7v2).
+        /// The message file (HL7v2, or a CDA document when it starts with `<`).
         file: PathBuf,
         /// Settings file (for `sinks.*` and `routes_dir`).
         #[arg(long)]
@@ -308,7 +308,12 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             let (settings, set) = load_routes(config.as_deref(), routes)?;
             let raw = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             let transform = relais::pipeline::transform_for(&settings)?;
-            let kind = relais::facts::MessageKind::Hl7v2;
+            // A CDA document starts with `<` (after an optional BOM and blank lines); anything else is HL7v2.
+            let text = raw.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&raw);
+            let kind = match text.iter().find(|b| !b.is_ascii_whitespace()) {
+                Some(b'<') => relais::facts::MessageKind::Cda,
+                _ => relais::facts::MessageKind::Hl7v2,
+            };
             match relais::routing::explain_message(&set, transform.as_ref(), kind, &raw) {
                 Ok(verdicts) => {
                     print!("{}", relais::routing::render_verdicts(&verdicts));
