@@ -183,21 +183,26 @@ impl Admin {
     /// Sends `ids` through the pipeline again from `from`; rejected or unknown entries are refused.
     pub async fn replay(&self, ids: &[u64], from: ReplayFrom, operator: &str) -> ReplayReport {
         let mut report = ReplayReport::default();
+        let mut accepted = Vec::with_capacity(ids.len());
         for &id in ids {
             let refusal = match self.journal.get(id) {
-                Ok(None) => Some("no such entry".to_owned()),
+                Ok(None) => "no such entry".to_owned(),
                 Ok(Some(entry)) if entry.state == State::Rejected => {
-                    Some("rejected at intake (the sender was told AR/AE): send it again instead".to_owned())
+                    "rejected at intake (the sender was told AR/AE): send it again instead".to_owned()
                 }
-                Ok(Some(_)) => match self.journal.replay(id, from).await {
-                    Ok(()) => None,
-                    Err(error) => Some(error.to_string()),
-                },
-                Err(error) => Some(error.to_string()),
+                Ok(Some(_)) => {
+                    accepted.push(id);
+                    continue;
+                }
+                Err(error) => error.to_string(),
             };
-            match refusal {
-                None => report.replayed.push(id),
-                Some(reason) => report.refused.push(Refused { id, reason }),
+            report.refused.push(Refused { id, reason: refusal });
+        }
+        let results = self.journal.replay_many(&accepted, from).await;
+        for (id, result) in accepted.into_iter().zip(results) {
+            match result {
+                Ok(()) => report.replayed.push(id),
+                Err(error) => report.refused.push(Refused { id, reason: error.to_string() }),
             }
         }
         audit::record(operator, &format!("replay from {}", from.as_str()), "journal", &report.replayed);

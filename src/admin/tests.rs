@@ -176,3 +176,28 @@ fn raw_bytes_are_never_pruned_before_the_metadata() {
     settings.journal.raw_retention_days = 0;
     assert!(settings.check().is_ok());
 }
+
+#[tokio::test]
+async fn replaying_many_entries_shares_group_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(JournalConfig::new(dir.path().join("j.redb"))).unwrap();
+    let now = Timestamp::now();
+    let mut pending = Vec::new();
+    for n in 0..2000 {
+        pending.push(journal.enqueue(entry("F", &n.to_string(), now)).await.unwrap());
+    }
+    let mut ids = Vec::new();
+    for outcome in pending {
+        let Appended::Stored { id } = outcome.await.unwrap() else { panic!("not stored") };
+        ids.push(id);
+    }
+    let before = journal.commit_stats().commits;
+    let started = std::time::Instant::now();
+    let results = journal.replay_many(&ids, ReplayFrom::Map).await;
+    eprintln!("replayed {} entries in {:?}", ids.len(), started.elapsed());
+    assert!(results.iter().all(Result::is_ok));
+    let commits = journal.commit_stats().commits - before;
+    assert!(commits < 100, "{commits} commits for {} replays", ids.len());
+    let meta = journal.get(ids[1999]).unwrap().unwrap();
+    assert_eq!(meta.history.last().unwrap().stage, "replayed");
+}

@@ -261,9 +261,27 @@ impl Journal {
     /// Sends entry `id` through the pipeline again from `from` (a journal update through the writer), and
     /// wakes the pipeline, which then re-reads the journal from the start.
     pub async fn replay(&self, id: u64, from: ReplayFrom) -> Result<(), Error> {
-        self.update(id, vec![Stage::Replay { from }]).await?;
-        self.inner.replays.send_modify(|count| *count += 1);
-        Ok(())
+        self.replay_many(&[id], from).await.remove(0)
+    }
+
+    /// As [`Journal::replay`] for several entries at once: queued together so they share group commits;
+    /// one result per id, in order.
+    pub async fn replay_many(&self, ids: &[u64], from: ReplayFrom) -> Vec<Result<(), Error>> {
+        let mut answers = Vec::with_capacity(ids.len());
+        for &id in ids {
+            answers.push(self.enqueue_update(id, vec![Stage::Replay { from }]).await);
+        }
+        let mut results = Vec::with_capacity(ids.len());
+        for answer in answers {
+            results.push(match answer {
+                Ok(answer) => answer.await.unwrap_or(Err(Error::WriterLost)),
+                Err(error) => Err(error),
+            });
+        }
+        if results.iter().any(Result::is_ok) {
+            self.inner.replays.send_modify(|count| *count += 1);
+        }
+        results
     }
 
     /// Bumped after every [`Journal::replay`]: the pipeline watches it to look behind its cursor.
