@@ -177,7 +177,11 @@ impl Admin {
     pub async fn timeline(&self, id: u64) -> Result<Timeline, ApiError> {
         let entry =
             self.journal.get(id)?.ok_or_else(|| ApiError::NotFound(format!("no journal entry {id}")))?;
-        Ok(Timeline::of(entry))
+        let mut timeline = Timeline::of(entry);
+        for step in &mut timeline.sinks {
+            step.dead_lettered = self.bus.is_dead_letter(&step.sink, id)?;
+        }
+        Ok(timeline)
     }
 
     /// Sends `ids` through the pipeline again from `from`; rejected or unknown entries are refused.
@@ -335,6 +339,8 @@ pub struct SinkStep {
     pub published: bool,
     /// Delivered by the sink: unknown (null) until the sinks record their outcomes in the journal.
     pub delivered: Option<bool>,
+    /// In the sink's dead-letter queue now (null on AMQP, which cannot tell without taking it).
+    pub dead_lettered: Option<bool>,
 }
 
 impl Timeline {
@@ -360,6 +366,7 @@ impl Timeline {
                 route: d.route.clone(),
                 published: d.published,
                 delivered: None,
+                dead_lettered: None,
             })
             .collect();
         Timeline { entry, steps, sinks }

@@ -254,9 +254,10 @@ fn render_timeline(timeline: &Timeline) -> Html<String> {
     for sink in &timeline.sinks {
         let delivered =
             sink.delivered.map_or("unknown (no sink report yet)", |d| if d { "yes" } else { "no" });
+        let dead = sink.dead_lettered.map_or("n/a", |d| if d { "yes" } else { "no" });
         let _ = write!(
             body,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{delivered}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{delivered}</td><td>{dead}</td></tr>",
             text(&sink.sink),
             text(&sink.route),
             if sink.published { "yes" } else { "no" },

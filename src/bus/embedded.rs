@@ -142,6 +142,12 @@ impl EmbeddedBus {
         Ok(found)
     }
 
+    /// True when journal entry `id` is among the dead letters of `sink`.
+    pub fn is_dead_letter(&self, sink: &str, id: u64) -> Result<bool, Error> {
+        let txn = self.shared.db.begin_read()?;
+        Ok(txn.open_table(DEAD)?.get((sink, id))?.is_some())
+    }
+
     /// Removes and returns the dead letter of journal entry `id` in `sink`, if there is one.
     pub fn take_dead_letter(&self, sink: &str, id: u64) -> Result<Option<Envelope>, Error> {
         let txn = self.shared.db.begin_write()?;

@@ -215,6 +215,14 @@ impl Bus {
         }
     }
 
+    /// True when journal entry `id` is a dead letter of `sink`; `None` on AMQP (cannot tell without taking).
+    pub fn is_dead_letter(&self, sink: &str, id: u64) -> Result<Option<bool>, Error> {
+        match self {
+            Bus::Amqp(_) => Ok(None),
+            Bus::Embedded(bus) => bus.is_dead_letter(sink, id).map(Some),
+        }
+    }
+
     /// Removes and returns the dead letter of journal entry `id` in `sink` (embedded bus only).
     pub async fn take_dead_letter(&self, sink: &str, id: u64) -> Result<Option<Envelope>, Error> {
         match self {

@@ -155,6 +155,8 @@ fn search_timeline_replay_dead_letters_and_console() {
     assert!(ok, "{err}");
     let listed: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(listed[0]["message_id"], poison, "{listed}");
+    let timeline = relais.get_json(&format!("/api/messages/{poison}"));
+    assert_eq!(timeline["sinks"][0]["dead_lettered"], true, "{timeline}");
     let shown = relais.get_json(&format!("/api/dlq/{SINK}/{poison}"));
     assert_eq!(shown["bundle"]["resourceType"], "Bundle");
 
@@ -165,6 +167,8 @@ fn search_timeline_replay_dead_letters_and_console() {
     assert!(page["timeline"].as_str().unwrap().contains("published"), "{page}");
     assert!(page["flash"].as_str().unwrap().contains(&format!("Dead letter {poison}")), "{page}");
     assert_eq!(relais.get_json(&format!("/api/dlq/{SINK}")).as_array().unwrap().len(), 0);
+    let timeline = relais.get_json(&format!("/api/messages/{poison}"));
+    assert_eq!(timeline["sinks"][0]["dead_lettered"], false, "{timeline}");
     let png = std::fs::read(&shot).unwrap();
     assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "screenshot of {} bytes", png.len());
     std::fs::write(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/console.png"), &png).unwrap();
