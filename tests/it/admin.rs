@@ -68,26 +68,28 @@ fn post(relais: &Relais, path: &str, body: serde_json::Value) -> (u16, serde_jso
     (status, response.json().unwrap_or_default())
 }
 
-/// Plays the sink on the stopped server's bus: acks every envelope, dead-letters `poison`.
-fn dead_letter(data_dir: &Path, poison: u64) {
+/// Plays the sink on the stopped server's bus: acks every envelope, dead-letters those of `poison`.
+fn dead_letter(data_dir: &Path, poison: &[u64]) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let settings = BusSettings::default();
         let bus = Bus::open(&settings, data_dir, &[SINK.to_owned()]).await.unwrap();
-        let mut found = false;
+        let mut found = Vec::new();
         for partition in 0..settings.partitions {
             let mut consumer = bus.consume(SINK, partition).await.unwrap();
             while let Ok(delivery) = tokio::time::timeout(Duration::from_millis(200), consumer.next()).await {
                 let delivery = delivery.unwrap();
-                if delivery.envelope().message_id == poison {
-                    found = true;
+                let id = delivery.envelope().message_id;
+                if poison.contains(&id) {
+                    found.push(id);
                     delivery.dead_letter().await.unwrap();
                 } else {
                     delivery.ack().await.unwrap();
                 }
             }
         }
-        assert!(found, "message {poison} was not on the bus");
+        found.sort_unstable();
+        assert_eq!(found, poison, "dead-lettered messages");
         bus.close().await;
     });
 }
@@ -147,10 +149,15 @@ fn search_timeline_replay_dead_letters_and_console() {
     let (status, answer) = post(&relais, &format!("/api/sinks/{SINK}/pause"), serde_json::json!({}));
     assert_eq!(status, 501, "{answer}");
 
-    // Dead letter: the test plays the sink and rejects the discharge.
+    // Dead letters: the test plays the sink and rejects the admission and the discharge; purges the first.
+    let admission = relais.get_json(&format!("/api/search?control_id={}", control_id(&sample(SAMPLES[0]))));
+    let admission = admission[0]["id"].as_u64().unwrap();
     relais.stop();
-    dead_letter(&relais.data_dir(), poison);
+    dead_letter(&relais.data_dir(), &[admission, poison]);
     relais.restart();
+    let (ok, out, err) = cli(&relais, &["dlq", "purge", SINK, &admission.to_string()]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), format!("purged [{admission}]"));
     let (ok, out, err) = cli(&relais, &["dlq", "list", SINK, "--json"]);
     assert!(ok, "{err}");
     let listed: serde_json::Value = serde_json::from_str(&out).unwrap();
