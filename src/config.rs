@@ -249,7 +249,7 @@ impl Default for JournalSettings {
             retention_days: 0,
             raw_retention_days: 0,
             prune_interval_secs: 3600,
-            prune_batch: 500,
+            prune_batch: 100,
         }
     }
 }
