@@ -74,16 +74,23 @@ impl Pipeline {
     /// Runs until `shutdown`: first the outbox (every unfinished entry), then each newly committed entry.
     pub async fn run(self, mut shutdown: Shutdown) -> Result<(), Error> {
         let mut committed = self.journal.committed();
+        let mut replays = self.journal.replays();
         let mut cursor = 0;
         loop {
             if shutdown.is_fired() {
                 return Ok(());
+            }
+            if replays.has_changed().unwrap_or(false) {
+                // An operator sent entries back through the pipeline: look behind the cursor again.
+                replays.borrow_and_update();
+                cursor = 0;
             }
             let batch = self.read(cursor).await?;
             let Some(last) = batch.last().map(|entry| entry.meta.id) else {
                 tokio::select! {
                     _ = shutdown.recv() => return Ok(()),
                     changed = committed.changed() => if changed.is_err() { return Ok(()) },
+                    _ = replays.changed() => cursor = 0,
                 }
                 continue;
             };
