@@ -18,3 +18,4 @@ pub mod journal;
 pub mod send;
 pub mod server;
 pub mod shutdown;
+pub mod sinks;

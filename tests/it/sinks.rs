@@ -1,0 +1,120 @@
+//! Sinks: XDM package, ITI-41 request, MSSanté mail, directory and notifications, against real tools and
+//! servers (xmllint with the official XDS.b / ebRS 3.0 schemas, aiosmtpd, an HTTPS endpoint with mTLS).
+
+use std::io::{Cursor, Read};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use relais::sinks::ebrim::{Author, Code, Submission, SubmissionParams, XdsDocument};
+use relais::sinks::xdm;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// xmllint, installed on a fresh Debian machine if missing (as scripts/setup.d/50-xmllint.sh does).
+fn xmllint() -> &'static str {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if Command::new("xmllint").arg("--version").output().is_err() {
+            let status = Command::new("sh").arg(root().join("scripts/setup.d/50-xmllint.sh")).status();
+            assert!(
+                matches!(status, Ok(s) if s.success()),
+                "xmllint missing: run scripts/setup.d/50-xmllint.sh"
+            );
+        }
+    });
+    "xmllint"
+}
+
+/// Validates `file` against `schema` (relative to test-messages/schemas/xds-b); returns xmllint's stderr.
+pub(crate) fn validate(schema: &str, file: &Path) -> Result<String, String> {
+    let dir = root().join("test-messages/schemas/xds-b");
+    let out = Command::new(xmllint())
+        .env("XML_CATALOG_FILES", dir.join("catalog.xml"))
+        .args(["--nonet", "--noout", "--schema"])
+        .arg(dir.join(schema))
+        .arg(file)
+        .output()
+        .expect("xmllint runs");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    if out.status.success() && stderr.contains("validates") { Ok(stderr) } else { Err(stderr) }
+}
+
+/// The ANS discharge letter (LDL-SES) with the XDS metadata its header gives.
+pub(crate) fn ldl_document() -> XdsDocument {
+    let content =
+        std::fs::read(root().join("test-messages/sinks/ans-testcontenucda_LDL-SES_2022.01.xml")).unwrap();
+    XdsDocument {
+        unique_id: "1.2.250.1.213.1.1.9.2.20220101.1".into(),
+        title: "Lettre de liaison à la sortie d'un établissement de soins".into(),
+        mime_type: "text/xml".into(),
+        class_code: Code::new("11", "1.2.250.1.213.1.1.4.1", "Synthèse"),
+        type_code: Code::new("11490-0", "2.16.840.1.113883.6.1", "Lettre de liaison à la sortie"),
+        format_code: Code::new("urn:asip:ci-sis:ldl-ses:2017", "1.2.250.1.213.1.1.4.2.282", "LDL-SES"),
+        confidentiality: vec![Code::new("N", "2.16.840.1.113883.5.25", "Normal")],
+        healthcare_facility_type: Code::new("SA01", "1.2.250.1.71.4.2.4", "Etablissement public de santé"),
+        practice_setting: Code::new("ETABLISSEMENT", "1.2.250.1.213.1.1.4.9", "Etablissement de santé"),
+        event_codes: vec![],
+        creation_time: "20220101120000".into(),
+        service_start: Some("20211220080000".into()),
+        service_stop: Some("20220101100000".into()),
+        language_code: "fr-FR".into(),
+        patient_id: "279035121518989^^^&1.2.250.1.213.1.4.8&ISO^NH".into(),
+        source_patient_id: "123456^^^&1.2.250.1.999.1.1&ISO^PI".into(),
+        source_patient_info: vec![
+            "PID-5|TEST^Jeanne^^^^^L".into(),
+            "PID-7|19790321".into(),
+            "PID-8|F".into(),
+        ],
+        author: Author {
+            person: Some("801234567897^Réault^Pierre^^^^^^&1.2.250.1.71.4.2.1&ISO^D^^^IDNPS".into()),
+            institution: Some("CH Test^^^^^&1.2.250.1.71.4.2.2&ISO^IDNST^^^1530000000".into()),
+            role: Some("Médecin".into()),
+            specialty: Some("SM26^Qualifié en médecine générale^1.2.250.1.213.1.1.4.5".into()),
+        },
+        legal_authenticator: Some("801234567897^Réault^Pierre^^^^^^&1.2.250.1.71.4.2.1&ISO^D^^^IDNPS".into()),
+        replaces: None,
+        content,
+        pdf: None,
+    }
+}
+
+pub(crate) fn params() -> SubmissionParams {
+    SubmissionParams {
+        source_id: "1.2.250.1.999.3".into(),
+        unique_id_root: "1.2.250.1.999.3.1".into(),
+        content_type: Code::new("07", "1.2.250.1.213.1.1.4.2.2", "Consultation externe"),
+        author: Author {
+            person: None,
+            institution: Some("CH Test^^^^^&1.2.250.1.71.4.2.2&ISO^IDNST^^^1530000000".into()),
+            role: None,
+            specialty: None,
+        },
+        intended_recipients: vec!["|medecin.traitant@test.mssante.fr".into()],
+    }
+}
+
+#[test]
+fn xdm_metadata_validates_against_lcm_xsd_and_document_is_intact() {
+    let submission = Submission::new(ldl_document(), params(), jiff::Timestamp::now());
+    let zip = xdm::build(&submission, "Relais test").unwrap();
+    let mut archive = zip::ZipArchive::new(Cursor::new(zip)).unwrap();
+    let mut metadata = Vec::new();
+    archive.by_name(xdm::METADATA_PATH).unwrap().read_to_end(&mut metadata).unwrap();
+    let mut doc = Vec::new();
+    archive.by_name(xdm::DOCUMENT_PATH).unwrap().read_to_end(&mut doc).unwrap();
+    assert_eq!(doc, submission.document.content, "the CDA travels byte for byte");
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("METADATA.XML");
+    std::fs::write(&path, &metadata).unwrap();
+    validate("ebRS/lcm.xsd", &path).unwrap_or_else(|e| panic!("METADATA.XML invalid: {e}"));
+    let text = String::from_utf8(metadata).unwrap();
+    assert!(text.contains(&submission.hash) && text.contains("<rim:Value>DOC0001.XML</rim:Value>"));
+
+    // The same check refuses a broken file: the validator is really looking.
+    let broken = text.replace("rim:ExtrinsicObject", "rim:ExtrinsicObjet");
+    std::fs::write(&path, broken).unwrap();
+    assert!(validate("ebRS/lcm.xsd", &path).is_err());
+}
