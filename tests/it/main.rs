@@ -1,1 +1,7 @@
+//! Integration tests: the real `relais` binary, driven over MLLP, TLS and HTTP (one test binary, see
+//! STYLE.md). Each area has its own module; [`harness`] starts servers and speaks the protocols.
+
+mod harness;
+
+mod ingest_mllp;
 mod sinks;
