@@ -7,5 +7,7 @@
 //! - [`xdm`]: the `IHE_XDM.ZIP` package for MSSanté mail.
 
 pub mod ebrim;
+pub mod iti41;
 pub mod retry;
+pub mod tls;
 pub mod xdm;

@@ -118,3 +118,6 @@ fn xdm_metadata_validates_against_lcm_xsd_and_document_is_intact() {
     std::fs::write(&path, broken).unwrap();
     assert!(validate("ebRS/lcm.xsd", &path).is_err());
 }
+
+mod dmp;
+mod pki;
