@@ -8,6 +8,7 @@
 
 pub mod ebrim;
 pub mod iti41;
+pub mod mail;
 pub mod retry;
 pub mod tls;
 pub mod xdm;

@@ -217,6 +217,26 @@ pub fn registry_code_is_transient(code: &str) -> bool {
     TRANSIENT_REGISTRY_CODES.iter().any(|c| c.eq_ignore_ascii_case(code.trim()))
 }
 
+/// Runs `attempt` until its outcome is final or the policy gives up; returns the last outcome (a give-up
+/// becomes [`Outcome::Failed`]) and the number of attempts made. `attempt` receives the attempt number (1..).
+pub async fn until_final<F, Fut>(policy: &RetryPolicy, mut attempt: F) -> (Outcome, u32)
+where
+    F: FnMut(u32) -> Fut,
+    Fut: std::future::Future<Output = Outcome>,
+{
+    let started = std::time::Instant::now();
+    let mut n = 0;
+    loop {
+        n += 1;
+        let outcome = attempt(n).await;
+        match policy.next(&outcome, n, started.elapsed()) {
+            Next::Done => return (outcome, n),
+            Next::GiveUp { reason } => return (Outcome::Failed { reason }, n),
+            Next::RetryAfter(wait) => tokio::time::sleep(wait).await,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -265,6 +285,19 @@ mod tests {
         let p = RetryPolicy { multiplier: 0.5, ..fixed() };
         assert_eq!(p.check("sinks.dmp.retry").unwrap_err().0, "sinks.dmp.retry.multiplier");
         assert!(RetryPolicy::default().check("x").is_ok());
+    }
+
+    #[tokio::test]
+    async fn until_final_retries_transient_then_stops() {
+        let p = RetryPolicy { max_attempts: 5, initial_delay_ms: 1, max_delay_ms: 4, ..fixed() };
+        let (outcome, n) = until_final(&p, |n| async move {
+            if n < 3 { Outcome::retry("SMTP 421") } else { Outcome::Delivered }
+        })
+        .await;
+        assert_eq!((outcome, n), (Outcome::Delivered, 3));
+        let (outcome, n) = until_final(&p, |_| async { Outcome::retry("down") }).await;
+        assert_eq!(n, 5);
+        assert!(outcome.reason().unwrap().contains("gave up after 5 attempts"));
     }
 
     #[test]

@@ -120,4 +120,5 @@ fn xdm_metadata_validates_against_lcm_xsd_and_document_is_intact() {
 }
 
 mod dmp;
+mod mail;
 mod pki;
