@@ -6,6 +6,7 @@
 //! - [`ebrim`]: XDS metadata as an ebRIM `SubmitObjectsRequest` (shared by XDM and ITI-41).
 //! - [`xdm`]: the `IHE_XDM.ZIP` package for MSSanté mail.
 
+pub mod directory;
 pub mod ebrim;
 pub mod iti41;
 pub mod mail;

@@ -122,3 +122,40 @@ fn xdm_metadata_validates_against_lcm_xsd_and_document_is_intact() {
 mod dmp;
 mod mail;
 mod pki;
+
+/// `relais directory import` then `lookup`, through the real binary.
+#[test]
+fn directory_import_and_lookup_from_the_command_line() {
+    let data = tempfile::tempdir().unwrap();
+    let file = root().join("test-messages/directory/extraction-mssante-synthetic.txt");
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_relais"))
+            .arg("directory")
+            .args(["--data", data.path().to_str().unwrap()])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["import", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "7 lines, 3 practitioners, 4 mailboxes imported, 3 lines skipped"
+    );
+    let out = run(&["lookup", "801234567897"]);
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).lines().collect::<Vec<_>>(),
+        vec!["p.reault@medecin.mssante.fr", "pierre.reault@autre-operateur.mssante.fr"]
+    );
+    let out = run(&["lookup", "10000099999"]);
+    assert_eq!(out.status.code(), Some(1), "unknown RPPS: exit 1, nothing printed");
+    assert!(out.stdout.is_empty());
+    // A file without the columns is refused, naming the file and line; the directory is kept.
+    let bad = data.path().join("bad.txt");
+    std::fs::write(&bad, "nom|prenom\nA|B\n").unwrap();
+    let out = run(&["import", bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad.txt:1: no `Adresse BAL` column"));
+    assert!(run(&["lookup", "10000023084"]).status.success());
+}
