@@ -558,7 +558,7 @@ impl DmpClient {
     pub fn new(cfg: &DmpConfig) -> Result<DmpClient, BuildError> {
         let ca = cfg.ca.as_deref().ok_or(BuildError::NoCa)?;
         let identity = cfg.client_cert.as_deref().zip(cfg.client_key.as_deref());
-        let tls = crate::sinks::tls::client_config(ca, identity)?;
+        let tls = crate::sinks::tls::client_config(Some(ca), identity)?;
         let http = reqwest::Client::builder()
             .tls_backend_preconfigured(tls)
             .timeout(Duration::from_secs(cfg.timeout_secs.max(1)))

@@ -9,7 +9,9 @@
 pub mod directory;
 pub mod ebrim;
 pub mod iti41;
+pub mod ledger;
 pub mod mail;
+pub mod notify;
 pub mod retry;
 pub mod tls;
 pub mod xdm;

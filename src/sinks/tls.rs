@@ -19,18 +19,31 @@ pub struct Error {
     pub reason: String,
 }
 
-/// Builds a TLS 1.2+ client configuration trusting only `ca` (PEM), presenting `identity` (PEM certificate
-/// chain, PEM key) when given.
-pub fn client_config(ca: &Path, identity: Option<(&Path, &Path)>) -> Result<rustls::ClientConfig, Error> {
+/// Builds a TLS 1.2+ client configuration trusting only `ca` (PEM) or, without one, the system's roots, and
+/// presenting `identity` (PEM certificate chain, PEM key) when given.
+pub fn client_config(
+    ca: Option<&Path>,
+    identity: Option<(&Path, &Path)>,
+) -> Result<rustls::ClientConfig, Error> {
     let err = |what, path: &Path, reason: String| Error { what, path: path.display().to_string(), reason };
     let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(ca).map_err(|e| err("CA bundle", ca, e.to_string()))? {
-        let cert = cert.map_err(|e| err("CA bundle", ca, e.to_string()))?;
-        roots.add(cert).map_err(|e| err("CA bundle", ca, e.to_string()))?;
+    let ca_path = ca.unwrap_or(Path::new("(system store)"));
+    match ca {
+        Some(ca) => {
+            for cert in CertificateDer::pem_file_iter(ca).map_err(|e| err("CA bundle", ca, e.to_string()))? {
+                let cert = cert.map_err(|e| err("CA bundle", ca, e.to_string()))?;
+                roots.add(cert).map_err(|e| err("CA bundle", ca, e.to_string()))?;
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            roots.add_parsable_certificates(found.certs);
+        }
     }
     if roots.is_empty() {
-        return Err(err("CA bundle", ca, "no CERTIFICATE block".into()));
+        return Err(err("CA bundle", ca_path, "no CERTIFICATE block".into()));
     }
+    let ca = ca_path;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])

@@ -159,3 +159,4 @@ fn directory_import_and_lookup_from_the_command_line() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("bad.txt:1: no `Adresse BAL` column"));
     assert!(run(&["lookup", "10000023084"]).status.success());
 }
+mod notify;

@@ -2,7 +2,6 @@
 //! reassembles the MTOM request, validates its SOAP body with xmllint against the XDS.b schemas, and answers
 //! as the test asks.
 
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
@@ -13,11 +12,10 @@ use base64::Engine;
 use relais::sinks::ebrim::Submission;
 use relais::sinks::iti41::{DmpClient, DmpConfig, Status, VihfConfig};
 use relais::sinks::retry::Outcome;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
 
-use super::pki::Pki;
+use super::pki::{Pki, TlsListener};
 
 /// What the endpoint answers.
 #[derive(Clone, Copy, PartialEq)]
@@ -42,30 +40,6 @@ struct Seen {
 struct Endpoint {
     answer: Arc<Mutex<Answer>>,
     seen: Arc<Mutex<Seen>>,
-}
-
-struct TlsListener {
-    tcp: TcpListener,
-    acceptor: TlsAcceptor,
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            let Ok((tcp, peer)) = self.tcp.accept().await else { continue };
-            // A client without a valid certificate fails here and is never served.
-            if let Ok(tls) = self.acceptor.accept(tcp).await {
-                return (tls, peer);
-            }
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.tcp.local_addr()
-    }
 }
 
 /// Splits a multipart/related body into (Content-ID, bytes) parts.

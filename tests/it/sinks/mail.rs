@@ -32,13 +32,13 @@ fn python() -> PathBuf {
 }
 
 /// A running aiosmtpd, stopped (by its PID) when dropped.
-struct Smtp {
+pub struct Smtp {
     child: Child,
     maildir: PathBuf,
 }
 
 impl Smtp {
-    fn start(port: u16, cert: &Path, key: &Path, maildir: &Path) -> Smtp {
+    pub fn start(port: u16, cert: &Path, key: &Path, maildir: &Path) -> Smtp {
         let child = Command::new(python())
             .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}")])
             .arg("--tlscert")
@@ -60,7 +60,7 @@ impl Smtp {
     }
 
     /// The raw mails received so far.
-    fn mails(&self) -> Vec<Vec<u8>> {
+    pub fn mails(&self) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
         for dir in ["new", "cur"] {
             if let Ok(entries) = std::fs::read_dir(self.maildir.join(dir)) {
@@ -80,11 +80,16 @@ impl Drop for Smtp {
     }
 }
 
-fn free_port() -> u16 {
+/// A parsed mail.
+pub fn parse(raw: &[u8]) -> mail_parser::Message<'_> {
+    mail_parser::MessageParser::default().parse(raw).expect("a mail")
+}
+
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-fn config(pki: &Pki, port: u16) -> MssConfig {
+pub fn mss_config(pki: &Pki, port: u16) -> MssConfig {
     MssConfig {
         host: "127.0.0.1".into(),
         port,
@@ -127,11 +132,11 @@ fn attachment<'a>(mail: &'a mail_parser::Message<'a>, name: &str) -> &'a [u8] {
         .contents()
 }
 
-fn header(mail: &mail_parser::Message<'_>, name: &str) -> Option<String> {
+pub fn header(mail: &mail_parser::Message<'_>, name: &str) -> Option<String> {
     mail.header(name).and_then(|h| h.as_text()).map(|s| s.trim().to_string())
 }
 
-fn recipients(mail: &mail_parser::Message<'_>) -> Vec<String> {
+pub fn recipients(mail: &mail_parser::Message<'_>) -> Vec<String> {
     let mut to: Vec<String> = mail
         .to()
         .map(|a| a.iter().filter_map(|x| x.address().map(String::from)).collect())
@@ -146,7 +151,7 @@ async fn mails_reach_a_real_smtp_server_with_xdm_headers_and_masking() {
     let port = free_port();
     let maildir = tempfile::tempdir().unwrap();
     let smtp = Smtp::start(port, &pki.server_cert, &pki.server_key, &maildir.path().join("Maildir"));
-    let cfg = config(&pki, port);
+    let cfg = mss_config(&pki, port);
     let sender = MssSender::new(&cfg).unwrap();
 
     // Professionals and patient: two mails.
@@ -158,8 +163,7 @@ async fn mails_reach_a_real_smtp_server_with_xdm_headers_and_masking() {
     }
     let received = smtp.mails();
     assert_eq!(received.len(), 2);
-    let parsed: Vec<mail_parser::Message> =
-        received.iter().map(|r| mail_parser::MessageParser::default().parse(r).unwrap()).collect();
+    let parsed: Vec<mail_parser::Message> = received.iter().map(|r| parse(r)).collect();
     let ps = parsed.iter().find(|m| header(m, "X-MSS-MES").is_none()).expect("professionals' mail");
     let pat = parsed.iter().find(|m| header(m, "X-MSS-MES").is_some()).expect("patient's mail");
 
@@ -216,7 +220,7 @@ async fn server_down_for_a_while_then_retried_and_delivered_once() {
     let pki = Pki::new();
     let port = free_port();
     let maildir = tempfile::tempdir().unwrap();
-    let cfg = config(&pki, port);
+    let cfg = mss_config(&pki, port);
     let sender = MssSender::new(&cfg).unwrap();
     let req = request(&["DESTMSSANTEPS", "INVISIBLE_PATIENT"], false);
     let mails = mail::build(&req, &cfg).unwrap();
