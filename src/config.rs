@@ -43,6 +43,8 @@ pub struct Settings {
     pub journal: JournalSettings,
     /// Per-sender settings, keyed by the first component of MSH-4 (sending facility).
     pub senders: BTreeMap<String, SenderSettings>,
+    /// The sinks: `sinks.notify`, `sinks.mss`, `sinks.dmp`.
+    pub sinks: crate::sinks::SinksSettings,
 }
 
 /// MLLP listeners: plain TCP and, optionally, TLS.
@@ -114,6 +116,7 @@ impl Default for Settings {
             http: HttpSettings::default(),
             journal: JournalSettings::default(),
             senders: BTreeMap::new(),
+            sinks: crate::sinks::SinksSettings::default(),
         }
     }
 }
@@ -204,6 +207,7 @@ impl Settings {
         if self.journal.max_batch == 0 {
             return Err(invalid("journal.max_batch", "must be at least 1"));
         }
+        self.sinks.check().map_err(|(key, reason)| invalid(&key, &reason))?;
         Ok(())
     }
 
