@@ -41,10 +41,55 @@ pub struct Settings {
     pub http: HttpSettings,
     /// Journal behaviour.
     pub journal: JournalSettings,
+    /// Prometheus metrics.
+    pub metrics: MetricsSettings,
     /// Per-sender settings, keyed by the first component of MSH-4 (sending facility).
     pub senders: BTreeMap<String, SenderSettings>,
+    /// The drop folder.
+    pub folder: FolderSettings,
+    /// CDA documents: size limit and XDS tables.
+    pub documents: DocumentSettings,
     /// The sinks: `sinks.notify`, `sinks.mss`, `sinks.dmp`.
     pub sinks: crate::sinks::SinksSettings,
+}
+
+/// The drop folder: CDA (`.xml`) and HL7v2 (`.hl7`, `.er7`, `.txt`) files dropped there are journaled.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FolderSettings {
+    /// Watch the folder (`true`).
+    pub enabled: bool,
+    /// The folder (`<data_dir>/inbox` when empty).
+    pub path: PathBuf,
+    /// A file is taken once its size and modification time have not changed for this many seconds (2).
+    pub settle_secs: u64,
+}
+
+/// CDA documents.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DocumentSettings {
+    /// Largest accepted CDA document in bytes (20 MiB), by `POST /cda` and the drop folder.
+    pub max_size: usize,
+    /// Where `xds-types.toml` and `xds-codes.toml` are (`mappings/tables`).
+    pub tables: PathBuf,
+}
+
+/// Prometheus metrics (`GET /metrics` on the HTTP listener).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// Most distinct values of the `sender` and of the `event` label (each) besides the senders named in
+    /// `[senders]`; later values are counted as `other` (100).
+    pub label_limit: usize,
+    /// Seconds between two measurements of the data directory's size (30).
+    pub scan_interval_secs: u64,
+}
+
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        MetricsSettings { label_limit: 100, scan_interval_secs: 30 }
+    }
 }
 
 /// MLLP listeners: plain TCP and, optionally, TLS.
@@ -106,6 +151,10 @@ pub struct JournalSettings {
 pub struct SenderSettings {
     /// Charset assumed when this sender leaves MSH-18 empty.
     pub charset: Option<String>,
+    /// MLLP destination (`host:port`) of this sender's business acknowledgements (ZAM^Z01/Z02/Z03).
+    pub business_ack_to: Option<String>,
+    /// IANA time zone of this sender's local times (HL7 times without an offset); default `Europe/Paris`.
+    pub timezone: Option<String>,
 }
 
 impl Default for Settings {
@@ -114,10 +163,25 @@ impl Default for Settings {
             data_dir: PathBuf::from("./data"),
             mllp: MllpSettings::default(),
             http: HttpSettings::default(),
+            metrics: MetricsSettings::default(),
             journal: JournalSettings::default(),
             senders: BTreeMap::new(),
+            folder: FolderSettings::default(),
+            documents: DocumentSettings::default(),
             sinks: crate::sinks::SinksSettings::default(),
         }
+    }
+}
+
+impl Default for FolderSettings {
+    fn default() -> Self {
+        FolderSettings { enabled: true, path: PathBuf::new(), settle_secs: 2 }
+    }
+}
+
+impl Default for DocumentSettings {
+    fn default() -> Self {
+        DocumentSettings { max_size: 20 * 1024 * 1024, tables: PathBuf::from("mappings/tables") }
     }
 }
 
@@ -191,6 +255,14 @@ impl Settings {
             if let Some(cs) = &sender.charset {
                 parse_charset(&format!("senders.{name}.charset"), cs)?;
             }
+            if let Some(zone) = &sender.timezone {
+                jiff::tz::TimeZone::get(zone).map_err(|_| {
+                    invalid(
+                        &format!("senders.{name}.timezone"),
+                        "not a known IANA time zone (e.g. Europe/Paris)",
+                    )
+                })?;
+            }
         }
         if let Some(tls) = &self.mllp.tls {
             parse_addr("mllp.tls.listen", &tls.listen)?;
@@ -204,8 +276,26 @@ impl Settings {
                 ));
             }
         }
+        if self.metrics.scan_interval_secs == 0 {
+            return Err(invalid("metrics.scan_interval_secs", "must be at least 1"));
+        }
         if self.journal.max_batch == 0 {
             return Err(invalid("journal.max_batch", "must be at least 1"));
+        }
+        for (name, sender) in &self.senders {
+            if let Some(to) = &sender.business_ack_to
+                && to
+                    .rsplit_once(':')
+                    .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+            {
+                return Err(invalid(&format!("senders.{name}.business_ack_to"), "expected host:port"));
+            }
+        }
+        if self.folder.settle_secs > 3600 {
+            return Err(invalid("folder.settle_secs", "at most 3600 seconds"));
+        }
+        if self.documents.max_size < 1024 {
+            return Err(invalid("documents.max_size", "must be at least 1024 bytes"));
         }
         self.sinks.check().map_err(|(key, reason)| invalid(&key, &reason))?;
         Ok(())
@@ -217,9 +307,18 @@ impl Settings {
     }
 
     /// The charset assumed for `sending_facility` (MSH-4.1) when its MSH-18 is empty.
+    ///
+    /// Facility names match case-insensitively: the config crate lowercases environment keys, so
+    /// `RELAIS__SENDERS__CHMAYENNE__CHARSET` arrives as `senders.chmayenne`.
     pub fn charset_for(&self, sending_facility: &str) -> Charset {
-        self.senders
-            .get(sending_facility)
+        let exact = self.senders.get(sending_facility);
+        exact
+            .or_else(|| {
+                self.senders
+                    .iter()
+                    .find(|(name, _)| name.eq_ignore_ascii_case(sending_facility))
+                    .map(|(_, s)| s)
+            })
             .and_then(|s| s.charset.as_deref())
             .and_then(Charset::from_msh18)
             .or_else(|| Charset::from_msh18(&self.mllp.default_charset))
@@ -229,6 +328,15 @@ impl Settings {
     /// How long a control id is remembered for de-duplication.
     pub fn dedup_window(&self) -> Duration {
         Duration::from_secs(self.journal.dedup_window_secs)
+    }
+
+    /// The drop folder: `folder.path`, or `<data_dir>/inbox`.
+    pub fn folder_path(&self) -> PathBuf {
+        if self.folder.path.as_os_str().is_empty() {
+            self.data_dir.join("inbox")
+        } else {
+            self.folder.path.clone()
+        }
     }
 
     /// The journal file.
@@ -289,6 +397,14 @@ mod tests {
     }
 
     #[test]
+    fn sender_charset_from_the_environment_keeps_working_despite_lowercased_keys() {
+        let s = Settings::load_from(None, env(&[("RELAIS__SENDERS__CHLATIN9__CHARSET", "8859/15")])).unwrap();
+        s.check().unwrap();
+        assert_eq!(s.charset_for("CHLATIN9"), Charset::Latin9);
+        assert_eq!(s.charset_for("OTHER"), Charset::Latin1);
+    }
+
+    #[test]
     fn file_values_and_sender_charsets() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("relais.toml");
@@ -317,5 +433,23 @@ mod tests {
         let s = Settings::load_from(None, env(&[("RELAIS__MLLP__DEFAULT_CHARSET", "EBCDIC")])).unwrap();
         let err = s.check().unwrap_err().to_string();
         assert!(err.contains("mllp.default_charset"), "{err}");
+
+        let s = Settings::load_from(None, env(&[("RELAIS__DOCUMENTS__MAX_SIZE", "10")])).unwrap();
+        let err = s.check().unwrap_err().to_string();
+        assert!(err.contains("documents.max_size"), "{err}");
+    }
+
+    #[test]
+    fn drop_folder_defaults_under_the_data_dir() {
+        let s = Settings::load_from(None, env(&[("RELAIS__DATA_DIR", "/srv/relais")])).unwrap();
+        assert_eq!(s.folder_path(), PathBuf::from("/srv/relais/inbox"));
+        assert_eq!(s.folder.settle_secs, 2);
+        let s = Settings::load_from(
+            None,
+            env(&[("RELAIS__FOLDER__PATH", "/mnt/depot"), ("RELAIS__FOLDER__SETTLE_SECS", "5")]),
+        )
+        .unwrap();
+        assert_eq!(s.folder_path(), PathBuf::from("/mnt/depot"));
+        assert_eq!(s.folder.settle_secs, 5);
     }
 }

@@ -1,7 +1,8 @@
 //! `relais serve`: opens the journal, binds every listener, runs until a stop signal, then drains.
 //!
-//! Start-up order: checked settings → data dir → journal (recovered) → listeners bound → `listeners.json`
-//! written (the bound addresses, for tools and tests that asked for port 0). Stop order: listeners stop
+//! Start-up order: checked settings → data dir → journal (recovered) → listeners bound → drop folder
+//! watched → `listeners.json` written (the bound addresses, for tools and tests that asked for port 0).
+//! Stop order: listeners stop
 //! accepting, connections answer what they already read, the journal commits what is queued and closes.
 
 use std::net::SocketAddr;
@@ -13,7 +14,7 @@ use tracing::info;
 
 use crate::config::{self, Settings};
 use crate::ingest::tls::TlsServer;
-use crate::ingest::{Intake, http, mllp};
+use crate::ingest::{Intake, folder, http, mllp};
 use crate::journal::{Journal, JournalConfig};
 use crate::shutdown::{self, Shutdown};
 
@@ -76,11 +77,19 @@ pub async fn run(settings: Settings, stop: impl std::future::Future<Output = ()>
     .await
     .map_err(|e| Error::Io { what: "opening the journal".into(), source: std::io::Error::other(e) })??;
     info!(path = %journal_path.display(), "journal open");
+    let known_senders: Vec<String> = settings.senders.keys().cloned().collect();
+    crate::ops::metrics::install(&known_senders, settings.metrics.label_limit);
+    let health = crate::ops::health::Health::new(journal.clone(), settings.data_dir.clone());
 
     let intake = Intake::new(journal.clone(), &settings);
     let (trigger, shutdown) = shutdown::channel();
     let mut tasks = tokio::task::JoinSet::new();
     let mut bound = BoundAddresses::default();
+    tasks.spawn(crate::ops::metrics::run_housekeeping(
+        settings.data_dir.clone(),
+        std::time::Duration::from_secs(settings.metrics.scan_interval_secs),
+        shutdown.clone(),
+    ));
 
     if !settings.mllp.listen.is_empty() {
         let listener = bind("mllp.listen", &settings.mllp.listen).await?;
@@ -99,7 +108,8 @@ pub async fn run(settings: Settings, stop: impl std::future::Future<Output = ()>
         let listener = bind("http.listen", &settings.http.listen).await?;
         bound.http = listener.local_addr().ok();
         info!(addr = ?bound.http, "HTTP listening");
-        let router = http::router(intake.clone(), settings.http.admin_token.clone());
+        let router = http::router(intake.clone(), settings.http.admin_token.clone())
+            .merge(crate::ops::http::router(health.clone(), journal.clone()));
         let http_shutdown: Shutdown = shutdown.clone();
         tasks.spawn(async move {
             if let Err(e) = http::run(listener, router, http_shutdown).await {
@@ -107,11 +117,19 @@ pub async fn run(settings: Settings, stop: impl std::future::Future<Output = ()>
             }
         });
     }
+    if settings.folder.enabled {
+        let dir = settings.folder_path();
+        folder::prepare(&dir).map_err(io(format!("creating drop folder {}", dir.display())))?;
+        let settle = std::time::Duration::from_secs(settings.folder.settle_secs);
+        tasks.spawn(folder::run(intake.clone(), dir, settle, shutdown.clone()));
+    }
     let listeners_file = settings.data_dir.join("listeners.json");
     write_atomically(&listeners_file, &serde_json::to_vec_pretty(&bound).unwrap_or_default())?;
+    health.set_listeners(bound);
     info!("relais ready");
 
     stop.await;
+    health.set_stopping();
     info!("stopping: no new connections; answering what was already read");
     trigger.fire();
     while tasks.join_next().await.is_some() {}

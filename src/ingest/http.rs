@@ -2,12 +2,19 @@
 //!
 //! - `POST /hl7v2`: one message as the body; the ACK comes back as the body with 200 (AA), 400 (AR) or
 //!   422 (AE).
-//! - `GET /health`: liveness.
+//! - `GET /health`, `/ready`, `/metrics`: see [`crate::ops::http`] (merged in by the server).
+//! - `POST /cda`: one CDA R2 document (`application/xml`, `text/xml` or `application/hl7-cda+xml`); 202 with
+//!   `{"id": n}` once journaled, else 400 (not XML / not a CDA), 409 (document id reused), 413 (over
+//!   `documents.max_size`), 415 (content type) with `{"error": reason, "id": n}` — refused documents are
+//!   journaled `rejected` too. Bodies over twice the limit are cut by the server (413, not journaled).
 //! - `GET /api/stats`, `GET /api/messages?state=&limit=`: journal counts and message metadata (never bodies).
-//!   When `http.admin_token` is set, `/api/*` requires `Authorization: Bearer <token>`.
+//! - `GET /api/messages/{id}/raw`: one message's bytes exactly as received (`application/octet-stream`), for
+//!   an operator reviewing a rejected message; 404 when no such entry.
+//!
+//! When `http.admin_token` is set, `/api/*` requires `Authorization: Bearer <token>`.
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Query, State as AxumState};
+use axum::extract::{DefaultBodyLimit, Path, Query, State as AxumState};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -16,6 +23,7 @@ use serde::Deserialize;
 use tokio::net::TcpListener;
 
 use super::Intake;
+use super::document::{DocumentOutcome, Refusal};
 use crate::hl7v2::AckCode;
 use crate::journal::{State, Transport};
 use crate::shutdown::Shutdown;
@@ -33,12 +41,16 @@ pub fn router(intake: Intake, admin_token: String) -> Router {
     let api = Router::new()
         .route("/api/stats", get(stats))
         .route("/api/messages", get(messages))
+        .route("/api/messages/{id}/raw", get(raw_message))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    let documents = Router::new()
+        .route("/cda", post(post_cda))
+        .layer(DefaultBodyLimit::max(intake.max_document_size().saturating_mul(2)));
     Router::new()
         .route("/hl7v2", post(post_hl7v2))
-        .route("/health", get(health))
         .merge(api)
         .layer(DefaultBodyLimit::max(intake.max_message_size()))
+        .merge(documents)
         .with_state(state)
 }
 
@@ -68,8 +80,50 @@ async fn post_hl7v2(
     response
 }
 
-async fn health() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "status": "ok" }))
+/// Content types accepted for a CDA document.
+const CDA_CONTENT_TYPES: [&str; 3] = ["application/xml", "text/xml", "application/hl7-cda+xml"];
+
+async fn post_cda(
+    AxumState(state): AxumState<AppState>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let peer = peer.to_string();
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let media_type = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let outcome = if CDA_CONTENT_TYPES.contains(&media_type.as_str()) {
+        state.intake.submit_document(body, Transport::Http, &peer).await
+    } else {
+        let reason = format!(
+            "content type `{content_type}`: a CDA document is sent as {}",
+            CDA_CONTENT_TYPES.join(", ")
+        );
+        state.intake.reject_document(body, Transport::Http, &peer, Refusal::ContentType, reason).await
+    };
+    match outcome {
+        DocumentOutcome::Accepted { id, duplicate } => {
+            (StatusCode::ACCEPTED, Json(serde_json::json!({ "id": id, "duplicate": duplicate })))
+                .into_response()
+        }
+        DocumentOutcome::Rejected { id, refusal, reason } => {
+            let status = match refusal {
+                Refusal::Invalid => StatusCode::BAD_REQUEST,
+                Refusal::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+                Refusal::ContentType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                Refusal::Conflict => StatusCode::CONFLICT,
+            };
+            (status, Json(serde_json::json!({ "error": reason, "id": id }))).into_response()
+        }
+        DocumentOutcome::Unavailable { reason } => {
+            tracing::error!(%reason, "document not journaled");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(serde_json::json!({ "error": "document not stored (journal unavailable); send it again later" })),
+            )
+                .into_response()
+        }
+    }
 }
 
 async fn stats(AxumState(state): AxumState<AppState>) -> Response {
@@ -106,6 +160,19 @@ async fn messages(AxumState(state): AxumState<AppState>, Query(query): Query<Mes
     let journal = state.intake.journal().clone();
     match tokio::task::spawn_blocking(move || journal.list(filter, limit)).await {
         Ok(Ok(list)) => Json(list).into_response(),
+        Ok(Err(e)) => internal_error(e.to_string()),
+        Err(e) => internal_error(e.to_string()),
+    }
+}
+
+async fn raw_message(AxumState(state): AxumState<AppState>, Path(id): Path<u64>) -> Response {
+    let journal = state.intake.journal().clone();
+    match tokio::task::spawn_blocking(move || journal.raw(id)).await {
+        Ok(Ok(Some(bytes))) => ([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response(),
+        Ok(Ok(None)) => {
+            (StatusCode::NOT_FOUND, Json(serde_json::json!({ "error": format!("no journal entry {id}") })))
+                .into_response()
+        }
         Ok(Err(e)) => internal_error(e.to_string()),
         Err(e) => internal_error(e.to_string()),
     }

@@ -231,6 +231,7 @@ pub async fn serve_connection<S>(
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     debug!(%peer, ?transport, "connection opened");
+    let _open = crate::ops::metrics::OpenConnection::open(transport);
     let (read_half, write_half) = tokio::io::split(stream);
     let mut frames = FramedRead::new(read_half, MllpCodec::new(intake.max_message_size()));
     // Bounded: a sender that pipelines without reading its ACKs is slowed down, not buffered without limit.

@@ -213,6 +213,11 @@ impl Journal {
         Ok(())
     }
 
+    /// True until `close`: appends are taken.
+    pub fn is_accepting(&self) -> bool {
+        self.inner.intake.read().unwrap_or_else(PoisonError::into_inner).is_some()
+    }
+
     /// Group-commit figures since `open`.
     pub fn commit_stats(&self) -> CommitStats {
         self.inner.counters.snapshot()

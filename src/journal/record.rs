@@ -9,6 +9,8 @@ use bytes::Bytes;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
+use crate::facts::MessageKind;
+
 /// How a message arrived.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -86,6 +88,9 @@ pub struct NewEntry {
     pub state: State,
     /// Why it was rejected.
     pub reason: Option<String>,
+    /// HL7v2 or CDA. For a CDA document `header` holds the custodian id (facility), `CDA^<type code>`
+    /// (message type) and the document id (control id), so a resent document is deduplicated too.
+    pub kind: MessageKind,
 }
 
 /// Metadata of a journaled message (no body): what `/api/messages` returns.
@@ -110,6 +115,9 @@ pub struct EntryMeta {
     pub state: State,
     /// Why it was rejected.
     pub reason: Option<String>,
+    /// HL7v2 or CDA (entries written before the field existed read as HL7v2).
+    #[serde(default)]
+    pub kind: MessageKind,
 }
 
 /// The outcome of `append`, returned only once the write is durable (committed and fsynced).
@@ -148,6 +156,8 @@ pub(crate) struct StoredRecord {
     pub(crate) state: State,
     #[serde(default)]
     pub(crate) reason: Option<String>,
+    #[serde(default)]
+    pub(crate) kind: MessageKind,
 }
 
 impl StoredRecord {
@@ -162,6 +172,7 @@ impl StoredRecord {
             header: entry.header,
             state: entry.state,
             reason: entry.reason,
+            kind: entry.kind,
         };
         (record, entry.raw)
     }
@@ -178,6 +189,7 @@ impl StoredRecord {
             header: self.header,
             state: self.state,
             reason: self.reason,
+            kind: self.kind,
         }
     }
 }
@@ -214,8 +226,10 @@ mod tests {
             }),
             state: State::Received,
             reason: None,
+            kind: MessageKind::Hl7v2,
         };
         let value = serde_json::to_value(&meta).unwrap();
+        assert_eq!(value["kind"], "hl7v2");
         assert_eq!(value["control_id"], "42");
         assert_eq!(value["transport"], "mllp_tls");
         let back: EntryMeta = serde_json::from_value(value).unwrap();
@@ -224,5 +238,12 @@ mod tests {
         let headerless = EntryMeta { header: None, ..meta };
         let back: EntryMeta = serde_json::from_value(serde_json::to_value(&headerless).unwrap()).unwrap();
         assert_eq!(back.header, None);
+    }
+
+    #[test]
+    fn records_written_before_kind_read_as_hl7v2() {
+        let old = r#"{"received_at":"2026-01-01T00:00:00Z","transport":"mllp","peer":"x","size":3,"state":"received"}"#;
+        let record: StoredRecord = serde_json::from_str(old).unwrap();
+        assert_eq!(record.kind, MessageKind::Hl7v2);
     }
 }

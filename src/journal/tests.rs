@@ -36,6 +36,7 @@ fn received(facility: &str, control_id: &str, body: &[u8], when: Timestamp) -> N
         header: Some(header(facility, control_id)),
         state: State::Received,
         reason: None,
+        kind: crate::facts::MessageKind::Hl7v2,
     }
 }
 

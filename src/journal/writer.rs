@@ -59,6 +59,7 @@ impl CommitCounters {
         let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
         self.commit_nanos.fetch_add(nanos, Ordering::Relaxed);
         self.last_batch.store(batch, Ordering::Relaxed);
+        crate::ops::metrics::journal_commit(batch, took);
     }
 
     pub(crate) fn snapshot(&self) -> CommitStats {
@@ -108,6 +109,7 @@ impl Writer {
                 }
                 Err(error) => {
                     tracing::error!(%error, batch = replies.len(), "journal commit failed");
+                    crate::ops::metrics::journal_commit_failed();
                     for reply in replies.drain(..) {
                         let _ = reply.send(Err(error.clone()));
                     }

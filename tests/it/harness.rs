@@ -90,7 +90,33 @@ impl Relais {
         Relais::launch(Some(toml), env)
     }
 
+    /// Runs `relais serve` with settings that must be refused: returns its exit status and log once it exits.
+    pub fn start_failure(env: &[(&str, &str)]) -> (ExitStatus, String) {
+        let mut relais = Relais::prepare(None, env);
+        relais.runs += 1;
+        let mut child = relais.command().spawn().expect("spawning relais");
+        let deadline = Instant::now() + TIMEOUT;
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("relais kept running with settings it should refuse; log:\n{}", relais.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        (status, relais.log())
+    }
+
     fn launch(toml: Option<&str>, env: &[(&str, &str)]) -> Relais {
+        let mut relais = Relais::prepare(toml, env);
+        relais.spawn();
+        relais
+    }
+
+    fn prepare(toml: Option<&str>, env: &[(&str, &str)]) -> Relais {
         let dir = tempfile::Builder::new().prefix("relais-it-").tempdir().expect("temp dir");
         let config = toml.map(|text| {
             let path = dir.path().join("relais.toml");
@@ -107,10 +133,7 @@ impl Relais {
             all.retain(|(key, _)| key != k);
             all.push((k.to_string(), v.to_string()));
         }
-        let mut relais =
-            Relais { dir, env: all, config, child: None, listeners: Listeners::default(), runs: 0 };
-        relais.spawn();
-        relais
+        Relais { dir, env: all, config, child: None, listeners: Listeners::default(), runs: 0 }
     }
 
     /// Starts the process again on the same data dir and settings (after [`Relais::stop`] or
@@ -125,26 +148,7 @@ impl Relais {
         // A killed process leaves its listeners.json behind: it must not be mistaken for the new one.
         let _ = std::fs::remove_file(&listeners_file);
         self.runs += 1;
-        let log = std::fs::File::create(self.log_path()).expect("log file");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_relais"));
-        command.arg("serve");
-        if let Some(config) = &self.config {
-            command.arg("--config").arg(config);
-        }
-        // Only the harness's settings reach the server: nothing from the developer's shell.
-        for (key, _) in std::env::vars() {
-            if key.starts_with("RELAIS") {
-                command.env_remove(key);
-            }
-        }
-        command
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .env("RELAIS_LOG", "info")
-            .current_dir(self.dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log);
-        let child = command.spawn().expect("spawning relais");
+        let child = self.command().spawn().expect("spawning relais");
         self.child = Some(child);
 
         let deadline = Instant::now() + TIMEOUT;
@@ -164,6 +168,30 @@ impl Relais {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// `relais serve` with this instance's settings, logging to the current run's log file.
+    fn command(&self) -> Command {
+        let log = std::fs::File::create(self.log_path()).expect("log file");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_relais"));
+        command.arg("serve");
+        if let Some(config) = &self.config {
+            command.arg("--config").arg(config);
+        }
+        // Only the harness's settings reach the server: nothing from the developer's shell.
+        for (key, _) in std::env::vars() {
+            if key.starts_with("RELAIS") {
+                command.env_remove(key);
+            }
+        }
+        command
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("RELAIS_LOG", "info")
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        command
     }
 
     /// Sends SIGTERM and waits for the process to exit (graceful stop); returns its exit status.
@@ -229,9 +257,13 @@ impl Relais {
         self.listeners.http.expect("no HTTP listener")
     }
 
-    /// `http://<http addr>` (no trailing slash).
+    /// `http://<http addr>` (no trailing slash); a wildcard bind (`0.0.0.0`) is reached on 127.0.0.1.
     pub fn http_url(&self) -> String {
-        format!("http://{}", self.http_addr())
+        let mut addr = self.http_addr();
+        if addr.ip().is_unspecified() {
+            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        format!("http://{addr}")
     }
 
     /// The data dir (`journal.redb`, `listeners.json`).
@@ -538,4 +570,39 @@ pub fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The 1.6 KB PAM FR ADT^A01 of `test-messages/bench/` (CR segment ends) with MSH-10 set to `control_id`.
+pub fn adt(control_id: &str) -> Vec<u8> {
+    with_msh_field(&sample("bench/adt_a01_fr.hl7"), 10, control_id)
+}
+
+/// The control ids (MSH-10) of the journal entries listed by `/api/messages` (at most `limit`, any state).
+pub fn journaled_ids(relais: &Relais, state: &str, limit: usize) -> Vec<String> {
+    relais
+        .messages(state, limit)
+        .iter()
+        .filter_map(|m| m["control_id"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// Splits the samples into groups in which no two share MSH-4 + MSH-10, so each group can go to one server
+/// without tripping de-duplication (the ANS corpus reuses `CHU-X` + `3975` for two different A01s).
+pub fn groups_without_shared_control_ids(files: &[PathBuf]) -> Vec<Vec<PathBuf>> {
+    /// MSH-4 and MSH-10.
+    type Key = (String, String);
+    // Each group: the keys it holds, and its files.
+    let mut groups: Vec<(Vec<Key>, Vec<PathBuf>)> = Vec::new();
+    for file in files {
+        let bytes = std::fs::read(file).unwrap();
+        let key = (msh_field(&bytes, 4), msh_field(&bytes, 10));
+        match groups.iter_mut().find(|(keys, _)| !keys.contains(&key)) {
+            Some((keys, members)) => {
+                keys.push(key);
+                members.push(file.clone());
+            }
+            None => groups.push((vec![key], vec![file.clone()])),
+        }
+    }
+    groups.into_iter().map(|(_, members)| members).collect()
 }

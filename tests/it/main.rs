@@ -3,5 +3,12 @@
 
 mod harness;
 
+mod bad_input;
+mod charsets;
+mod crash;
+mod documents;
+mod ingest_http;
 mod ingest_mllp;
+mod mapping;
+mod ops;
 mod sinks;
