@@ -15,6 +15,8 @@ use serde::{Deserialize, Serialize};
 use sha1::{Digest, Sha1};
 use uuid::Uuid;
 
+use crate::documents::metadata::{DocumentMetadata, XdsAuthor, XdsCode};
+
 /// ebRIM namespace.
 pub const NS_RIM: &str = "urn:oasis:names:tc:ebxml-regrep:xsd:rim:3.0";
 /// ebRS life-cycle manager namespace (SubmitObjectsRequest).
@@ -39,8 +41,6 @@ const SS_SOURCE_ID: &str = "urn:uuid:554ac39e-e3fe-47fe-b233-965d2a147832";
 const SS_UNIQUE_ID: &str = "urn:uuid:96fdda7c-d067-4183-912e-bf5ee74998a8";
 const HAS_MEMBER: &str = "urn:oasis:names:tc:ebxml-regrep:AssociationType:HasMember";
 const RPLC: &str = "urn:ihe:iti:2007:AssociationType:RPLC";
-/// Namespace of the v5 UUIDs derived from document uniqueIds (a fixed v4, Relais's own).
-const ENTRY_NAMESPACE: Uuid = Uuid::from_u128(0x5f0e_7a2c_91b4_4d3e_8c61_2a9d_3b7e_40c1);
 
 /// A coded value: code, coding scheme (OID) and display name.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -171,9 +171,68 @@ pub struct Submission {
     pub size: usize,
 }
 
-/// The entryUUID Relais gives the DocumentEntry of a document with this uniqueId.
+/// The entryUUID Relais gives the DocumentEntry of a document with this uniqueId (the same as
+/// [`crate::documents::metadata::DocumentEntry::entry_uuid`]).
 pub fn entry_uuid_for(unique_id: &str) -> String {
-    format!("urn:uuid:{}", Uuid::new_v5(&ENTRY_NAMESPACE, unique_id.as_bytes()))
+    crate::documents::metadata::urn_uuid(&format!("DocumentEntry/{unique_id}"))
+}
+
+fn code(c: &XdsCode) -> Code {
+    Code { code: c.code.clone(), scheme: c.scheme.clone(), display: c.display.clone() }
+}
+
+fn author(a: &XdsAuthor) -> Author {
+    Author {
+        person: Some(a.person.clone()).filter(|p| !p.is_empty()),
+        institution: a.institution.clone(),
+        role: None,
+        specialty: a.specialty.clone(),
+    }
+}
+
+impl XdsDocument {
+    /// The document as the documents stage describes it ([`DocumentMetadata`]), with its bytes.
+    pub fn from_metadata(meta: &DocumentMetadata, content: Vec<u8>, pdf: Option<Vec<u8>>) -> XdsDocument {
+        let e = &meta.entry;
+        XdsDocument {
+            unique_id: e.unique_id.clone(),
+            title: e.title.clone().unwrap_or_default(),
+            mime_type: e.mime_type.clone(),
+            class_code: code(&e.class_code),
+            type_code: code(&e.type_code),
+            format_code: code(&e.format_code),
+            confidentiality: e.confidentiality.iter().map(code).collect(),
+            healthcare_facility_type: e.healthcare_facility_type.as_ref().map(code).unwrap_or_default(),
+            practice_setting: e.practice_setting.as_ref().map(code).unwrap_or_default(),
+            event_codes: e.event_codes.iter().map(code).collect(),
+            creation_time: e.creation_time.clone().unwrap_or_default(),
+            service_start: e.service_start_time.clone(),
+            service_stop: e.service_stop_time.clone(),
+            language_code: e.language.clone(),
+            patient_id: e.patient_id.clone().unwrap_or_default(),
+            source_patient_id: e.source_patient_id.clone(),
+            source_patient_info: e.source_patient_info.clone(),
+            author: e.authors.first().map(author).unwrap_or_default(),
+            legal_authenticator: e.legal_authenticator.clone(),
+            replaces: e.replaces.clone(),
+            content,
+            pdf,
+        }
+    }
+}
+
+impl SubmissionParams {
+    /// The submission set of [`DocumentMetadata`], sent by `source_id`, uniqueIds minted under `unique_id_root`.
+    pub fn from_metadata(meta: &DocumentMetadata, source_id: &str, unique_id_root: &str) -> SubmissionParams {
+        let set = &meta.submission_set;
+        SubmissionParams {
+            source_id: source_id.into(),
+            unique_id_root: unique_id_root.into(),
+            content_type: code(&set.content_type),
+            author: set.author.as_ref().map(author).unwrap_or_default(),
+            intended_recipients: Vec::new(),
+        }
+    }
 }
 
 impl Submission {
@@ -266,7 +325,7 @@ impl Submission {
                     slot(w, "URI", [uri])?;
                 }
                 name(w, "rim:Name", &d.title)?;
-                author(w, DE_AUTHOR, id, &d.author)?;
+                write_author(w, DE_AUTHOR, id, &d.author)?;
                 classification(w, DE_CLASS, id, &d.class_code)?;
                 for c in &d.confidentiality {
                     classification(w, DE_CONFIDENTIALITY, id, c)?;
@@ -294,7 +353,7 @@ impl Submission {
             }
             slot(w, "submissionTime", [self.submission_time.as_str()])?;
             name(w, "rim:Name", &self.document.title)?;
-            author(w, SS_AUTHOR, id, &p.author)?;
+            write_author(w, SS_AUTHOR, id, &p.author)?;
             w.create_element("rim:Classification")
                 .with_attribute(("id", new_id().as_str()))
                 .with_attribute(("classifiedObject", id))
@@ -357,7 +416,7 @@ fn classification<W: io::Write>(
     Ok(())
 }
 
-fn author<W: io::Write>(w: &mut Writer<W>, scheme: &str, object: &str, a: &Author) -> io::Result<()> {
+fn write_author<W: io::Write>(w: &mut Writer<W>, scheme: &str, object: &str, a: &Author) -> io::Result<()> {
     if a.person.is_none() && a.institution.is_none() {
         return Ok(());
     }

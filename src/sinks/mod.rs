@@ -10,8 +10,10 @@
 //! - [`directory`]: the local MSSanté directory (RPPS → GP mailboxes), `relais directory import`.
 //! - [`notify`]: the GP notification (templates, mail and/or webhook, corrections).
 //! - [`ledger`]: what each sink delivered, so a bus redelivery is never a second delivery.
-//! - [`zam`]: the business acknowledgements ZAM^Z01 (DMP) and ZAM^Z02 / ZAM^Z03 (MSSanté) back to the DPI.
 //! - [`tls`]: rustls client configurations for the HTTPS clients.
+//!
+//! The business acknowledgements (ZAM^Z01/Z02/Z03) are built by [`crate::documents::zam`] from what these
+//! report ([`iti41::RegistryResponse::first_error`], SMTP outcomes).
 //!
 //! Their settings are [`SinksSettings`] (`sinks.notify`, `sinks.mss`, `sinks.dmp`, each with `retry.*`).
 
@@ -24,7 +26,6 @@ pub mod notify;
 pub mod retry;
 pub mod tls;
 pub mod xdm;
-pub mod zam;
 
 use serde::{Deserialize, Serialize};
 

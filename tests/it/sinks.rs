@@ -160,3 +160,55 @@ fn directory_import_and_lookup_from_the_command_line() {
     assert!(run(&["lookup", "10000023084"]).status.success());
 }
 mod notify;
+
+/// From the documents stage to the DMP body: every CDA sample the documents stage maps gives an ITI-41
+/// request whose SOAP body validates, and the replacement sample carries its RPLC association.
+#[test]
+fn documents_stage_metadata_gives_valid_iti41_bodies() {
+    use relais::documents::DocumentMapper;
+    use relais::sinks::iti41::{VihfConfig, build_request};
+
+    let mapper = DocumentMapper::load(&root().join("mappings/tables")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut checked = 0;
+    for name in ["own_CR-OP_34874-8_N1.xml", "own_CR-OP_34874-8_N1_RPLC.xml", "own_CR-URG_15507-7_N1.xml"] {
+        let raw = std::fs::read(root().join("test-messages/cda").join(name)).unwrap();
+        let mapped = mapper.map_cda(&raw).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let meta = &mapped.details.metadata;
+        let doc = XdsDocument::from_metadata(meta, raw.clone(), None);
+        let submission = Submission::new(
+            doc,
+            SubmissionParams::from_metadata(meta, "1.2.250.1.999.3", ""),
+            jiff::Timestamp::now(),
+        );
+        assert_eq!(submission.entry_uuid, meta.entry.entry_uuid, "one entryUUID for one uniqueId");
+        let request = build_request(
+            &submission,
+            "https://dmp.test/repository",
+            &VihfConfig::default(),
+            jiff::Timestamp::now(),
+        );
+        // Inline the document (base64) in place of the xop:Include, keep the SOAP Body child.
+        let text = String::from_utf8_lossy(&request.body).into_owned();
+        let body = &text[text.find("<soap:Body>").unwrap() + 11..text.find("</soap:Body>").unwrap()];
+        let start = body.find("<xop:Include").unwrap();
+        let end = start + body[start..].find("/>").unwrap() + 2;
+        use base64::Engine;
+        let inlined = format!(
+            "{}{}{}",
+            &body[..start],
+            base64::engine::general_purpose::STANDARD.encode(&raw),
+            &body[end..]
+        );
+        let path = dir.path().join(format!("{name}.body.xml"));
+        std::fs::write(&path, &inlined).unwrap();
+        validate("IHE/XDS.b_DocumentRepository.xsd", &path).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(
+            inlined.contains("urn:ihe:iti:2007:AssociationType:RPLC"),
+            name.contains("RPLC"),
+            "{name}"
+        );
+        checked += 1;
+    }
+    assert_eq!(checked, 3);
+}
