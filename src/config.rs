@@ -49,8 +49,14 @@ pub struct Settings {
     pub folder: FolderSettings,
     /// CDA documents: size limit and XDS tables.
     pub documents: DocumentSettings,
-    /// The sinks: `sinks.notify`, `sinks.mss`, `sinks.dmp`.
-    pub sinks: crate::sinks::SinksSettings,
+    /// The bus: AMQP URL (unset = embedded), partitions, retries.
+    pub bus: crate::bus::BusSettings,
+    /// Sink instances by name: what route destinations name (`sinks.gp-notify.kind = "notify"`).
+    pub sinks: BTreeMap<String, SinkSettings>,
+    /// Directory of the route files (`./routes`).
+    pub routes_dir: PathBuf,
+    /// Directory of the mapping rules and code tables (`./mappings`).
+    pub mappings_dir: PathBuf,
 }
 
 /// The drop folder: CDA (`.xml`) and HL7v2 (`.hl7`, `.er7`, `.txt`) files dropped there are journaled.
@@ -71,7 +77,7 @@ pub struct FolderSettings {
 pub struct DocumentSettings {
     /// Largest accepted CDA document in bytes (20 MiB), by `POST /cda` and the drop folder.
     pub max_size: usize,
-    /// Where `xds-types.toml` and `xds-codes.toml` are (`mappings/tables`).
+    /// Where `xds-types.toml` and `xds-codes.toml` are (`mappings/documents`).
     pub tables: PathBuf,
 }
 
@@ -90,6 +96,28 @@ impl Default for MetricsSettings {
     fn default() -> Self {
         MetricsSettings { label_limit: 100, scan_interval_secs: 30 }
     }
+}
+
+/// The kind of a sink instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SinkKind {
+    /// FHIR notification (message Bundle to a webhook).
+    Notify,
+    /// MSSanté secure mail.
+    Mss,
+    /// DMP document feed.
+    Dmp,
+}
+
+/// One sink instance: its kind plus the options of that kind (read by the sinks module).
+#[derive(Debug, Clone, Deserialize)]
+pub struct SinkSettings {
+    /// Which sink it is.
+    pub kind: SinkKind,
+    /// Every other key of the table, for the sink to read.
+    #[serde(flatten)]
+    pub options: BTreeMap<String, serde_json::Value>,
 }
 
 /// MLLP listeners: plain TCP and, optionally, TLS.
@@ -168,7 +196,10 @@ impl Default for Settings {
             senders: BTreeMap::new(),
             folder: FolderSettings::default(),
             documents: DocumentSettings::default(),
-            sinks: crate::sinks::SinksSettings::default(),
+            bus: crate::bus::BusSettings::default(),
+            sinks: BTreeMap::new(),
+            routes_dir: PathBuf::from("./routes"),
+            mappings_dir: PathBuf::from("./mappings"),
         }
     }
 }
@@ -181,7 +212,7 @@ impl Default for FolderSettings {
 
 impl Default for DocumentSettings {
     fn default() -> Self {
-        DocumentSettings { max_size: 20 * 1024 * 1024, tables: PathBuf::from("mappings/tables") }
+        DocumentSettings { max_size: 20 * 1024 * 1024, tables: PathBuf::from("mappings/documents") }
     }
 }
 
@@ -297,8 +328,24 @@ impl Settings {
         if self.documents.max_size < 1024 {
             return Err(invalid("documents.max_size", "must be at least 1024 bytes"));
         }
-        self.sinks.check().map_err(|(key, reason)| invalid(&key, &reason))?;
+        self.bus.check().map_err(|(key, reason)| invalid(&key, &reason))?;
+        for name in self.sinks.keys() {
+            let plain = name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            if name.is_empty() || !plain {
+                return Err(invalid(
+                    &format!("sinks.{name}"),
+                    "sink names use letters, digits, - and _ only",
+                ));
+            }
+            crate::sinks::SinkConfig::from_settings(name, &self.sinks[name])
+                .map_err(|(k, r)| invalid(&k, &r))?;
+        }
         Ok(())
+    }
+
+    /// The sink instance names, sorted (what route destinations may name).
+    pub fn sink_names(&self) -> Vec<String> {
+        self.sinks.keys().cloned().collect()
     }
 
     /// The charset assumed when MSH-18 is empty and the sender has no setting of its own.
@@ -451,5 +498,31 @@ mod tests {
         .unwrap();
         assert_eq!(s.folder_path(), PathBuf::from("/mnt/depot"));
         assert_eq!(s.folder.settle_secs, 5);
+        let s = Settings::load_from(None, env(&[("RELAIS__BUS__AMQP_URL", "http://x")])).unwrap();
+        let err = s.check().unwrap_err().to_string();
+        assert!(err.contains("bus.amqp_url"), "{err}");
+    }
+
+    #[test]
+    fn bus_and_sinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("relais.toml");
+        std::fs::write(
+            &file,
+            "[bus]\npartitions = 4\n[sinks.gp-notify]\nkind = \"notify\"\nwebhook_url = \"https://x\"\n[sinks.dmp]\nkind = \"dmp\"\n",
+        )
+        .unwrap();
+        let s = Settings::load_from(
+            Some(&file),
+            env(&[("RELAIS__BUS__AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f")]),
+        )
+        .unwrap();
+        s.check().unwrap();
+        assert_eq!(s.bus.partitions, 4);
+        assert_eq!(s.bus.amqp_url.as_deref(), Some("amqp://guest:guest@127.0.0.1:5672/%2f"));
+        assert_eq!(s.sink_names(), ["dmp", "gp-notify"]);
+        assert_eq!(s.sinks["gp-notify"].kind, SinkKind::Notify);
+        assert_eq!(s.sinks["gp-notify"].options["webhook_url"], "https://x");
+        assert_eq!(Settings::load_from(None, env(&[])).unwrap().bus.amqp_url, None);
     }
 }

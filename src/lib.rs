@@ -14,6 +14,7 @@
 //! [`shutdown`] carries the one stop signal every task listens to.
 //! [`ops`] observes every stage (Prometheus metrics, `/health`, `/ready`) and decides nothing.
 
+pub mod bus;
 pub mod cda;
 pub mod config;
 pub mod documents;
@@ -23,6 +24,8 @@ pub mod ingest;
 pub mod journal;
 pub mod mapping;
 pub mod ops;
+pub mod pipeline;
+pub mod routing;
 pub mod send;
 pub mod server;
 pub mod shutdown;

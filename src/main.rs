@@ -69,14 +69,22 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// Check mapping (and route) files; every error names file:line.
+    /// Check mapping and route files (routes against the configured sinks); every error names file:line.
     Check {
-        /// Route files directory.
+        /// Settings file (for `sinks.*` and `routes_dir`).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Route files directory (default: `routes_dir` of the settings, when it exists).
         #[arg(long)]
         routes: Option<PathBuf>,
         /// Mapping rules directory.
         #[arg(long, env = "RELAIS_MAPPINGS", default_value = "mappings")]
         mappings: PathBuf,
+    },
+    /// Route tools.
+    Routes {
+        #[command(subcommand)]
+        command: RoutesCommand,
     },
     /// The local MSSanté directory (RPPS → GP mailboxes) used by the GP notification sink.
     Directory {
@@ -101,6 +109,21 @@ enum BundleAs {
 }
 
 #[derive(Debug, Subcommand)]
+enum RoutesCommand {
+    /// Print which routes match a message and, for the others, which predicate failed.
+    Explain {
+        /// The message file (HL7v2).
+        file: PathBuf,
+        /// Settings file (for `sinks.*` and `routes_dir`).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Route directory (default: `routes_dir` of the settings).
+        #[arg(long)]
+        routes: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum DirectoryAction {
     /// Replace the directory with a public Annuaire Santé MSSanté mailbox extraction (pipe-separated text).
     Import {
@@ -121,7 +144,7 @@ fn main() -> ExitCode {
         Command::Convert { file, bundle_as, pretty, mappings, config } => {
             return convert(&file, bundle_as, pretty, &mappings, config.as_deref());
         }
-        Command::Check { routes, mappings } => return check(routes.as_deref(), &mappings),
+        Command::Check { config, routes, mappings } => return check(config.as_deref(), routes, &mappings),
         _ => {}
     }
     init_logging(cli.log_json);
@@ -184,6 +207,22 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
             eprintln!("{} sent, {} not AA", results.len(), not_aa);
             Ok(if not_aa == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        Command::Routes { command: RoutesCommand::Explain { file, config, routes } } => {
+            let (settings, set) = load_routes(config.as_deref(), routes)?;
+            let raw = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let transform = relais::pipeline::transform_for(&settings)?;
+            let kind = relais::facts::MessageKind::Hl7v2;
+            match relais::routing::explain_message(&set, transform.as_ref(), kind, &raw) {
+                Ok(verdicts) => {
+                    print!("{}", relais::routing::render_verdicts(&verdicts));
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(failure) => {
+                    eprintln!("relais: {}: {failure}", file.display());
+                    Ok(ExitCode::from(1))
+                }
+            }
         }
         Command::Directory { config, data, action } => {
             let mut settings = Settings::load(config.as_deref())?;
@@ -263,7 +302,7 @@ fn convert(
     }
 }
 
-fn check(routes: Option<&std::path::Path>, mappings: &std::path::Path) -> ExitCode {
+fn check(config: Option<&std::path::Path>, routes: Option<PathBuf>, mappings: &std::path::Path) -> ExitCode {
     let mut failed = false;
     match relais::mapping::check::check_mappings(mappings) {
         Ok(summary) => println!("{summary}"),
@@ -274,12 +313,39 @@ fn check(routes: Option<&std::path::Path>, mappings: &std::path::Path) -> ExitCo
             }
         }
     }
-    if let Some(routes) = routes {
-        // Route files are checked by the routing module once it lands; say so rather than pass silently.
-        eprintln!("{}: route checking is not available in this build", routes.display());
-        failed = true;
+    let settings = match Settings::load(config).and_then(|s| s.check().map(|()| s)) {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("relais check: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    // Routes: the directory given, else the configured one when it exists (a broker with no routes is legal).
+    let dir = routes.or_else(|| settings.routes_dir.is_dir().then(|| settings.routes_dir.clone()));
+    if let Some(dir) = dir {
+        let sinks = settings.sink_names().into_iter().collect();
+        match relais::routing::check::check_routes(&dir, &sinks) {
+            Ok(count) => println!("{}: {count} routes OK", dir.display()),
+            Err(errors) => {
+                failed = true;
+                eprintln!("{errors}");
+            }
+        }
     }
     if failed { ExitCode::from(1) } else { ExitCode::SUCCESS }
+}
+
+fn load_routes(
+    config: Option<&std::path::Path>,
+    routes: Option<PathBuf>,
+) -> anyhow::Result<(Settings, relais::routing::RouteSet)> {
+    let settings = Settings::load(config)?;
+    settings.check()?;
+    let dir = routes.unwrap_or_else(|| settings.routes_dir.clone());
+    let sinks = settings.sink_names().into_iter().collect();
+    let set = relais::routing::RouteSet::load_dir(&dir, &sinks)
+        .map_err(|errors| anyhow::anyhow!("route errors:\n{errors}"))?;
+    Ok((settings, set))
 }
 
 fn init_logging(json: bool) {

@@ -4,6 +4,9 @@
 //! them all in one redb write transaction with `Durability::Immediate` (one `fdatasync`), and only after the
 //! commit returned answers each request. If the commit fails every request of the batch gets the error, and
 //! nothing of that batch is visible. The thread ends when every sender is gone and the queue is empty.
+//!
+//! Pipeline updates ([`Request::Update`]) share the queue and the group commit with appends; after each
+//! commit the highest stored id is published on a `watch` channel so the pipeline wakes up.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,12 +17,16 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::Error;
 use super::record::Appended;
-use super::store::{self, Prepared};
+use super::store::{self, Prepared, Update, UpdateRefused};
 
-/// One queued append and where to send its outcome.
-pub(crate) struct Request {
-    pub(crate) entry: Prepared,
-    pub(crate) reply: oneshot::Sender<Result<Appended, Error>>,
+/// One queued write and where to send its outcome.
+// Appends are the hot path: boxing their entry would cost one allocation per message.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Request {
+    /// A new entry from ingest.
+    Append { entry: Prepared, reply: oneshot::Sender<Result<Appended, Error>> },
+    /// A pipeline stage of an existing entry.
+    Update { update: Update, reply: oneshot::Sender<Result<(), Error>> },
 }
 
 /// Group-commit figures since the journal was opened.
@@ -79,6 +86,8 @@ pub(crate) struct Writer {
     pub(crate) max_batch: usize,
     pub(crate) dedup_window_us: i64,
     pub(crate) counters: Arc<CommitCounters>,
+    /// The highest stored id, sent after each successful commit.
+    pub(crate) committed: tokio::sync::watch::Sender<u64>,
 }
 
 impl Writer {
@@ -87,24 +96,44 @@ impl Writer {
         let max_batch = self.max_batch.max(1);
         let mut entries = Vec::with_capacity(max_batch.min(4096));
         let mut replies = Vec::with_capacity(max_batch.min(4096));
+        let mut updates = Vec::new();
+        let mut update_replies = Vec::new();
         while let Some(first) = self.queue.blocking_recv() {
-            entries.push(first.entry);
-            replies.push(first.reply);
-            while replies.len() < max_batch {
-                let Ok(next) = self.queue.try_recv() else { break };
-                entries.push(next.entry);
-                replies.push(next.reply);
+            let mut next = Some(first);
+            while let Some(request) = next.take() {
+                match request {
+                    Request::Append { entry, reply } => {
+                        entries.push(entry);
+                        replies.push(reply);
+                    }
+                    Request::Update { update, reply } => {
+                        updates.push(update);
+                        update_replies.push(reply);
+                    }
+                }
+                if replies.len() + update_replies.len() < max_batch {
+                    next = self.queue.try_recv().ok();
+                }
             }
 
             let started = Instant::now();
-            let result = store::write_batch(&self.db, entries.drain(..), self.dedup_window_us);
-            self.counters.record(replies.len(), started.elapsed());
+            let result =
+                store::write_batch(&self.db, entries.drain(..), updates.drain(..), self.dedup_window_us);
+            self.counters.record(replies.len() + update_replies.len(), started.elapsed());
 
             match result {
-                Ok(outcomes) => {
+                Ok(store::Written { appended: outcomes, updated, last_id: last }) => {
+                    self.committed.send_if_modified(|current| {
+                        let changed = *current != last;
+                        *current = last;
+                        changed
+                    });
                     for (reply, outcome) in replies.drain(..).zip(outcomes) {
                         // The caller may have given up waiting; its entry is stored all the same.
                         let _ = reply.send(Ok(outcome));
+                    }
+                    for (reply, outcome) in update_replies.drain(..).zip(updated) {
+                        let _ = reply.send(outcome.map_err(|UpdateRefused::Unknown(id)| Error::Unknown(id)));
                     }
                 }
                 Err(error) => {
@@ -113,10 +142,14 @@ impl Writer {
                     for reply in replies.drain(..) {
                         let _ = reply.send(Err(error.clone()));
                     }
+                    for reply in update_replies.drain(..) {
+                        let _ = reply.send(Err(error.clone()));
+                    }
                 }
             }
             // Outcomes short of the batch would leave senders unanswered: drop them so callers see an error.
             replies.clear();
+            update_replies.clear();
         }
     }
 }

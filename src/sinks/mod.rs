@@ -15,7 +15,7 @@
 //! The business acknowledgements (ZAM^Z01/Z02/Z03) are built by [`crate::documents::zam`] from what these
 //! report ([`iti41::RegistryResponse::first_error`], SMTP outcomes).
 //!
-//! Their settings are [`SinksSettings`] (`sinks.notify`, `sinks.mss`, `sinks.dmp`, each with `retry.*`).
+//! Their settings are [`SinkConfig`]: `[sinks.<name>]` tables of `relais.toml` with a `kind`, each with `retry.*`.
 
 pub mod directory;
 pub mod ebrim;
@@ -27,62 +27,77 @@ pub mod retry;
 pub mod tls;
 pub mod xdm;
 
-use serde::{Deserialize, Serialize};
+use crate::config::{SinkKind, SinkSettings};
 
-/// `sinks.*`: the settings of the three sinks.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct SinksSettings {
+/// One sink instance's settings, by kind: `[sinks.<name>]` with `kind = "notify" | "mss" | "dmp"` and the
+/// keys of that kind (see docs/sinks.md).
+#[derive(Debug, Clone, PartialEq)]
+pub enum SinkConfig {
     /// The GP notification.
-    pub notify: notify::NotifyConfig,
-    /// The MSSanté mail sink (also the notification's mail path).
-    pub mss: mail::MssConfig,
+    Notify(notify::NotifyConfig),
+    /// The MSSanté mail sink.
+    Mss(mail::MssConfig),
     /// The DMP feed.
-    pub dmp: iti41::DmpConfig,
+    Dmp(iti41::DmpConfig),
 }
 
-impl SinksSettings {
-    /// Checks every sink's values without I/O; the error is (dotted key, reason).
-    pub fn check(&self) -> Result<(), (String, String)> {
-        self.notify.check()?;
-        self.mss.check()?;
-        self.dmp.check()?;
-        if self.notify.mail && !self.mss.host.is_empty() && self.notify.establishment.is_empty() {
-            return Err((
-                "sinks.notify.establishment".into(),
-                "required: the templates name the establishment".into(),
-            ));
+impl SinkConfig {
+    /// Reads and checks (without I/O) the options of sink `name`; the error is (dotted key, reason).
+    pub fn from_settings(name: &str, settings: &SinkSettings) -> Result<SinkConfig, (String, String)> {
+        let options = serde_json::Value::Object(settings.options.clone().into_iter().collect());
+        let read_err = |e: serde_json::Error| (format!("sinks.{name}"), e.to_string());
+        let config = match settings.kind {
+            SinkKind::Notify => SinkConfig::Notify(serde_json::from_value(options).map_err(read_err)?),
+            SinkKind::Mss => SinkConfig::Mss(serde_json::from_value(options).map_err(read_err)?),
+            SinkKind::Dmp => SinkConfig::Dmp(serde_json::from_value(options).map_err(read_err)?),
+        };
+        let rename = |(key, reason): (String, String)| {
+            let rest = key.split_once('.').and_then(|(_, r)| r.split_once('.')).map_or("", |(_, r)| r);
+            (format!("sinks.{name}.{rest}"), reason)
+        };
+        match &config {
+            SinkConfig::Notify(c) => c.check().map_err(rename)?,
+            SinkConfig::Mss(c) => c.check().map_err(rename)?,
+            SinkConfig::Dmp(c) => c.check().map_err(rename)?,
         }
-        Ok(())
+        Ok(config)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::*;
     use crate::config::Settings;
 
-    fn env(pairs: &[(&str, &str)]) -> Option<std::collections::HashMap<String, String>> {
-        Some(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
-    }
-
     #[test]
-    fn sink_settings_come_from_the_environment_and_are_checked_by_key() {
-        let s = Settings::load_from(
-            None,
-            env(&[
-                ("RELAIS__SINKS__MSS__HOST", "smtp.test"),
-                ("RELAIS__SINKS__MSS__FROM", "documents@ch-test.mssante.fr"),
-                ("RELAIS__SINKS__MSS__RETRY__MAX_ATTEMPTS", "4"),
-            ]),
+    fn sink_options_are_read_by_kind_and_checked_by_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("relais.toml");
+        std::fs::write(
+            &file,
+            "[sinks.mss-ght]\nkind = \"mss\"\nhost = \"smtp.test\"\nfrom = \"documents@ch-test.mssante.fr\"\n\
+             nil = \"NIL-1\"\n[sinks.mss-ght.retry]\nmax_attempts = 4\n\
+             [sinks.gp]\nkind = \"notify\"\nmail_via = \"mss-ght\"\nestablishment = \"CH\"\n",
         )
         .unwrap();
-        assert_eq!(s.sinks.mss.host, "smtp.test");
-        assert_eq!(s.sinks.mss.retry.max_attempts, 4);
-        let err = s.check().unwrap_err().to_string();
-        assert_eq!(err, "configuration key `sinks.mss.nil`: required: X-MSS-NIL goes on every mail");
-        let s =
-            Settings::load_from(None, env(&[("RELAIS__SINKS__DMP__ENDPOINT", "http://dmp.test")])).unwrap();
-        assert!(s.check().unwrap_err().to_string().contains("sinks.dmp.endpoint"));
-        assert!(Settings::default().check().is_ok());
+        let settings = Settings::load_from(Some(&file), Some(Default::default())).unwrap();
+        settings.check().unwrap();
+        match SinkConfig::from_settings("mss-ght", &settings.sinks["mss-ght"]).unwrap() {
+            SinkConfig::Mss(c) => {
+                assert_eq!(c.host, "smtp.test");
+                assert_eq!(c.retry.max_attempts, 4);
+            }
+            other => panic!("{other:?}"),
+        }
+        std::fs::write(&file, "[sinks.mss]\nkind = \"mss\"\nhost = \"smtp.test\"\nfrom = \"a@b.fr\"\n")
+            .unwrap();
+        let err = Settings::load_from(Some(&file), Some(Default::default())).unwrap().check().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "configuration key `sinks.mss.nil`: required: X-MSS-NIL goes on every mail"
+        );
+        std::fs::write(&file, "[sinks.dmp]\nkind = \"dmp\"\nendpoint = \"https://d\"\nbogus = 1\n").unwrap();
+        let err = Settings::load_from(Some(&file), Some(Default::default())).unwrap().check().unwrap_err();
+        assert!(err.to_string().contains("sinks.dmp") && err.to_string().contains("bogus"), "{err}");
     }
 }

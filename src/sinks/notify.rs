@@ -34,8 +34,9 @@ use crate::sinks::retry::{self, Outcome, RetryPolicy};
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NotifyConfig {
-    /// Send the notification by MSSanté mail (through `sinks.mss`) (true).
-    pub mail: bool,
+    /// The MSSanté sink instance (`[sinks.<name>]` of kind `mss`) the notification mail goes through; empty:
+    /// no mail.
+    pub mail_via: String,
     /// Webhook URL receiving the FHIR message Bundle; empty: no webhook.
     pub webhook_url: String,
     /// Bearer token for the webhook (set it through `RELAIS__SINKS__NOTIFY__WEBHOOK_TOKEN`).
@@ -59,7 +60,7 @@ pub struct NotifyConfig {
 impl std::fmt::Debug for NotifyConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NotifyConfig")
-            .field("mail", &self.mail)
+            .field("mail_via", &self.mail_via)
             .field("webhook_url", &self.webhook_url)
             .field("webhook_token", &self.webhook_token.as_ref().map(|_| "***"))
             .finish_non_exhaustive()
@@ -69,7 +70,7 @@ impl std::fmt::Debug for NotifyConfig {
 impl Default for NotifyConfig {
     fn default() -> Self {
         NotifyConfig {
-            mail: true,
+            mail_via: String::new(),
             webhook_url: String::new(),
             webhook_token: None,
             webhook_ca: None,
@@ -87,6 +88,12 @@ impl NotifyConfig {
     /// Checks values without I/O; the error names the key.
     pub fn check(&self) -> Result<(), (String, String)> {
         self.retry.check("sinks.notify.retry")?;
+        if !self.mail_via.is_empty() && self.establishment.is_empty() {
+            return Err((
+                "sinks.notify.establishment".into(),
+                "required: the templates name the establishment".into(),
+            ));
+        }
         if !self.webhook_url.is_empty() && !self.webhook_url.starts_with("https://") {
             return Err(("sinks.notify.webhook_url".into(), "must be an https:// URL".into()));
         }
@@ -386,8 +393,8 @@ pub const LEDGER_MAIL: &str = "notify-mail";
 pub const LEDGER_WEBHOOK: &str = "notify-webhook";
 
 impl Notifier {
-    /// Assembles the sink from built parts; `mail` is the MSSanté sender and its settings when
-    /// `sinks.notify.mail` is on, `webhook` the client when a URL is set.
+    /// Assembles the sink from built parts; `mail` is the MSSanté sender and settings of the `mail_via` sink,
+    /// `webhook` the client when a URL is set.
     pub fn new(
         cfg: NotifyConfig,
         templates: Templates,

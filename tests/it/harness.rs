@@ -184,7 +184,10 @@ impl Relais {
                 command.env_remove(key);
             }
         }
+        // The server runs in its temp dir: point it at the repository's mapping rules and tables.
         command
+            .env("RELAIS__MAPPINGS_DIR", concat!(env!("CARGO_MANIFEST_DIR"), "/mappings"))
+            .env("RELAIS__DOCUMENTS__TABLES", concat!(env!("CARGO_MANIFEST_DIR"), "/mappings/documents"))
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("RELAIS_LOG", "info")
             .current_dir(self.dir.path())

@@ -4,6 +4,7 @@
 mod harness;
 
 mod bad_input;
+mod bus;
 mod charsets;
 mod crash;
 mod documents;
