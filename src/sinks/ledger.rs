@@ -2,7 +2,8 @@
 //! second mail, POST or DMP submission.
 //!
 //! One redb file, `<data_dir>/sinks.redb`, table `delivered`: key `(sink, business key)` → (journal id, unix
-//! seconds). Business keys: the notification key ([`crate::sinks::notify::idempotency_key`]) for
+//! seconds); table `outcomes`: `(sink, journal id)` → the last [`SinkRecord`] (outcome, reason, attempts) as
+//! JSON, for the admin API. Business keys: the notification key ([`crate::sinks::notify::idempotency_key`]) for
 //! notifications, the document uniqueId (+ recipient set) for documents, the journal id otherwise. A key is
 //! written only after the far side accepted the delivery; the write is durable before it returns.
 
@@ -10,7 +11,10 @@ use std::path::Path;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
+use crate::sinks::retry::Outcome;
+
 const DELIVERED: TableDefinition<(&str, &str), (u64, i64)> = TableDefinition::new("delivered");
+const OUTCOMES: TableDefinition<(&str, u64), &str> = TableDefinition::new("outcomes");
 /// The ledger's file name inside the data directory.
 pub const FILE_NAME: &str = "sinks.redb";
 
@@ -36,6 +40,7 @@ impl Ledger {
         let db = Database::create(data_dir.join(FILE_NAME)).map_err(storage)?;
         let txn = db.begin_write().map_err(storage)?;
         txn.open_table(DELIVERED).map_err(storage)?;
+        txn.open_table(OUTCOMES).map_err(storage)?;
         txn.commit().map_err(storage)?;
         Ok(Ledger { db })
     }
@@ -65,6 +70,47 @@ impl Ledger {
     }
 }
 
+/// The last outcome a sink reported for a journal entry.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SinkRecord {
+    /// The outcome and its reason.
+    #[serde(flatten)]
+    pub outcome: Outcome,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// When, unix seconds.
+    pub at: i64,
+}
+
+impl Ledger {
+    /// Records the outcome of attempt `attempts` of `sink` for journal entry `journal_id` (replaces the last).
+    pub fn record_outcome(
+        &self,
+        sink: &str,
+        journal_id: u64,
+        outcome: &Outcome,
+        attempts: u32,
+    ) -> Result<(), Error> {
+        let record =
+            SinkRecord { outcome: outcome.clone(), attempts, at: jiff::Timestamp::now().as_second() };
+        let json = serde_json::to_string(&record).map_err(storage)?;
+        let txn = self.db.begin_write().map_err(storage)?;
+        txn.open_table(OUTCOMES)
+            .map_err(storage)?
+            .insert((sink, journal_id), json.as_str())
+            .map_err(storage)?;
+        txn.commit().map_err(storage)
+    }
+
+    /// The last outcome `sink` reported for `journal_id`.
+    pub fn outcome(&self, sink: &str, journal_id: u64) -> Result<Option<SinkRecord>, Error> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let table = txn.open_table(OUTCOMES).map_err(storage)?;
+        let Some(v) = table.get((sink, journal_id)).map_err(storage)? else { return Ok(None) };
+        serde_json::from_str(v.value()).map(Some).map_err(storage)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -80,5 +126,9 @@ mod tests {
         drop(ledger);
         let ledger = Ledger::open(dir.path()).unwrap();
         assert_eq!(ledger.delivered("notify", "k1").unwrap(), Some(7));
+        ledger.record_outcome("mss", 7, &Outcome::retry("SMTP 421"), 2).unwrap();
+        let rec = ledger.outcome("mss", 7).unwrap().unwrap();
+        assert_eq!((rec.outcome, rec.attempts), (Outcome::retry("SMTP 421"), 2));
+        assert_eq!(ledger.outcome("mss", 8).unwrap(), None);
     }
 }

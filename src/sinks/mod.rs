@@ -9,6 +9,7 @@
 //! - [`mail`]: the MSSanté sink (SMTP + TLS, masking matrix, X-MSS headers).
 //! - [`directory`]: the local MSSanté directory (RPPS → GP mailboxes), `relais directory import`.
 //! - [`notify`]: the GP notification (templates, mail and/or webhook, corrections).
+//! - [`run_sink`]: the consumption loop: bus partitions → deliver once → ack / retry / dead letter.
 //! - [`ledger`]: what each sink delivered, so a bus redelivery is never a second delivery.
 //! - [`tls`]: rustls client configurations for the HTTPS clients.
 //!
@@ -17,6 +18,7 @@
 //!
 //! Their settings are [`SinkConfig`]: `[sinks.<name>]` tables of `relais.toml` with a `kind`, each with `retry.*`.
 
+mod consume;
 pub mod directory;
 pub mod ebrim;
 pub mod iti41;
@@ -26,6 +28,8 @@ pub mod notify;
 pub mod retry;
 pub mod tls;
 pub mod xdm;
+
+pub use consume::{journal_key, run_partition, run_sink};
 
 use crate::config::{SinkKind, SinkSettings};
 

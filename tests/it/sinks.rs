@@ -212,3 +212,4 @@ fn documents_stage_metadata_gives_valid_iti41_bodies() {
     }
     assert_eq!(checked, 3);
 }
+mod consume;
