@@ -7,6 +7,7 @@
 //! - [`xdm`]: the `IHE_XDM.ZIP` package for MSSanté mail.
 //! - [`iti41`]: the DMP feed (ITI-41 SOAP/MTOM over mutual TLS, VIHF, RegistryResponse).
 //! - [`mail`]: the MSSanté sink (SMTP + TLS, masking matrix, X-MSS headers).
+//! - [`job`]: a journaled CDA or ORU^R01 → what the MSSanté and DMP sinks send.
 //! - [`directory`]: the local MSSanté directory (RPPS → GP mailboxes), `relais directory import`.
 //! - [`notify`]: the GP notification (templates, mail and/or webhook, corrections).
 //! - [`run_sink`]: the consumption loop: bus partitions → deliver once → ack / retry / dead letter.
@@ -22,6 +23,7 @@ mod consume;
 pub mod directory;
 pub mod ebrim;
 pub mod iti41;
+pub mod job;
 pub mod ledger;
 pub mod mail;
 pub mod notify;

@@ -213,3 +213,55 @@ fn documents_stage_metadata_gives_valid_iti41_bodies() {
     assert_eq!(checked, 3);
 }
 mod consume;
+
+/// ORU^R01 samples through the documents stage to the MSSanté and DMP inputs: recipients from PRT RCT,
+/// flags from OBX MetaDMPMSS, and the masking matrix applied.
+#[test]
+fn oru_samples_become_mail_and_dmp_jobs() {
+    use relais::documents::DocumentMapper;
+    use relais::facts::MessageKind;
+    use relais::sinks::iti41::check_before_feed;
+    use relais::sinks::job::DocumentJob;
+    use relais::sinks::mail::{self, Addressee, MssConfig};
+
+    let mapper = DocumentMapper::load(&root().join("mappings/documents")).unwrap();
+    let cfg =
+        MssConfig { from: "documents@ch-test.mssante.fr".into(), nil: "NIL".into(), ..MssConfig::default() };
+    let read = |name: &str| {
+        let raw = std::fs::read(root().join("test-messages/oru").join(name)).unwrap();
+        DocumentJob::from_journal(
+            &mapper,
+            MessageKind::Hl7v2,
+            &raw,
+            "1.2.250.1.999.3",
+            "",
+            jiff::Timestamp::now(),
+        )
+        .unwrap()
+    };
+
+    let job = read("own_ORU_R01_CR-URG_DMP-MSS.hl7");
+    assert_eq!(job.professionals, vec!["adam.hoda@test-ci-sis.mssante.fr"]);
+    assert!(job.flags.dest_mss_ps && job.flags.dest_mss_pat && job.flags.dest_dmp && !job.flags.masque_ps);
+    assert!(job.ack_requested);
+    let mails = mail::build(&job.mail_request(&[]), &cfg).unwrap();
+    let who: Vec<Addressee> = mails.iter().map(|m| m.addressee).collect();
+    assert_eq!(who, vec![Addressee::Professionals, Addressee::Patient]);
+    let ps = mails[0].message.as_ref().unwrap();
+    assert_eq!(
+        ps.envelope().to().iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+        vec!["adam.hoda@test-ci-sis.mssante.fr"]
+    );
+    let patient_reached = mails[1].message.is_ok();
+    assert_eq!(patient_reached, job.patient.ins_qualified, "patient mailbox only with a qualified INS");
+    assert_eq!(
+        check_before_feed(&job.submission, job.patient.ins_qualified, false).is_ok(),
+        job.patient.ins_qualified
+    );
+
+    // Masked to professionals yet addressed to them: refused with the reason, no mail at all.
+    let job = read("own_ORU_R01_CR-URG_MASQUE_PS.hl7");
+    let err = mail::build(&job.mail_request(&[]), &cfg).unwrap_err();
+    assert_eq!(err.as_str(), "failed");
+    assert!(err.reason().unwrap().contains("MASQUE_PS=Y"));
+}
