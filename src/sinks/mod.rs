@@ -11,6 +11,7 @@
 //! - [`directory`]: the local MSSanté directory (RPPS → GP mailboxes), `relais directory import`.
 //! - [`notify`]: the GP notification (templates, mail and/or webhook, corrections).
 //! - [`run_sink`]: the consumption loop: bus partitions → deliver once → ack / retry / dead letter.
+//! - [`start`]: builds the configured sinks in `relais serve` and runs their loops.
 //! - [`ledger`]: what each sink delivered, so a bus redelivery is never a second delivery.
 //! - [`tls`]: rustls client configurations for the HTTPS clients.
 //!
@@ -28,6 +29,7 @@ pub mod ledger;
 pub mod mail;
 pub mod notify;
 pub mod retry;
+pub mod start;
 pub mod tls;
 pub mod xdm;
 

@@ -49,6 +49,9 @@ pub struct NotifyConfig {
     pub webhook_client_key: Option<PathBuf>,
     /// Folder of the templates (`mappings/templates/notify`).
     pub templates: PathBuf,
+    /// Folder holding the MSSanté directory (`directory.redb`, written by `relais directory import --data`);
+    /// default: `data_dir`.
+    pub directory: Option<PathBuf>,
     /// The establishment's name, as the GP knows it.
     pub establishment: String,
     /// A phone number the GP can call (the ED desk, the ward secretariat).
@@ -77,6 +80,7 @@ impl Default for NotifyConfig {
             webhook_client_cert: None,
             webhook_client_key: None,
             templates: PathBuf::from("mappings/templates/notify"),
+            directory: None,
             establishment: String::new(),
             contact_phone: String::new(),
             retry: RetryPolicy::default(),
