@@ -47,7 +47,7 @@ pub struct NotifyConfig {
     pub webhook_client_cert: Option<PathBuf>,
     /// PEM client key for the webhook.
     pub webhook_client_key: Option<PathBuf>,
-    /// Folder of the templates (`mappings/templates/notify`).
+    /// Folder of the templates; relative to `mappings_dir` (`templates/notify`).
     pub templates: PathBuf,
     /// Folder holding the MSSanté directory (`directory.redb`, written by `relais directory import --data`);
     /// default: `data_dir`.
@@ -79,7 +79,7 @@ impl Default for NotifyConfig {
             webhook_ca: None,
             webhook_client_cert: None,
             webhook_client_key: None,
-            templates: PathBuf::from("mappings/templates/notify"),
+            templates: PathBuf::from("templates/notify"),
             directory: None,
             establishment: String::new(),
             contact_phone: String::new(),

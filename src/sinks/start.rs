@@ -56,8 +56,8 @@ pub fn start(
             (bus.clone(), journal.clone(), ledger.clone(), stop.clone(), name.clone());
         match config {
             SinkConfig::Notify(cfg) => {
-                let templates =
-                    Templates::load(&resolve(&cfg.templates)).map_err(|e| fail(name, e.to_string()))?;
+                let templates = Templates::load(&resolve(&settings.mappings_dir, &cfg.templates))
+                    .map_err(|e| fail(name, e.to_string()))?;
                 let dir = cfg.directory.as_deref().unwrap_or(&settings.data_dir);
                 let directory = Directory::open(dir).map_err(|e| fail(name, e.to_string()))?;
                 let mail = if cfg.mail_via.is_empty() {
@@ -171,9 +171,9 @@ pub fn start(
     Ok(())
 }
 
-/// Relative template folders are taken from the working directory, as `mappings_dir` is.
-fn resolve(path: &std::path::Path) -> PathBuf {
-    path.to_path_buf()
+/// A relative template folder is taken inside `mappings_dir`.
+fn resolve(mappings_dir: &std::path::Path, path: &std::path::Path) -> PathBuf {
+    if path.is_absolute() { path.to_path_buf() } else { mappings_dir.join(path) }
 }
 
 async fn log_end(sink: String, run: impl std::future::Future<Output = Result<(), crate::bus::Error>>) {

@@ -35,11 +35,10 @@ fn an_admission_by_mllp_reaches_the_gp_mailbox_once() {
         "routes_dir = {routes:?}\n[bus]\nretry_delay_ms = 100\n\
          [sinks.mss]\nkind = \"mss\"\nhost = \"127.0.0.1\"\nport = {port}\ntls_name = \"localhost\"\nca = {ca:?}\n\
          from = \"notifications@ch-test.mssante.fr\"\nnil = \"NIL-RELAIS-TEST\"\n\
-         [sinks.gp_notify]\nkind = \"notify\"\nmail_via = \"mss\"\ntemplates = {templates:?}\n\
+         [sinks.gp_notify]\nkind = \"notify\"\nmail_via = \"mss\"\n\
          establishment = \"CH de Test\"\ncontact_phone = \"02 43 00 00 00\"\ndirectory = {data:?}\n",
         routes = routes.display().to_string(),
         ca = pki.ca.display().to_string(),
-        templates = super::root().join("mappings/templates/notify").display().to_string(),
         data = data.display().to_string(),
     );
     let mut relais = Relais::start_with_config(&toml, &[]);
