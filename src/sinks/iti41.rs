@@ -107,6 +107,10 @@ pub struct DmpConfig {
     pub client_key: Option<std::path::PathBuf>,
     /// Request timeout in seconds (30).
     pub timeout_secs: u64,
+    /// `sourceId` of the submission sets: the sending system's OID (required).
+    pub source_id: String,
+    /// Root OID of the submission set uniqueIds (`2.25` UUID-based when empty).
+    pub unique_id_root: String,
     /// The VIHF assertion.
     pub vihf: VihfConfig,
     /// Retry policy.
@@ -121,6 +125,8 @@ impl Default for DmpConfig {
             client_cert: None,
             client_key: None,
             timeout_secs: 30,
+            source_id: String::new(),
+            unique_id_root: String::new(),
             vihf: VihfConfig::default(),
             retry: RetryPolicy::default(),
         }
@@ -142,6 +148,9 @@ impl DmpConfig {
         }
         if self.client_cert.is_some() != self.client_key.is_some() {
             return Err(("sinks.dmp.client_key".into(), "client_cert and client_key go together".into()));
+        }
+        if self.source_id.is_empty() {
+            return Err(("sinks.dmp.source_id".into(), "required: the sending system's OID".into()));
         }
         if self.vihf.structure_id.is_empty() {
             return Err(("sinks.dmp.vihf.structure_id".into(), "required".into()));

@@ -73,6 +73,8 @@ pub struct MssConfig {
     pub nil: String,
     /// Seconds before an SMTP exchange is abandoned (30).
     pub timeout_secs: u64,
+    /// `sourceId` of the XDM submission sets (the sending system's OID).
+    pub source_id: String,
     /// Retry policy.
     pub retry: RetryPolicy,
 }
@@ -103,6 +105,7 @@ impl Default for MssConfig {
             from: String::new(),
             nil: String::new(),
             timeout_secs: 30,
+            source_id: String::new(),
             retry: RetryPolicy::default(),
         }
     }

@@ -114,7 +114,7 @@ pub fn start(
                         sink2.clone(),
                     );
                     async move {
-                        let job = match load_job(&journal, &mapper, &env) {
+                        let job = match load_job(&journal, &mapper, &env, &cfg.source_id, "") {
                             Ok(job) => job,
                             Err(outcome) => return outcome,
                         };
@@ -149,10 +149,12 @@ pub fn start(
                 let client = Arc::new(DmpClient::new(cfg).map_err(|e| fail(name, e.to_string()))?);
                 let mapper = mapper().map_err(|e| fail(name, e))?;
                 let policy = cfg.retry.clone();
+                let ids = Arc::new((cfg.source_id.clone(), cfg.unique_id_root.clone()));
                 let deliver = move |env: Envelope, _attempt: u32| {
-                    let (client, mapper, journal) = (client.clone(), mapper.clone(), journal.clone());
+                    let (client, mapper, journal, ids) =
+                        (client.clone(), mapper.clone(), journal.clone(), ids.clone());
                     async move {
-                        let job = match load_job(&journal, &mapper, &env) {
+                        let job = match load_job(&journal, &mapper, &env, &ids.0, &ids.1) {
                             Ok(job) => job,
                             Err(outcome) => return outcome,
                         };
@@ -191,13 +193,19 @@ fn worst(outcomes: Vec<Outcome>) -> Outcome {
         .unwrap_or(Outcome::Delivered)
 }
 
-fn load_job(journal: &Journal, mapper: &DocumentMapper, env: &Envelope) -> Result<DocumentJob, Outcome> {
+fn load_job(
+    journal: &Journal,
+    mapper: &DocumentMapper,
+    env: &Envelope,
+    source_id: &str,
+    unique_id_root: &str,
+) -> Result<DocumentJob, Outcome> {
     let raw = match journal.raw(env.message_id) {
         Ok(Some(raw)) => raw,
         Ok(None) => return Err(Outcome::failed("journal entry not found")),
         Err(e) => return Err(Outcome::retry(e.to_string())),
     };
-    DocumentJob::from_journal(mapper, env.kind, &raw, "", "", jiff::Timestamp::now())
+    DocumentJob::from_journal(mapper, env.kind, &raw, source_id, unique_id_root, jiff::Timestamp::now())
         .map_err(|e| Outcome::failed(e.to_string()))
 }
 

@@ -137,6 +137,8 @@ fn config(pki: &Pki, endpoint: &str, with_client_cert: bool) -> DmpConfig {
         client_cert: with_client_cert.then(|| pki.client_cert.clone()),
         client_key: with_client_cert.then(|| pki.client_key.clone()),
         timeout_secs: 10,
+        source_id: "1.2.250.1.999.3".into(),
+        unique_id_root: "1.2.250.1.999.3.1".into(),
         vihf: VihfConfig {
             issuer: "CN=relais-client,O=CH Test".into(),
             subject_id: "801234567897".into(),
