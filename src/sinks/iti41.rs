@@ -546,9 +546,6 @@ pub enum BuildError {
     /// A PEM file could not be used.
     #[error(transparent)]
     Tls(#[from] crate::sinks::tls::Error),
-    /// The HTTP client could not be built.
-    #[error("DMP HTTP client: {0}")]
-    Http(#[from] reqwest::Error),
     /// `sinks.dmp.ca` is missing.
     #[error("sinks.dmp.ca is required")]
     NoCa,
@@ -557,7 +554,7 @@ pub enum BuildError {
 /// Sends ITI-41 requests to the configured endpoint over HTTPS (mutual TLS when a client certificate is set).
 #[derive(Debug, Clone)]
 pub struct DmpClient {
-    http: reqwest::Client,
+    http: crate::sinks::https::HttpsClient,
     endpoint: String,
     vihf: VihfConfig,
 }
@@ -568,10 +565,7 @@ impl DmpClient {
         let ca = cfg.ca.as_deref().ok_or(BuildError::NoCa)?;
         let identity = cfg.client_cert.as_deref().zip(cfg.client_key.as_deref());
         let tls = crate::sinks::tls::client_config(Some(ca), identity)?;
-        let http = reqwest::Client::builder()
-            .tls_backend_preconfigured(tls)
-            .timeout(Duration::from_secs(cfg.timeout_secs.max(1)))
-            .build()?;
+        let http = crate::sinks::https::HttpsClient::new(tls, Duration::from_secs(cfg.timeout_secs.max(1)));
         Ok(DmpClient { http, endpoint: cfg.endpoint.clone(), vihf: cfg.vihf.clone() })
     }
 
@@ -580,19 +574,13 @@ impl DmpClient {
         let request = build_request(submission, &self.endpoint, &self.vihf, jiff::Timestamp::now());
         let sent = self
             .http
-            .post(&self.endpoint)
-            .header(reqwest::header::CONTENT_TYPE, request.content_type)
-            .header("SOAPAction", ACTION)
-            .body(request.body)
-            .send()
+            .post(&self.endpoint, &request.content_type, &[("soapaction", ACTION.to_string())], request.body)
             .await;
-        let response = match sent {
-            Ok(r) => r,
-            Err(e) => return (retry::classify_network(error_chain(&e)), None),
-        };
-        let status = response.status().as_u16();
-        let body = match response.bytes().await {
-            Ok(b) => b,
+        let (status, body) = match sent {
+            Ok(r) => (r.status, r.body),
+            Err(crate::sinks::https::Error::Url(url)) => {
+                return (Outcome::failed(format!("sinks.dmp.endpoint `{url}` is not an https URL")), None);
+            }
             Err(e) => return (retry::classify_network(error_chain(&e)), None),
         };
         match parse_registry_response(&body) {

@@ -13,7 +13,7 @@
 //! - [`run_sink`]: the consumption loop: bus partitions → deliver once → ack / retry / dead letter.
 //! - [`start`]: builds the configured sinks in `relais serve` and runs their loops.
 //! - [`ledger`]: what each sink delivered, so a bus redelivery is never a second delivery.
-//! - [`tls`]: rustls client configurations for the HTTPS clients.
+//! - [`tls`], [`https`]: rustls client configurations and the one-request HTTPS client (DMP, webhook).
 //!
 //! The business acknowledgements (ZAM^Z01/Z02/Z03) are built by [`crate::documents::zam`] from what these
 //! report ([`iti41::RegistryResponse::first_error`], SMTP outcomes).
@@ -23,6 +23,7 @@
 mod consume;
 pub mod directory;
 pub mod ebrim;
+pub mod https;
 pub mod iti41;
 pub mod job;
 pub mod ledger;

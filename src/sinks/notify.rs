@@ -9,7 +9,7 @@
 //!   `<class>_correction.txt` (minijinja; first line = subject, the rest = body); the patient is named by name
 //!   and birth date, and by INS only when the identity is qualified;
 //! - the mail ([`to_mail`]) for the MSSanté sender, and/or a POST of the FHIR message Bundle to a configured
-//!   webhook ([`Webhook`], reqwest + rustls, bearer token or mutual TLS).
+//!   webhook ([`Webhook`], hyper over rustls, bearer token or mutual TLS).
 //!
 //! One notification per (patient, encounter, event class): [`idempotency_key`] is the ledger key; a
 //! cancellation is a different key (`…|correction`), so an A11 after an A04 sends one correction, never
@@ -330,15 +330,12 @@ pub enum WebhookError {
     /// A PEM file could not be used.
     #[error(transparent)]
     Tls(#[from] crate::sinks::tls::Error),
-    /// The HTTP client could not be built.
-    #[error("webhook HTTP client: {0}")]
-    Http(#[from] reqwest::Error),
 }
 
 /// POSTs FHIR message Bundles to the configured webhook.
 #[derive(Clone)]
 pub struct Webhook {
-    http: reqwest::Client,
+    http: crate::sinks::https::HttpsClient,
     url: String,
     token: Option<String>,
 }
@@ -354,27 +351,22 @@ impl Webhook {
     pub fn new(cfg: &NotifyConfig) -> Result<Webhook, WebhookError> {
         let identity = cfg.webhook_client_cert.as_deref().zip(cfg.webhook_client_key.as_deref());
         let tls = crate::sinks::tls::client_config(cfg.webhook_ca.as_deref(), identity)?;
-        let http = reqwest::Client::builder()
-            .tls_backend_preconfigured(tls)
-            .timeout(Duration::from_secs(30))
-            .build()?;
+        let http = crate::sinks::https::HttpsClient::new(tls, Duration::from_secs(30));
         Ok(Webhook { http, url: cfg.webhook_url.clone(), token: cfg.webhook_token.clone() })
     }
 
     /// POSTs one Bundle (`application/fhir+json`) with the idempotency key in `X-Idempotency-Key`: 2xx
     /// delivered; 408, 429, 5xx and network errors transient; other statuses permanent.
     pub async fn post(&self, bundle: &[u8], key: &str) -> Outcome {
-        let mut request = self
-            .http
-            .post(&self.url)
-            .header(reqwest::header::CONTENT_TYPE, "application/fhir+json")
-            .header("X-Idempotency-Key", key)
-            .body(bundle.to_vec());
+        let mut headers = vec![("x-idempotency-key", key.to_string())];
         if let Some(token) = &self.token {
-            request = request.bearer_auth(token);
+            headers.push(("authorization", format!("Bearer {token}")));
         }
-        match request.send().await {
-            Ok(response) => retry::classify_http(response.status().as_u16()),
+        match self.http.post(&self.url, "application/fhir+json", &headers, bundle.to_vec()).await {
+            Ok(response) => retry::classify_http(response.status),
+            Err(crate::sinks::https::Error::Url(url)) => {
+                Outcome::failed(format!("webhook URL `{url}` is not https"))
+            }
             Err(e) => retry::classify_network(e),
         }
     }
