@@ -14,7 +14,7 @@ use relais::send::{self, SendOptions};
 #[command(name = "relais", version, about)]
 struct Cli {
     /// Log as JSON lines instead of text (level from RELAIS_LOG, default `info`).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, env = "RELAIS_LOG_JSON")]
     log_json: bool,
     #[command(subcommand)]
     command: Command,
@@ -112,7 +112,7 @@ enum BundleAs {
 enum RoutesCommand {
     /// Print which routes match a message and, for the others, which predicate failed.
     Explain {
-        /// The message file (HL7v2).
+        /// The message file (HL7v2, or a CDA document when it starts with `<`).
         file: PathBuf,
         /// Settings file (for `sinks.*` and `routes_dir`).
         #[arg(long)]
@@ -212,7 +212,12 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             let (settings, set) = load_routes(config.as_deref(), routes)?;
             let raw = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             let transform = relais::pipeline::transform_for(&settings)?;
-            let kind = relais::facts::MessageKind::Hl7v2;
+            // A CDA document starts with `<` (after an optional BOM and blank lines); anything else is HL7v2.
+            let text = raw.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&raw);
+            let kind = match text.iter().find(|b| !b.is_ascii_whitespace()) {
+                Some(b'<') => relais::facts::MessageKind::Cda,
+                _ => relais::facts::MessageKind::Hl7v2,
+            };
             match relais::routing::explain_message(&set, transform.as_ref(), kind, &raw) {
                 Ok(verdicts) => {
                     print!("{}", relais::routing::render_verdicts(&verdicts));
@@ -287,7 +292,16 @@ fn convert(
         BundleAs::Message => BundleKind::Message,
         BundleAs::Transaction => BundleKind::Transaction,
     };
-    match mapper.convert(&raw, kind, pretty) {
+    // A CDA document, or an ORU^R01 carrying one, goes through the documents module (its Bundle is always a
+    // transaction: a document is not an event message).
+    let message_kind = relais::documents::sniff_kind(&raw);
+    let converted =
+        if message_kind == relais::facts::MessageKind::Cda || relais::documents::oru::is_oru_r01(&raw) {
+            convert_document(&mappings.join("documents"), message_kind, &raw, pretty)
+        } else {
+            mapper.convert(&raw, kind, pretty)
+        };
+    match converted {
         Ok(mapped) => {
             let mut out = std::io::stdout().lock();
             if out.write_all(&mapped.bundle).and_then(|()| out.write_all(b"\n")).is_err() {
@@ -300,6 +314,24 @@ fn convert(
             ExitCode::from(1)
         }
     }
+}
+
+/// The documents module's Bundle for a CDA document or an ORU^R01 (XDS tables from `tables`).
+fn convert_document(
+    tables: &std::path::Path,
+    kind: relais::facts::MessageKind,
+    raw: &[u8],
+    pretty: bool,
+) -> Result<relais::facts::Mapped, relais::facts::MapFailure> {
+    let mapper = relais::documents::DocumentMapper::load(tables).map_err(|e| relais::facts::MapFailure {
+        location: tables.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let mut mapped = mapper.map_document(kind, raw)?.mapped;
+    if pretty && let Ok(value) = serde_json::from_slice::<serde_json::Value>(&mapped.bundle) {
+        mapped.bundle = serde_json::to_vec_pretty(&value).unwrap_or(mapped.bundle);
+    }
+    Ok(mapped)
 }
 
 fn check(config: Option<&std::path::Path>, routes: Option<PathBuf>, mappings: &std::path::Path) -> ExitCode {
@@ -320,8 +352,8 @@ fn check(config: Option<&std::path::Path>, routes: Option<PathBuf>, mappings: &s
             return ExitCode::from(1);
         }
     };
-    // Routes: the directory given, else the configured one when it exists (a broker with no routes is legal).
-    let dir = routes.or_else(|| settings.routes_dir.is_dir().then(|| settings.routes_dir.clone()));
+    // Routes are checked against the sinks of a configuration: the directory given, else the configured one.
+    let dir = routes.or_else(|| config.map(|_| settings.routes_dir.clone()));
     if let Some(dir) = dir {
         let sinks = settings.sink_names().into_iter().collect();
         match relais::routing::check::check_routes(&dir, &sinks) {
@@ -331,6 +363,8 @@ fn check(config: Option<&std::path::Path>, routes: Option<PathBuf>, mappings: &s
                 eprintln!("{errors}");
             }
         }
+    } else {
+        eprintln!("relais check: routes not checked (give --routes DIR, or --config FILE naming the sinks)");
     }
     if failed { ExitCode::from(1) } else { ExitCode::SUCCESS }
 }

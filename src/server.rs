@@ -46,6 +46,9 @@ pub enum Error {
     /// A sink could not be built (PEM file, templates, directory).
     #[error(transparent)]
     Sink(#[from] crate::sinks::start::StartError),
+    /// The XDS tables (`documents.tables`) could not be read.
+    #[error("XDS tables: {0}")]
+    Tables(#[from] crate::documents::TableError),
     /// A file or socket operation failed.
     #[error("{what}: {source}")]
     Io {
@@ -131,6 +134,14 @@ pub async fn run(settings: Settings, stop: impl std::future::Future<Output = ()>
     });
 
     let intake = Intake::new(journal.clone(), &settings);
+    let tables = &settings.documents.tables;
+    if tables.is_dir() {
+        let xds = crate::documents::XdsTables::load(tables)?;
+        intake.set_document_types(xds.types.into_keys());
+        info!(tables = %tables.display(), "XDS tables loaded");
+    } else {
+        tracing::warn!(tables = %tables.display(), "no XDS tables: any LOINC document type is taken in");
+    }
     let mut tasks = tokio::task::JoinSet::new();
     let mut bound = BoundAddresses::default();
     tasks.spawn(crate::ops::metrics::run_housekeeping(

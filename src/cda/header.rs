@@ -11,7 +11,7 @@ use quick_xml::reader::NsReader;
 use super::model::{
     Body, CdaHeader, Code, Encounter, Ins, InsKind, InstanceId, Organization, Patient, Person, ServiceEvent,
 };
-use super::{CDA_TYPE_ID, CdaError, HL7_V3_NS};
+use super::{ANS_TYPES_OID, CDA_TYPE_ID, CdaError, HL7_V3_NS, LOINC_OID};
 
 /// Element names the header reader looks at; everything else (and any element outside the HL7 v3
 /// namespace) is [`Tag::Other`].
@@ -396,6 +396,14 @@ fn to_utf8(raw: &[u8]) -> Result<Cow<'_, [u8]>, CdaError> {
         return Err(CdaError::at("XML", format!("bytes that are not valid {}", encoding.name())));
     }
     Ok(Cow::Owned(strip_declared_encoding(text.into_owned()).into_bytes()))
+}
+
+/// The document's encoding: a BOM's, else the XML declaration's, else UTF-8 (the XML default).
+pub fn encoding_of(raw: &[u8]) -> String {
+    if let Some((encoding, _)) = encoding_rs::Encoding::for_bom(raw) {
+        return encoding.name().to_string();
+    }
+    declared_encoding(raw).unwrap_or_else(|| "UTF-8".to_string())
 }
 
 /// `encoding="…"` of an ASCII-compatible XML declaration.
@@ -800,6 +808,16 @@ impl Builder {
         let code = self.code.take().ok_or_else(|| {
             CdaError::at("ClinicalDocument/code", "missing: the document type (LOINC code) is required")
         })?;
+        if code.system != LOINC_OID && code.system != ANS_TYPES_OID {
+            return Err(CdaError::at(
+                "ClinicalDocument/code",
+                format!(
+                    "code `{}` in code system `{}`: a document type is a LOINC code ({LOINC_OID}) or an ANS type \
+                     ({ANS_TYPES_OID})",
+                    code.code, code.system
+                ),
+            ));
+        }
         if !self.record_target {
             return Err(CdaError::at(
                 "ClinicalDocument/recordTarget",

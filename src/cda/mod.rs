@@ -7,7 +7,7 @@
 //! a `nonXMLBody` is only sniffed for its media type and its first bytes (a PDF starts with `%PDF-`).
 //!
 //! Refusals name the XML element at fault ([`CdaError`]): not XML, not a CDA (root or `typeId`), no `id`, no
-//! `code`, no `recordTarget`, a DOCTYPE (refused outright: no external entity, no entity expansion), an
+//! `code` or a `code` outside LOINC and the ANS types, no `recordTarget`, a DOCTYPE (refused outright: no external entity, no entity expansion), an
 //! undeclared entity, a `nonXMLBody` whose base64 is not what its media type says.
 //!
 //! `Debug` of these types never prints patient values (names, INS, birth dates): only counts and codes.
@@ -18,7 +18,7 @@ mod model;
 #[cfg(test)]
 mod tests;
 
-pub use header::extract;
+pub use header::{encoding_of, extract};
 pub use model::{
     Body, CdaHeader, Code, Encounter, Ins, InsKind, InstanceId, Organization, Patient, Person, ServiceEvent,
 };
@@ -31,6 +31,9 @@ pub const CDA_TYPE_ID: (&str, &str) = ("2.16.840.1.113883.1.3", "POCD_HD000040")
 
 /// OID of LOINC, the code system of CI-SIS document types.
 pub const LOINC_OID: &str = "2.16.840.1.113883.6.1";
+
+/// OID of the ANS document types that are not LOINC codes (`PRESC-BIO`, `SYNTH`…).
+pub const ANS_TYPES_OID: &str = "1.2.250.1.213.1.1.4.12";
 
 /// OID of the national practitioner identifiers (IDNPS: `8` + RPPS, `0` + ADELI…).
 pub const IDNPS_OID: &str = "1.2.250.1.71.4.2.1";

@@ -15,7 +15,7 @@ macro_rules! redacted_debug {
     )*};
 }
 
-redacted_debug!(InstanceId, Ins, Patient, Person, Organization);
+redacted_debug!(InstanceId, Ins, Patient, Person, Organization, Encounter);
 
 /// An HL7 v3 instance identifier (`II`): `root` (an OID) and optional `extension`.
 #[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -185,7 +185,7 @@ pub struct ServiceEvent {
 }
 
 /// `componentOf/encompassingEncounter`: the stay or visit.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Encounter {
     /// Its ids (visit number).
     pub ids: Vec<InstanceId>,

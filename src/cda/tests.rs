@@ -158,6 +158,7 @@ fn bad_documents_are_refused_naming_the_element() {
         ("wrong-typeid.xml", "ClinicalDocument/typeId", "POCD_HD000041"),
         ("no-id.xml", "ClinicalDocument/id", "missing"),
         ("no-code.xml", "ClinicalDocument/code", "missing"),
+        ("not-loinc.xml", "ClinicalDocument/code", "2.16.840.1.113883.6.96"),
         ("no-recordtarget.xml", "ClinicalDocument/recordTarget", "missing"),
         ("doctype-xxe.xml", "XML", "DOCTYPE"),
         ("nonxml-not-pdf.xml", "ClinicalDocument/component/nonXMLBody/text", "not a PDF"),
@@ -188,6 +189,9 @@ fn latin1_documents_are_transcoded() {
     assert_ne!(bytes.as_ref(), latin.as_bytes(), "the sample must contain non-ASCII text");
     let h = extract(&bytes).unwrap();
     assert_eq!(h.code.display, "CR opératoire");
+    assert_eq!(encoding_of(&bytes), "ISO-8859-1");
+    assert_eq!(encoding_of(latin.as_bytes()), "ISO-8859-1");
+    assert_eq!(encoding_of(b"<ClinicalDocument/>"), "UTF-8");
 }
 
 #[test]

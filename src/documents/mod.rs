@@ -41,12 +41,21 @@ pub struct DocumentMapper {
 }
 
 /// A mapped document: the shared [`Mapped`] (bundle + facts) and what the document sinks need.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct MappedDocument {
     /// Bundle and routing facts.
     pub mapped: Mapped,
     /// The XDS metadata, recipients and flags, for the bus envelope.
     pub details: DocumentDetails,
+}
+
+impl std::fmt::Debug for MappedDocument {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MappedDocument")
+            .field("bundle_bytes", &self.mapped.bundle.len())
+            .field("details", &self.details)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What travels with a document on the bus besides the Bundle.
@@ -190,15 +199,26 @@ impl facts::Transform for DocumentMapper {
     }
 }
 
-/// The INS when qualified, else the sender's IPP as `<root>|<IPP>` (or the ORU's PID-3 IPP).
+/// What `raw` looks like: a CDA when it starts (after a BOM and blanks) with `<`, else HL7v2 — for tools such
+/// as `relais convert` that get a file without a transport telling its kind.
+pub fn sniff_kind(raw: &[u8]) -> MessageKind {
+    let raw = raw.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(raw);
+    match raw.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'<') => MessageKind::Cda,
+        _ => MessageKind::Hl7v2,
+    }
+}
+
+/// The INS when qualified; else the IPP: PID-3's `<assigner>|<IPP>` for an ORU^R01 (the ADT mapping's form, so
+/// a patient's ADT and documents share a partition), else the CDA's `<root>|<IPP>`.
 fn patient_key(header: &CdaHeader, qualified: bool, oru_ipp: Option<&str>) -> String {
     if qualified && let Some(ins) = &header.patient.ins {
         return ins.value.clone();
     }
-    if let Some(ipp) = &header.patient.ipp {
-        return format!("{}|{}", ipp.root, ipp.extension);
+    if let Some(ipp) = oru_ipp {
+        return ipp.to_string();
     }
-    oru_ipp.unwrap_or_default().to_string()
+    header.patient.ipp.as_ref().map(|ipp| format!("{}|{}", ipp.root, ipp.extension)).unwrap_or_default()
 }
 
 fn oid_system(oid: &str) -> String {

@@ -99,6 +99,46 @@ impl OruInfo {
     pub fn flag(&self, name: &str) -> bool {
         self.flags.iter().any(|(n, on)| *on && n == name)
     }
+
+    /// The MSSanté audience the flags allow. The IG allows exactly three combinations; any other is an error
+    /// (named), and a document masked to professionals (`MASQUE_PS` = Y) never goes to a professional.
+    pub fn mssante_audience(&self) -> Result<MssAudience, String> {
+        let f = |name: &str| self.flag(name);
+        let (to_ps, to_patient) = (f("DESTMSSANTEPS"), f("DESTMSSANTEPAT"));
+        if !to_ps && !to_patient {
+            return Ok(MssAudience::Nobody);
+        }
+        let masked = f("MASQUE_PS");
+        let invisible = f("INVISIBLE_PATIENT");
+        if to_ps && to_patient && !masked && !invisible && !f("INVISIBLE_REP_LEGAUX") {
+            return Ok(MssAudience::ProfessionalsAndPatient);
+        }
+        if to_ps && !to_patient && !masked && invisible {
+            return Ok(MssAudience::ProfessionalsOnly);
+        }
+        if to_patient && !to_ps && !invisible && !f("CONNEXION_SECRETE") && !f("DESTDMP") {
+            return Ok(MssAudience::PatientOnly);
+        }
+        let set: Vec<String> = self.flags_set();
+        Err(format!(
+            "MetaDMPMSS flags {} are not one of the three MSSanté combinations of the ANS masking rules",
+            if set.is_empty() { "(none set)".to_string() } else { set.join("+") }
+        ))
+    }
+}
+
+/// Who may receive the document by MSSanté, per the ANS masking matrix (french-interop.md §6.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MssAudience {
+    /// No MSSanté destination asked (`DESTMSSANTEPS` = `DESTMSSANTEPAT` = N).
+    Nobody,
+    /// Professionals and the patient.
+    ProfessionalsAndPatient,
+    /// Professionals only.
+    ProfessionalsOnly,
+    /// The patient only.
+    PatientOnly,
 }
 
 /// An ORU^R01 read: the CDA bytes (decoded from base64) and the rest.

@@ -316,3 +316,34 @@ fn tables_name_the_file_on_error() {
     let e = DocumentMapper::load(dir.path()).unwrap_err().to_string();
     assert!(e.contains("xds-types.toml") && e.contains("\"77\""), "{e}");
 }
+
+#[test]
+fn kind_is_sniffed_from_the_first_byte() {
+    assert_eq!(sniff_kind(&read("cda/ans-testcontenucda_LDL-SES_2022.01.xml")), MessageKind::Cda);
+    assert_eq!(sniff_kind(b"\xEF\xBB\xBF  \n<ClinicalDocument/>"), MessageKind::Cda);
+    assert_eq!(sniff_kind(&read("oru/ans-transdoc_ORU_R01_CR-BIO_DMP-MSS.hl7")), MessageKind::Hl7v2);
+}
+
+fn with_flags(flags: &[(&str, bool)]) -> OruInfo {
+    OruInfo { flags: flags.iter().map(|(n, v)| (n.to_string(), *v)).collect(), ..OruInfo::default() }
+}
+
+#[test]
+fn mssante_audience_follows_the_three_allowed_combinations() {
+    use oru::MssAudience::*;
+    let sample = oru::read(&read("oru/ans-transdoc_ORU_R01_CR-BIO_DMP-MSS.hl7")).unwrap().info;
+    assert_eq!(sample.mssante_audience(), Ok(ProfessionalsAndPatient));
+    let masked = oru::read(&read("oru/own_ORU_R01_CR-URG_MASQUE_PS.hl7")).unwrap().info;
+    let e = masked.mssante_audience().unwrap_err();
+    assert!(e.contains("MASQUE_PS"), "{e}");
+    assert_eq!(with_flags(&[("DESTDMP", true)]).mssante_audience(), Ok(Nobody));
+    let ps_only = with_flags(&[("DESTMSSANTEPS", true), ("INVISIBLE_PATIENT", true), ("MASQUE_PS", false)]);
+    assert_eq!(ps_only.mssante_audience(), Ok(ProfessionalsOnly));
+    let patient_only = with_flags(&[("DESTMSSANTEPAT", true), ("MASQUE_PS", true), ("DESTDMP", false)]);
+    assert_eq!(patient_only.mssante_audience(), Ok(PatientOnly));
+    let secret = with_flags(&[("DESTMSSANTEPAT", true), ("CONNEXION_SECRETE", true)]);
+    assert!(secret.mssante_audience().is_err());
+    let masked_to_ps =
+        with_flags(&[("DESTMSSANTEPS", true), ("MASQUE_PS", true), ("INVISIBLE_PATIENT", true)]);
+    assert!(masked_to_ps.mssante_audience().is_err(), "a document masked to professionals never goes to one");
+}

@@ -7,8 +7,8 @@
 
 use crate::hl7v2::{Delimiters, escape_text};
 
-/// Which acknowledgement, and what it says.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Which acknowledgement, and what it says. `Debug` shows the kind only (recipients are personal data).
+#[derive(Clone, PartialEq, Eq)]
 pub enum BusinessAck {
     /// ZAM^Z01: the DMP took the document (`ok`) or refused it (`error`: DMP code and label, e.g.
     /// `DMPClosed`, `DMP fermé`).
@@ -32,6 +32,16 @@ pub enum BusinessAck {
         /// The reader's id and MSSanté address.
         reader: (String, String),
     },
+}
+
+impl std::fmt::Debug for BusinessAck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BusinessAck::DmpReception { .. } => "BusinessAck::DmpReception { .. }",
+            BusinessAck::MssReception { .. } => "BusinessAck::MssReception { .. }",
+            BusinessAck::MssRead { .. } => "BusinessAck::MssRead { .. }",
+        })
+    }
 }
 
 /// The envelope of a ZAM: who sends it to whom, about which ORU^R01.

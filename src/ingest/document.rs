@@ -65,6 +65,12 @@ fn header_fields(header: &CdaHeader) -> HeaderFields {
 }
 
 impl Intake {
+    /// Sets the CDA document types accepted (the types of the XDS tables); until set, any LOINC or ANS type is
+    /// accepted at the door and the map stage decides. Only the first call counts.
+    pub fn set_document_types(&self, types: impl IntoIterator<Item = String>) {
+        let _ = self.inner.document_types.set(types.into_iter().collect());
+    }
+
     /// The largest CDA document accepted, in bytes.
     pub fn max_document_size(&self) -> usize {
         self.inner.settings.documents.max_size
@@ -88,12 +94,21 @@ impl Intake {
             }
             Err(e) => return DocumentOutcome::Unavailable { reason: format!("header check failed: {e}") },
         };
+        if let Some(types) = self.inner.document_types.get()
+            && !types.contains(header.type_code())
+        {
+            let reason = format!(
+                "ClinicalDocument/code: document type `{}` is not in the XDS tables (xds-types.toml)",
+                header.type_code()
+            );
+            return self.reject_document(raw, transport, peer, Refusal::Invalid, reason).await;
+        }
         let entry = NewEntry {
             received_at: jiff::Timestamp::now(),
             transport,
             peer: peer.to_string(),
+            charset: Some(cda::encoding_of(&raw)),
             raw,
-            charset: Some("UTF-8".into()),
             header: Some(header_fields(&header)),
             state: State::Received,
             reason: None,

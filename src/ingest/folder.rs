@@ -77,6 +77,8 @@ struct Watcher {
     ignored: HashSet<PathBuf>,
     /// Files journaled but that could not be moved: never journaled twice by this process.
     stuck: HashSet<PathBuf>,
+    /// The folder could not be listed at the last scan (warn once, not every second).
+    unreadable: bool,
 }
 
 /// Creates the folder and its `.done/` and `.rejected/` subfolders.
@@ -88,8 +90,15 @@ pub fn prepare(dir: &Path) -> std::io::Result<()> {
 /// Polls `dir` every second until shutdown, journaling settled files through `intake`.
 pub async fn run(intake: Intake, dir: PathBuf, settle: Duration, mut shutdown: Shutdown) {
     info!(folder = %dir.display(), settle_secs = settle.as_secs(), "drop folder watched");
-    let mut watcher =
-        Watcher { dir, settle, intake, seen: HashMap::new(), ignored: HashSet::new(), stuck: HashSet::new() };
+    let mut watcher = Watcher {
+        dir,
+        settle,
+        intake,
+        seen: HashMap::new(),
+        ignored: HashSet::new(),
+        stuck: HashSet::new(),
+        unreadable: false,
+    };
     let mut tick = tokio::time::interval(POLL_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -105,9 +114,16 @@ impl Watcher {
         let dir = self.dir.clone();
         let listing = tokio::task::spawn_blocking(move || list(&dir)).await;
         let files = match listing {
-            Ok(Ok(files)) => files,
+            Ok(Ok(files)) => {
+                if std::mem::take(&mut self.unreadable) {
+                    info!(folder = %self.dir.display(), "drop folder readable again");
+                }
+                files
+            }
             Ok(Err(e)) => {
-                warn!(folder = %self.dir.display(), error = %e, "drop folder not readable");
+                if !std::mem::replace(&mut self.unreadable, true) {
+                    warn!(folder = %self.dir.display(), error = %e, "drop folder not readable");
+                }
                 return;
             }
             Err(_) => return,
@@ -116,6 +132,7 @@ impl Watcher {
         let present: HashSet<PathBuf> = files.iter().map(|(p, ..)| p.clone()).collect();
         self.seen.retain(|p, _| present.contains(p));
         self.stuck.retain(|p| present.contains(p));
+        self.ignored.retain(|p| present.contains(p));
         for (path, size, modified) in files {
             if self.stuck.contains(&path) {
                 continue;

@@ -37,6 +37,8 @@ struct IntakeInner {
     default_charset: Charset,
     /// Next ACK control id (MSH-10 of our ACKs): seeded with the start time so ids stay unique across restarts.
     next_ack_id: AtomicU64,
+    /// The CDA document types Relais knows (from the XDS tables), when loaded: others are refused at the door.
+    document_types: std::sync::OnceLock<std::collections::BTreeSet<String>>,
 }
 
 /// What a message turned into, once answered.
@@ -85,6 +87,7 @@ impl Intake {
                 settings: settings.clone(),
                 default_charset,
                 next_ack_id: AtomicU64::new(seed),
+                document_types: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -158,6 +161,11 @@ impl Intake {
                 location: None,
                 message: "MLLP frame interrupted: a new start byte (0x0B) came before the end (0x1C 0x0D)"
                     .to_string(),
+            },
+            FramingFault::Incomplete => AckError {
+                code: ErrorCode::SegmentSequence,
+                location: None,
+                message: "MLLP frame incomplete: the connection ended before its end (0x1C 0x0D)".to_string(),
             },
             FramingFault::Oversize => AckError {
                 code: ErrorCode::InternalError,

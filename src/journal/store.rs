@@ -329,6 +329,9 @@ pub(crate) fn stats(db: &Database) -> Result<BTreeMap<String, u64>, Error> {
         let count = counters.get(name)?.map_or(0, |guard| guard.value());
         stats.insert(name.to_owned(), count);
     }
+    // Accepted (AA, or 202 for a document) = everything journaled but refused, whatever stage it reached since.
+    let accepted = stats[JOURNALED].saturating_sub(stats[State::Rejected.as_str()]);
+    stats.insert("accepted".to_owned(), accepted);
     Ok(stats)
 }
 

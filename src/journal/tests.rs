@@ -174,7 +174,7 @@ async fn stats_count_every_state() {
     let dir = tempfile::tempdir().unwrap();
     let journal = Journal::open(config(&dir)).unwrap();
     let empty = journal.stats().unwrap();
-    assert_eq!(empty.len(), State::ALL.len() + 1);
+    assert_eq!(empty.len(), State::ALL.len() + 2, "every state, `journaled` and `accepted`: {empty:?}");
     assert!(empty.values().all(|count| *count == 0), "{empty:?}");
 
     for n in 0..5 {
@@ -188,6 +188,7 @@ async fn stats_count_every_state() {
     assert_eq!(stats["received"], 5);
     assert_eq!(stats["rejected"], 2);
     assert_eq!(stats["journaled"], 7);
+    assert_eq!(stats["accepted"], 5);
 }
 
 #[tokio::test]

@@ -22,8 +22,9 @@ use bytes::Bytes;
 
 use crate::bus::{self, Bus, Envelope};
 use crate::config::Settings;
-use crate::facts::{EventClass, Mapped, MessageKind, Transform};
+use crate::facts::{EventClass, Mapped, Transform};
 use crate::journal::{self, Delivery, DocumentMeta, Journal, Progress, Stage, State, Unfinished};
+use crate::ops::metrics as ops_metrics;
 use crate::routing::reload::LiveRoutes;
 use crate::shutdown::Shutdown;
 
@@ -112,14 +113,24 @@ impl Pipeline {
             return Ok(Some(Pass { entries, published: 0 }));
         }
         let mut backoff = Duration::from_millis(200);
+        let count = envelopes.len() as u64;
         loop {
+            let started = std::time::Instant::now();
             let attempt = tokio::select! {
                 _ = shutdown.recv() => return Ok(None),
                 result = self.bus.publish(&envelopes) => result,
             };
             match attempt {
-                Ok(()) => break,
+                Ok(()) => {
+                    metrics::histogram!(ops_metrics::BUS_CONFIRM_SECONDS)
+                        .record(started.elapsed().as_secs_f64());
+                    metrics::counter!(ops_metrics::BUS_PUBLISHED, "result" => "confirmed").increment(count);
+                    break;
+                }
                 Err(error) => {
+                    let result =
+                        if matches!(error, bus::Error::NotConfirmed { .. }) { "nacked" } else { "failed" };
+                    metrics::counter!(ops_metrics::BUS_PUBLISHED, "result" => result).increment(count);
                     tracing::warn!(%error, envelopes = envelopes.len(), "publish failed; retrying the batch");
                     tokio::select! {
                         _ = shutdown.recv() => return Ok(None),
@@ -163,7 +174,7 @@ impl Pipeline {
                 .into_iter()
                 .map(|mut entry| {
                     let id = entry.meta.id;
-                    let kind = kind_of(&entry.meta);
+                    let kind = entry.meta.kind;
                     if entry.meta.state == State::Routed
                         && let (Some(progress), Some(bundle)) =
                             (entry.meta.progress.take(), entry.bundle.take())
@@ -171,7 +182,10 @@ impl Pipeline {
                         return (id, Decision::Routed(progress, Bytes::from(bundle)));
                     }
                     match transform.map(kind, &entry.raw) {
-                        Err(failure) => (id, Decision::Failed(failure.to_string())),
+                        Err(failure) => {
+                            let label = failure_label(&failure.location);
+                            (id, Decision::Failed(failure.to_string(), label))
+                        }
                         Ok(mapped) => {
                             let routing = routes.route(&mapped.facts);
                             (id, Decision::Mapped(progress_of(&mapped, &routing), Bytes::from(mapped.bundle)))
@@ -185,9 +199,13 @@ impl Pipeline {
 
         let mut answers = Vec::new();
         let mut routed = Vec::new();
+        let mut failures = Vec::new();
+        let mut unrouted = 0u64;
+        let mut already_routed = 0u64;
         for (id, decision) in decided {
             match decision {
-                Decision::Failed(reason) => {
+                Decision::Failed(reason, label) => {
+                    failures.push(label);
                     answers.push(self.journal.enqueue_update(id, vec![Stage::Failed { reason }]).await?);
                 }
                 Decision::Mapped(progress, bundle) => {
@@ -196,29 +214,57 @@ impl Pipeline {
                         Stage::Routed { progress: progress.clone() },
                     ];
                     answers.push(self.journal.enqueue_update(id, stages).await?);
-                    if !progress.deliveries.is_empty() {
+                    if progress.deliveries.is_empty() {
+                        unrouted += 1;
+                    } else {
                         routed.push((id, progress, bundle));
                     }
                 }
-                Decision::Routed(progress, bundle) => routed.push((id, progress, bundle)),
+                Decision::Routed(progress, bundle) => {
+                    already_routed += 1;
+                    routed.push((id, progress, bundle));
+                }
             }
         }
         for answer in answers {
             answer.await.unwrap_or(Err(journal::Error::WriterLost))?;
         }
+        for label in failures {
+            metrics::counter!(ops_metrics::MAPPING_FAILURES, "reason" => label).increment(1);
+        }
+        let newly_routed = routed.len() as u64 - already_routed;
+        metrics::counter!(ops_metrics::ROUTING_MESSAGES, "result" => "routed").increment(newly_routed);
+        metrics::counter!(ops_metrics::ROUTING_MESSAGES, "result" => "unrouted").increment(unrouted);
         Ok(routed)
     }
 }
 
 enum Decision {
-    Failed(String),
+    Failed(String, &'static str),
     Mapped(Progress, Bytes),
     Routed(Progress, Bytes),
 }
 
-/// The kind of a journaled message: the journal records only HL7v2 today (CDA intake adds its kind).
-fn kind_of(_meta: &journal::EntryMeta) -> MessageKind {
-    MessageKind::Hl7v2
+/// A bounded metrics label for a mapping failure: the segment (`PID`) or XML root named by its location,
+/// `other` when it does not look like one.
+fn failure_label(location: &str) -> &'static str {
+    const KNOWN: [&str; 13] = [
+        "MSH",
+        "EVN",
+        "PID",
+        "PD1",
+        "PV1",
+        "PV2",
+        "ZBE",
+        "ZFA",
+        "ZFM",
+        "OBR",
+        "OBX",
+        "ROL",
+        "ClinicalDocument",
+    ];
+    let head = location.split(['-', '/', '.', ':', ' ']).next().unwrap_or_default();
+    KNOWN.into_iter().find(|k| *k == head).unwrap_or("other")
 }
 
 fn progress_of(mapped: &Mapped, routing: &crate::routing::Routing) -> Progress {

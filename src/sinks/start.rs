@@ -56,6 +56,10 @@ pub fn start(
             (bus.clone(), journal.clone(), ledger.clone(), stop.clone(), name.clone());
         match config {
             SinkConfig::Notify(cfg) => {
+                if cfg.mail_via.is_empty() && cfg.webhook_url.is_empty() {
+                    tracing::warn!(sink = %name, "no mail_via nor webhook_url: notifications wait on the bus");
+                    continue;
+                }
                 let templates = Templates::load(&resolve(&settings.mappings_dir, &cfg.templates))
                     .map_err(|e| fail(name, e.to_string()))?;
                 let dir = cfg.directory.as_deref().unwrap_or(&settings.data_dir);
@@ -97,6 +101,7 @@ pub fn start(
             }
             SinkConfig::Mss(cfg) => {
                 if cfg.host.is_empty() {
+                    tracing::warn!(sink = %name, "no host: documents wait on the bus");
                     continue;
                 }
                 let sender = Arc::new(MssSender::new(cfg).map_err(|e| fail(name, e.to_string()))?);
@@ -144,6 +149,7 @@ pub fn start(
             }
             SinkConfig::Dmp(cfg) => {
                 if cfg.endpoint.is_empty() {
+                    tracing::warn!(sink = %name, "no endpoint: documents wait on the bus");
                     continue;
                 }
                 let client = Arc::new(DmpClient::new(cfg).map_err(|e| fail(name, e.to_string()))?);

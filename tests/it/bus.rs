@@ -572,3 +572,176 @@ async fn amqp_bus_suite() {
     broker_outage_mid_load(&mut rabbit).await;
     tokio::task::spawn_blocking(move || drop(rabbit)).await.unwrap();
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// The real binary: `relais serve` with sinks, the shipped routes and the embedded bus.
+
+const SINKS_TOML: &str = concat!(
+    "routes_dir = \"",
+    env!("CARGO_MANIFEST_DIR"),
+    "/routes\"\n[bus]\npartitions = 4\n",
+    "[sinks.gp-notify]\nkind = \"notify\"\n[sinks.mss]\nkind = \"mss\"\n[sinks.dmp]\nkind = \"dmp\"\n"
+);
+
+fn wait_blocking(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// An admission with a known GP is published to `gp-notify` only; a cancellation without one is `unrouted`
+/// (counted in the stats); after `kill -9` and a restart everything is still there, and the embedded bus
+/// holds each published message once for its sink.
+#[test]
+fn serve_routes_and_publishes_then_survives_kill_9() {
+    use super::harness::{Relais, mllp_send, sample};
+    let mut relais = Relais::start_with_config(SINKS_TOML, &[]);
+    mllp_send(relais.mllp_addr(), &sample("adt/a01_admission.hl7"));
+    mllp_send(relais.mllp_addr(), &sample("adt/a11_cancel_admission.hl7"));
+    wait_blocking("both messages handled", || {
+        let stats = relais.stats();
+        stats["published"] == 1 && stats["unrouted"] == 1
+    });
+    let published = &relais.messages("published", 10)[0];
+    let progress = &published["progress"];
+    assert_eq!(progress["routes"], serde_json::json!(["gp-events"]));
+    assert_eq!(progress["deliveries"][0]["destination"], "gp-notify");
+    assert_eq!(progress["deliveries"][0]["published"], true);
+    assert_eq!(progress["event_class"], "admission");
+    assert_eq!(progress["partition_key"].as_str().map(str::len), Some(16));
+    let (status, body) = relais.get("/metrics");
+    let metrics = String::from_utf8_lossy(&body);
+    assert_eq!(status, 200);
+    assert!(metrics.contains("relais_routing_messages_total{result=\"unrouted\"} 1"), "{metrics}");
+    assert!(metrics.contains("relais_bus_published_total{result=\"confirmed\"} 1"), "{metrics}");
+
+    // A CDA document with a qualified INS and no opposition goes to the DMP sink.
+    let response = super::harness::http()
+        .post(format!("{}/cda", relais.http_url()))
+        .header("content-type", "application/xml")
+        .body(sample("cda/ans-testcontenucda_BIO-CR-BIO_2024.01_TSH_1.xml"))
+        .send()
+        .unwrap();
+    assert!(response.status().is_success(), "{:?}", response.status());
+    wait_blocking("the document published", || relais.stats()["published"] == 2);
+    let document = &relais.messages("published", 10)[0];
+    assert_eq!(document["progress"]["kind"], "cda");
+    assert_eq!(document["progress"]["deliveries"][0]["destination"], "dmp");
+
+    // More admissions, then kill -9 as soon as they are acknowledged: the outbox finishes after restart.
+    let a01 = String::from_utf8(sample("adt/a01_admission.hl7")).unwrap();
+    for n in 0..30 {
+        let message = a01.replacen("|P|2.5", &format!("{n}|P|2.5"), 1);
+        mllp_send(relais.mllp_addr(), message.as_bytes());
+    }
+    relais.kill();
+    relais.restart();
+    wait_blocking("every admission published after restart", || relais.stats()["published"] == 32);
+    let published: Vec<u64> = relais
+        .messages("published", 100)
+        .iter()
+        .filter(|m| m["progress"]["deliveries"][0]["destination"] == "gp-notify")
+        .map(|m| m["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(published.len(), 31);
+    relais.stop();
+
+    let bus = relais::bus::embedded::EmbeddedBus::open(
+        &relais.data_dir().join("bus.redb"),
+        BusSettings { partitions: 4, ..BusSettings::default() },
+        &["gp-notify".to_owned(), "mss".to_owned(), "dmp".to_owned()],
+    )
+    .unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let mut queued = Vec::new();
+    runtime.block_on(async {
+        for partition in 0..4 {
+            let mut consumer = bus.consume("gp-notify", partition).unwrap();
+            while let Ok(Ok(received)) =
+                tokio::time::timeout(Duration::from_millis(200), consumer.next()).await
+            {
+                queued.push(received.envelope.message_id);
+                received.ack().unwrap();
+            }
+        }
+    });
+    queued.sort_unstable();
+    let mut expected = published.clone();
+    expected.sort_unstable();
+    assert_eq!(queued, expected, "each published message is on the bus once for gp-notify");
+}
+
+#[test]
+fn check_reports_route_errors_with_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("relais.toml");
+    std::fs::write(&config, "[sinks.gp-notify]\nkind = \"notify\"\n").unwrap();
+    let routes = dir.path().join("routes");
+    std::fs::create_dir(&routes).unwrap();
+    std::fs::write(
+        routes.join("a.toml"),
+        "[[route]]\nname = \"x\"\n\ndestinations = [\"gp-notify\", \"nowhere\"]\n",
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_relais"))
+        .args(["check", "--config"])
+        .arg(&config)
+        .arg("--routes")
+        .arg(&routes)
+        .arg("--mappings")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/mappings"))
+        .env_remove("RELAIS__SINKS")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("a.toml:4: route `x`: unknown destination `nowhere`"), "{stderr}");
+
+    std::fs::write(routes.join("a.toml"), "[[route]]\nname = \"x\"\ndestinations = [\"gp-notify\"]\n")
+        .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_relais"))
+        .args(["check", "--config"])
+        .arg(&config)
+        .arg("--routes")
+        .arg(&routes)
+        .arg("--mappings")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/mappings"))
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("1 routes OK"));
+}
+
+#[test]
+fn routes_explain_names_the_matching_route_and_why_others_fail() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("relais.toml");
+    std::fs::write(&config, SINKS_TOML).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_relais"))
+        .args(["routes", "explain", "--config"])
+        .arg(&config)
+        .arg(super::harness::test_messages().join("adt/a11_cancel_admission.hl7"))
+        .env("RELAIS__MAPPINGS_DIR", concat!(env!("CARGO_MANIFEST_DIR"), "/mappings"))
+        .env("RELAIS__DOCUMENTS__TABLES", concat!(env!("CARGO_MANIFEST_DIR"), "/mappings/documents"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("no    gp-events ("), "{stdout}");
+    assert!(stdout.contains("10-gp-notify.toml:8): gp_known is false, wanted true"), "{stdout}");
+    assert!(stdout.ends_with("=> unrouted\n"), "{stdout}");
+
+    let output = Command::new(env!("CARGO_BIN_EXE_relais"))
+        .args(["routes", "explain", "--config"])
+        .arg(&config)
+        .arg(super::harness::test_messages().join("adt/a04_sau_entry.hl7"))
+        .env("RELAIS__MAPPINGS_DIR", concat!(env!("CARGO_MANIFEST_DIR"), "/mappings"))
+        .env("RELAIS__DOCUMENTS__TABLES", concat!(env!("CARGO_MANIFEST_DIR"), "/mappings/documents"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.starts_with("MATCH gp-events ("), "{stdout}");
+    assert!(stdout.lines().next().unwrap().ends_with("-> gp-notify"), "{stdout}");
+}

@@ -33,12 +33,16 @@ fn each_charset_is_decoded_kept_raw_and_answered_in_kind() {
         assert_eq!(msh_bytes(&ack.raw, 5), msh_bytes(&message, 3), "{file}: ACK MSH-5 = MSH-3, same bytes");
         assert_eq!(msh_bytes(&ack.raw, 6), msh_bytes(&message, 4), "{file}: ACK MSH-6 = MSH-4");
 
-        let entry = &relais.messages("received", 1)[0];
+        let entry = &relais.accepted(1)[0];
         assert_eq!(entry["control_id"], msh_field(&message, 10));
         assert_eq!(entry["charset"], *msh18, "{file}");
         assert_eq!(entry["sending_application"], *decoded, "{file}: MSH-3 decoded");
         let id = entry["id"].as_u64().unwrap();
         assert_eq!(relais.get(&format!("/api/messages/{id}/raw")).1, message, "{file}: raw bytes");
+    }
+    let log = relais.log();
+    for secret in ["LOISE", "DIPE", "DUPR", "19890214", "7788990", "Eglise"] {
+        assert!(!log.contains(secret), "patient data `{secret}` in the info log:\n{log}");
     }
 }
 

@@ -65,7 +65,7 @@ fn kill_9_mid_stream_loses_no_acknowledged_message() {
     assert!(acked.len() < total, "the kill came after every ACK: not mid-stream ({} acked)", acked.len());
 
     relais.restart();
-    let journaled = journaled_ids(&relais, "received", 10_000);
+    let journaled = accepted_ids(&relais, 10_000);
     let counts = count(&journaled);
     let missing: Vec<&String> = acked.iter().filter(|id| !counts.contains_key(*id)).collect();
     assert!(missing.is_empty(), "{} acknowledged messages lost, e.g. {:?}", missing.len(), &missing[..1]);
@@ -93,7 +93,7 @@ fn kill_9_mid_stream_loses_no_acknowledged_message() {
     for t in threads {
         t.join().expect("a resend was not acknowledged AA");
     }
-    let journaled = journaled_ids(&relais, "received", 10_000);
+    let journaled = accepted_ids(&relais, 10_000);
     let counts = count(&journaled);
     let expected: BTreeSet<String> =
         (0..CONNECTIONS).flat_map(|c| (0..PER_CONNECTION).map(move |n| control_id(c, n))).collect();

@@ -116,7 +116,7 @@ async fn post_cda_journals_each_document_before_answering_202() {
         assert_eq!(status, 202, "{file}: {body}");
         let id = body["id"].as_u64().expect("id");
         let entry = server.message(id).await;
-        assert_eq!(entry["state"], "received", "{file}");
+        assert_ne!(entry["state"], "rejected", "{file}");
         assert_eq!(entry["kind"], "cda", "{file}");
         assert_eq!(entry["transport"], "http", "{file}");
         assert_eq!(entry["size"], sample(file).len(), "{file}");
@@ -137,6 +137,8 @@ async fn bad_documents_get_a_4xx_with_the_reason_and_are_kept_as_rejected() {
         ("cda/bad/wrong-root.xml", 400, "not a CDA R2 document"),
         ("cda/bad/wrong-typeid.xml", 400, "ClinicalDocument/typeId"),
         ("cda/bad/no-code.xml", 400, "ClinicalDocument/code"),
+        ("cda/bad/not-loinc.xml", 400, "LOINC"),
+        ("cda/bad/unknown-loinc.xml", 400, "not in the XDS tables"),
         ("cda/bad/no-recordtarget.xml", 400, "ClinicalDocument/recordTarget"),
         ("cda/bad/doctype-xxe.xml", 400, "DOCTYPE"),
         ("cda/bad/nonxml-not-pdf.xml", 400, "not a PDF"),
@@ -186,30 +188,41 @@ async fn drop_folder_takes_settled_files_and_sorts_them() {
     let inbox = server.inbox();
     wait_for("the inbox", &server, || inbox.join(".done").is_dir()).await;
 
-    drop_file(&inbox, "lettre.xml", &sample(GOOD[0]));
-    drop_file(&inbox, "adt.hl7", &sample("bench/adt_a01_fr.hl7"));
+    for (n, file) in GOOD.iter().enumerate() {
+        drop_file(&inbox, &format!("doc{n}.xml"), &sample(file));
+    }
+    drop_file(&inbox, "oru.hl7", &sample("oru/ans-transdoc_ORU_R01_CR-BIO_DMP-MSS.hl7"));
+    drop_file(&inbox, "adt.er7", &sample("bench/adt_a01_fr.hl7"));
     drop_file(&inbox, "pas-un-cda.xml", &sample("cda/bad/wrong-root.xml"));
+    drop_file(&inbox, "notes.pdf", b"%PDF-1.4 not for Relais");
     let done = inbox.join(".done");
     let rejected = inbox.join(".rejected");
     wait_for("files to be sorted", &server, || {
-        done.join("lettre.xml").exists()
-            && done.join("adt.hl7").exists()
+        (0..GOOD.len()).all(|n| done.join(format!("doc{n}.xml")).exists())
+            && done.join("oru.hl7").exists()
+            && done.join("adt.er7").exists()
             && rejected.join("pas-un-cda.xml").exists()
     })
     .await;
     let reason = std::fs::read_to_string(rejected.join("pas-un-cda.xml.reason")).unwrap();
     assert!(reason.contains("not a CDA R2 document"), "{reason}");
-    assert!(!inbox.join("lettre.xml").exists());
+    assert!(!inbox.join("doc0.xml").exists());
+    assert!(inbox.join("notes.pdf").exists(), "files of other kinds are left in place");
+    assert_eq!(std::fs::read(done.join("doc0.xml")).unwrap(), sample(GOOD[0]));
 
     let messages = server.messages().await;
     let from_folder: Vec<&Value> = messages.iter().filter(|m| m["transport"] == "folder").collect();
-    assert_eq!(from_folder.len(), 3, "{messages:?}");
+    assert_eq!(from_folder.len(), GOOD.len() + 3, "{messages:?}");
     let by_peer =
         |name: &str| from_folder.iter().find(|m| m["peer"] == format!("folder:{name}")).copied().unwrap();
-    assert_eq!(by_peer("lettre.xml")["kind"], "cda");
-    assert_eq!(by_peer("lettre.xml")["state"], "received");
-    assert_eq!(by_peer("adt.hl7")["kind"], "hl7v2");
-    assert_eq!(by_peer("adt.hl7")["state"], "received");
+    for n in 0..GOOD.len() {
+        let entry = by_peer(&format!("doc{n}.xml"));
+        assert_eq!(entry["kind"], "cda", "{entry}");
+        assert_ne!(entry["state"], "rejected", "{entry}");
+    }
+    assert_eq!(by_peer("oru.hl7")["kind"], "hl7v2");
+    assert_ne!(by_peer("oru.hl7")["state"], "rejected");
+    assert_ne!(by_peer("adt.er7")["state"], "rejected");
     assert_eq!(by_peer("pas-un-cda.xml")["state"], "rejected");
 }
 
@@ -236,7 +249,7 @@ async fn drop_folder_never_takes_a_growing_file() {
     assert_eq!(std::fs::read(&done).unwrap(), document);
     let messages = server.messages().await;
     assert_eq!(messages.len(), 1);
-    assert_eq!(messages[0]["state"], "received");
+    assert_ne!(messages[0]["state"], "rejected");
     assert_eq!(messages[0]["size"], document.len());
 }
 
@@ -271,7 +284,7 @@ async fn oru_r01_over_mllp_is_acknowledged_aa_once_journaled() {
     assert_eq!(messages.len(), 2);
     for entry in &messages {
         assert_eq!(entry["kind"], "hl7v2");
-        assert_eq!(entry["state"], "received");
+        assert_ne!(entry["state"], "rejected");
         assert!(entry["message_type"].as_str().unwrap().starts_with("ORU^R01"));
     }
 }
@@ -346,4 +359,42 @@ fn document_bundles_pass_the_independent_fhir_validator() {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+/// `relais convert` takes a CDA too: a transaction Bundle whose DocumentReference carries the LOINC type; a bad
+/// document exits non-zero with one line naming the XML element, and nothing on stdout.
+#[test]
+fn convert_maps_a_cda_file_and_refuses_a_bad_one() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let run = |file: &str| {
+        Command::new(env!("CARGO_BIN_EXE_relais"))
+            .arg("convert")
+            .arg(root.join(file))
+            .current_dir(root)
+            .output()
+            .expect("relais convert")
+    };
+    let out = run("test-messages/cda/own_CR-URG_15507-7_N1.xml");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let bundle: Value = serde_json::from_slice(&out.stdout).expect("a JSON Bundle");
+    assert_eq!(bundle["type"], "transaction");
+    let reference = bundle["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["resource"])
+        .find(|r| r["resourceType"] == "DocumentReference")
+        .expect("a DocumentReference");
+    let codings = reference["type"]["coding"].as_array().unwrap();
+    assert!(
+        codings.iter().any(|c| c["system"] == "http://loinc.org" && c["code"] == "15507-7"),
+        "{codings:?}"
+    );
+
+    let bad = run("test-messages/cda/bad/no-recordtarget.xml");
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(bad.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("recordTarget"), "{stderr}");
 }

@@ -10,6 +10,8 @@ mod crash;
 mod documents;
 mod ingest_http;
 mod ingest_mllp;
+mod ingest_tls;
 mod mapping;
 mod ops;
+mod send_cli;
 mod sinks;

@@ -368,3 +368,60 @@ pub fn document_bundle(d: &DocumentInput) -> Result<Vec<u8>, DocumentError> {
         Bundle::builder().r#type(BundleType::Transaction).entry(entries).build().map_err(err("Bundle"))?;
     serde_json::to_vec(&bundle).map_err(|e| DocumentError { element: "Bundle", reason: e.to_string() })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn minimal() -> DocumentInput {
+        DocumentInput {
+            id: "6f1c2a3e-0000-5000-8000-000000000001".into(),
+            master_identifier: IdInput {
+                system: "urn:ietf:rfc:3986".into(),
+                value: "urn:oid:1.2.3".into(),
+                type_coding: None,
+            },
+            type_code: CodingInput {
+                system: "http://loinc.org".into(),
+                code: "11490-0".into(),
+                display: String::new(),
+            },
+            class_code: CodingInput {
+                system: "urn:oid:1.2.250.1.213.1.1.4.1".into(),
+                code: "11".into(),
+                display: String::new(),
+            },
+            format_code: CodingInput {
+                system: "urn:oid:x".into(),
+                code: "urn:ihe:iti:xds-sd:pdf:2008".into(),
+                display: String::new(),
+            },
+            content_type: "text/xml".into(),
+            data: b"<ClinicalDocument/>".to_vec(),
+            sha1: vec![0; 20],
+            patient: PatientInput {
+                id: "6f1c2a3e-0000-5000-8000-000000000002".into(),
+                ..PatientInput::default()
+            },
+            ..DocumentInput::default()
+        }
+    }
+
+    #[test]
+    fn a_minimal_document_builds() {
+        let json: serde_json::Value = serde_json::from_slice(&document_bundle(&minimal()).unwrap()).unwrap();
+        assert_eq!(json["type"], "transaction");
+        assert_eq!(json["entry"][1]["resource"]["resourceType"], "DocumentReference");
+        assert_eq!(json["entry"][1]["resource"]["content"][0]["attachment"]["size"], 19);
+    }
+
+    #[test]
+    fn invalid_dates_are_errors_naming_the_element() {
+        let mut input = minimal();
+        input.date = Some("2021-13-45".into());
+        assert_eq!(document_bundle(&input).unwrap_err().element, "DocumentReference.date");
+        let mut input = minimal();
+        input.patient.birth_date = Some("yesterday".into());
+        assert_eq!(document_bundle(&input).unwrap_err().element, "Patient.birthDate");
+    }
+}
