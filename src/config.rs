@@ -363,6 +363,8 @@ impl Settings {
                     "sink names use letters, digits, - and _ only",
                 ));
             }
+            crate::sinks::SinkConfig::from_settings(name, &self.sinks[name])
+                .map_err(|(k, r)| invalid(&k, &r))?;
         }
         Ok(())
     }
@@ -533,7 +535,7 @@ mod tests {
         let file = dir.path().join("relais.toml");
         std::fs::write(
             &file,
-            "[bus]\npartitions = 4\n[sinks.gp-notify]\nkind = \"notify\"\nurl = \"https://x\"\n[sinks.dmp]\nkind = \"dmp\"\n",
+            "[bus]\npartitions = 4\n[sinks.gp-notify]\nkind = \"notify\"\nwebhook_url = \"https://x\"\n[sinks.dmp]\nkind = \"dmp\"\n",
         )
         .unwrap();
         let s = Settings::load_from(
@@ -546,7 +548,7 @@ mod tests {
         assert_eq!(s.bus.amqp_url.as_deref(), Some("amqp://guest:guest@127.0.0.1:5672/%2f"));
         assert_eq!(s.sink_names(), ["dmp", "gp-notify"]);
         assert_eq!(s.sinks["gp-notify"].kind, SinkKind::Notify);
-        assert_eq!(s.sinks["gp-notify"].options["url"], "https://x");
+        assert_eq!(s.sinks["gp-notify"].options["webhook_url"], "https://x");
         assert_eq!(Settings::load_from(None, env(&[])).unwrap().bus.amqp_url, None);
     }
 }

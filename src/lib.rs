@@ -31,3 +31,4 @@ pub mod routing;
 pub mod send;
 pub mod server;
 pub mod shutdown;
+pub mod sinks;

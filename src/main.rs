@@ -86,6 +86,17 @@ enum Command {
         #[command(subcommand)]
         command: RoutesCommand,
     },
+    /// The local MSSanté directory (RPPS → GP mailboxes) used by the GP notification sink.
+    Directory {
+        /// Settings file (TOML), for `data_dir`.
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+        /// Data directory (overrides `data_dir`).
+        #[arg(long, global = true)]
+        data: Option<PathBuf>,
+        #[command(subcommand)]
+        action: DirectoryAction,
+    },
     /// Search journaled messages through the admin API (newest first).
     Messages {
         #[command(flatten)]
@@ -217,6 +228,20 @@ enum RoutesCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum DirectoryAction {
+    /// Replace the directory with a public Annuaire Santé MSSanté mailbox extraction (pipe-separated text).
+    Import {
+        /// The extraction file.
+        file: PathBuf,
+    },
+    /// Print the MSSanté addresses known for an RPPS (or IDNPS) number, one a line.
+    Lookup {
+        /// RPPS (11 digits) or IDNPS (8 + RPPS).
+        rpps: String,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Offline commands: no runtime, no logging on stdout; one line on stderr on failure.
@@ -322,6 +347,30 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 Err(failure) => {
                     eprintln!("relais: {}: {failure}", file.display());
                     Ok(ExitCode::from(1))
+                }
+            }
+        }
+        Command::Directory { config, data, action } => {
+            let mut settings = Settings::load(config.as_deref())?;
+            if let Some(dir) = data {
+                settings.data_dir = dir;
+            }
+            let directory = relais::sinks::directory::Directory::open(&settings.data_dir)?;
+            match action {
+                DirectoryAction::Import { file } => {
+                    let r = directory.import(&file)?;
+                    println!(
+                        "{} lines, {} practitioners, {} mailboxes imported, {} lines skipped",
+                        r.lines, r.practitioners, r.mailboxes, r.skipped
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                DirectoryAction::Lookup { rpps } => {
+                    let found = directory.lookup(&rpps)?;
+                    for address in &found {
+                        println!("{address}");
+                    }
+                    Ok(if found.is_empty() { ExitCode::from(1) } else { ExitCode::SUCCESS })
                 }
             }
         }

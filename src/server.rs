@@ -43,6 +43,9 @@ pub enum Error {
     /// TLS material could not be loaded.
     #[error(transparent)]
     Tls(#[from] crate::ingest::tls::Error),
+    /// A sink could not be built (PEM file, templates, directory).
+    #[error(transparent)]
+    Sink(#[from] crate::sinks::start::StartError),
     /// The XDS tables (`documents.tables`) could not be read.
     #[error("XDS tables: {0}")]
     Tables(#[from] crate::documents::TableError),
@@ -121,6 +124,7 @@ pub async fn run(settings: Settings, stop: impl std::future::Future<Output = ()>
         batch: 1024,
     };
     let mut stages = tokio::task::JoinSet::new();
+    crate::sinks::start::start(&settings, &bus, &journal, &shutdown, &mut stages)?;
     stages.spawn(routing::reload::watch(Arc::clone(&routes), shutdown.clone()));
     let pipeline_shutdown = shutdown.clone();
     stages.spawn(async move {

@@ -15,3 +15,4 @@ mod ingest_tls;
 mod mapping;
 mod ops;
 mod send_cli;
+mod sinks;

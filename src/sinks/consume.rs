@@ -1,0 +1,140 @@
+//! The consumption loop every sink runs: take its bus partitions, deliver each envelope once, answer the bus.
+//!
+//! For each [`Received`] of a partition, in order: an envelope whose journal id the [`Ledger`] already has
+//! as delivered is acknowledged without delivering again (bus redelivery after a crash or a lost ack);
+//! otherwise the sink's `deliver` function gives an [`Outcome`], which is recorded in the ledger (per-sink
+//! outcome and attempts) and counted (`relais_sink_deliveries_total{sink,outcome}`), then:
+//!
+//! | outcome | bus |
+//! |---|---|
+//! | delivered | ack (and the journal id is recorded as delivered first) |
+//! | undeliverable, held | ack (nothing to retry; the reason stays in the ledger) |
+//! | failed | dead letter |
+//! | retry | `retry` (the bus waits and redelivers at the head of the partition) unless the sink's retry policy gives up (max attempts or age): dead letter |
+//!
+//! The loop stops when the shutdown fires, leaving the current envelope unanswered (the bus redelivers it).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::bus::{Bus, Envelope, Error as BusError, Received};
+use crate::ops::metrics::{SINK_DELIVERIES, SINK_DELIVERY_SECONDS};
+use crate::shutdown::Shutdown;
+use crate::sinks::ledger::Ledger;
+use crate::sinks::retry::{Next, Outcome, RetryPolicy};
+
+/// The ledger key under which a journal entry counts as delivered by a sink.
+pub fn journal_key(message_id: u64) -> String {
+    format!("journal:{message_id}")
+}
+
+/// Runs `sink` over partitions `0..partitions` of the bus until `stop` fires; `deliver` is called with each
+/// envelope and the attempt number (1 for the first delivery).
+pub async fn run_sink<F, Fut>(
+    bus: Bus,
+    sink: String,
+    policy: RetryPolicy,
+    ledger: Arc<Ledger>,
+    stop: Shutdown,
+    deliver: F,
+) -> Result<(), BusError>
+where
+    F: Fn(Envelope, u32) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Outcome> + Send + 'static,
+{
+    let partitions = bus.settings().partitions;
+    let mut tasks = tokio::task::JoinSet::new();
+    for partition in 0..partitions {
+        let consumer = bus.consume(&sink, partition).await?;
+        let (sink, policy, ledger, stop, deliver) =
+            (sink.clone(), policy.clone(), ledger.clone(), stop.clone(), deliver.clone());
+        tasks.spawn(run_partition(consumer, sink, policy, ledger, stop, deliver));
+    }
+    let mut result = Ok(());
+    while let Some(joined) = tasks.join_next().await {
+        if let Ok(Err(e)) = joined {
+            result = Err(e);
+        }
+    }
+    result
+}
+
+/// The loop of one partition (see the module doc).
+pub async fn run_partition<F, Fut>(
+    mut consumer: crate::bus::Consumer,
+    sink: String,
+    policy: RetryPolicy,
+    ledger: Arc<Ledger>,
+    mut stop: Shutdown,
+    deliver: F,
+) -> Result<(), BusError>
+where
+    F: Fn(Envelope, u32) -> Fut + Send + Sync,
+    Fut: Future<Output = Outcome> + Send,
+{
+    loop {
+        let received = tokio::select! {
+            r = consumer.next() => r?,
+            () = stop.recv() => return Ok(()),
+        };
+        handle(received, &sink, &policy, &ledger, &deliver).await?;
+    }
+}
+
+async fn handle<F, Fut>(
+    received: Received,
+    sink: &str,
+    policy: &RetryPolicy,
+    ledger: &Ledger,
+    deliver: &F,
+) -> Result<(), BusError>
+where
+    F: Fn(Envelope, u32) -> Fut,
+    Fut: Future<Output = Outcome>,
+{
+    let id = received.envelope().message_id;
+    let key = journal_key(id);
+    let storage = |e: crate::sinks::ledger::Error| BusError::Envelope(e.to_string());
+    if ledger.delivered(sink, &key).map_err(storage)?.is_some() {
+        return received.ack().await;
+    }
+    let attempt = received.attempt();
+    let started = Instant::now();
+    let outcome = deliver(received.envelope().clone(), attempt).await;
+    let count = |label: &'static str| {
+        metrics::counter!(SINK_DELIVERIES, "sink" => sink.to_string(), "outcome" => label).increment(1);
+    };
+    match &outcome {
+        Outcome::Delivered => {
+            metrics::histogram!(SINK_DELIVERY_SECONDS, "sink" => sink.to_string())
+                .record(started.elapsed().as_secs_f64());
+            ledger.record(sink, &key, id).map_err(storage)?;
+            ledger.record_outcome(sink, id, &outcome, attempt).map_err(storage)?;
+            count("delivered");
+            received.ack().await
+        }
+        Outcome::Undeliverable { .. } | Outcome::Held { .. } => {
+            ledger.record_outcome(sink, id, &outcome, attempt).map_err(storage)?;
+            count("undeliverable");
+            received.ack().await
+        }
+        Outcome::Failed { .. } => {
+            ledger.record_outcome(sink, id, &outcome, attempt).map_err(storage)?;
+            count("dead_lettered");
+            received.dead_letter().await
+        }
+        Outcome::Retry { .. } => match policy.next(&outcome, attempt, Duration::ZERO) {
+            Next::GiveUp { reason } => {
+                ledger.record_outcome(sink, id, &Outcome::Failed { reason }, attempt).map_err(storage)?;
+                count("dead_lettered");
+                received.dead_letter().await
+            }
+            _ => {
+                ledger.record_outcome(sink, id, &outcome, attempt).map_err(storage)?;
+                count("retried");
+                received.retry().await
+            }
+        },
+    }
+}

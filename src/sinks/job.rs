@@ -1,0 +1,98 @@
+//! From a journaled document (a CDA, or an ORU^R01 carrying one) to what the MSSanté and DMP sinks send.
+//!
+//! It receives the raw journal entry and the documents stage's [`DocumentMapper`] (which already mapped it
+//! once on its way to the bus; the envelope carries `document_ref = journal:<id>`, not the bytes), and hands
+//! on a [`DocumentJob`]: the [`Submission`], the patient's traits, the masking flags, the professionals'
+//! addresses (PRT RCT, PRT-15.4, patients' addresses left out: the patient is reached through the qualified
+//! INS only), the mail bodies and whether an acknowledgement was asked for.
+
+use crate::documents::DocumentMapper;
+use crate::facts::{MapFailure, MessageKind};
+use crate::sinks::ebrim::{Submission, SubmissionParams, XdsDocument};
+use crate::sinks::mail::{MailRequest, MaskingFlags, PATIENT_DOMAIN, Patient};
+
+/// Everything the document sinks need for one journal entry. Debug prints no patient data.
+#[derive(Debug, Clone)]
+pub struct DocumentJob {
+    /// The document and its XDS metadata, ids assigned.
+    pub submission: Submission,
+    /// The patient.
+    pub patient: Patient,
+    /// The ORU's `MetaDMPMSS` flags (none for a bare CDA).
+    pub flags: MaskingFlags,
+    /// Professionals' MSSanté addresses (PRT RCT).
+    pub professionals: Vec<String>,
+    /// `CORPSMAIL_PS`.
+    pub body_ps: String,
+    /// `CORPSMAIL_PATIENT`.
+    pub body_patient: String,
+    /// `ACK_RECEPTION` or `ACK_LECTURE_MSS` = Y.
+    pub ack_requested: bool,
+}
+
+impl DocumentJob {
+    /// Reads a journal entry; `source_id` and `unique_id_root` are the sender OIDs of the submission set.
+    pub fn from_journal(
+        mapper: &DocumentMapper,
+        kind: MessageKind,
+        raw: &[u8],
+        source_id: &str,
+        unique_id_root: &str,
+        now: jiff::Timestamp,
+    ) -> Result<DocumentJob, MapFailure> {
+        let mapped = mapper.map_document(kind, raw)?;
+        let details = &mapped.details;
+        let content = match kind {
+            MessageKind::Cda => raw.to_vec(),
+            MessageKind::Hl7v2 => crate::documents::oru::read(raw)?.cda,
+        };
+        let meta = &details.metadata;
+        let document = XdsDocument::from_metadata(meta, content, None);
+        let submission =
+            Submission::new(document, SubmissionParams::from_metadata(meta, source_id, unique_id_root), now);
+        let p = &details.header.patient;
+        let oru = details.oru.as_ref();
+        let patient = Patient {
+            family: p.birth_family.clone().unwrap_or_default(),
+            given: p.first_given.clone().unwrap_or_default(),
+            birth_date: p.birth_time.clone().unwrap_or_default(),
+            ins: p.ins.as_ref().map(|i| i.value.clone()),
+            ins_qualified: !meta.identity_review,
+        };
+        let (flags, professionals, body_ps, body_patient, ack_requested) = match oru {
+            Some(info) => (
+                MaskingFlags::from_names(&info.flags_set()),
+                info.recipients
+                    .iter()
+                    .filter(|r| r.role == "RCT" && r.address.contains('@'))
+                    .filter(|r| !r.address.to_ascii_lowercase().ends_with(&format!("@{PATIENT_DOMAIN}")))
+                    .map(|r| r.address.clone())
+                    .collect(),
+                info.mail_body_ps.clone().unwrap_or_default(),
+                info.mail_body_patient.clone().unwrap_or_default(),
+                info.flag("ACK_RECEPTION") || info.flag("ACK_LECTURE_MSS"),
+            ),
+            None => (MaskingFlags::default(), Vec::new(), String::new(), String::new(), false),
+        };
+        Ok(DocumentJob { submission, patient, flags, professionals, body_ps, body_patient, ack_requested })
+    }
+
+    /// The MSSanté request, with `route_recipients` added to the professionals (a route may name more).
+    pub fn mail_request(&self, route_recipients: &[String]) -> MailRequest {
+        let mut professionals = self.professionals.clone();
+        for r in route_recipients {
+            if !professionals.iter().any(|p| p.eq_ignore_ascii_case(r)) {
+                professionals.push(r.clone());
+            }
+        }
+        MailRequest {
+            submission: self.submission.clone(),
+            patient: self.patient.clone(),
+            professionals,
+            flags: self.flags,
+            body_ps: self.body_ps.clone(),
+            body_patient: self.body_patient.clone(),
+            ack_requested: self.ack_requested,
+        }
+    }
+}

@@ -1,0 +1,291 @@
+//! Starts the configured sinks in `relais serve`: builds each `[sinks.<name>]` instance (reads its PEM files
+//! and templates, opens the directory and the ledger) and runs [`run_sink`] for it with the delivery function
+//! of its kind. What each delivery reads comes from the journal (the envelope names the entry by its id):
+//!
+//! - `notify`: the ADT message → [`NotificationEvent`] ([`event_from_adt`]) → [`Notifier::handle`];
+//! - `mss`: the CDA or ORU^R01 → [`DocumentJob`] → one mail per allowed audience, each recorded once sent;
+//! - `dmp`: the same job → [`check_before_feed`] → [`DmpClient::send`].
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::bus::{Bus, Envelope};
+use crate::config::Settings;
+use crate::documents::DocumentMapper;
+use crate::facts::EventClass;
+use crate::hl7v2::Message;
+use crate::journal::Journal;
+use crate::shutdown::Shutdown;
+use crate::sinks::directory::Directory;
+use crate::sinks::iti41::{DmpClient, check_before_feed};
+use crate::sinks::job::DocumentJob;
+use crate::sinks::ledger::Ledger;
+use crate::sinks::mail::{self, MssSender, Patient};
+use crate::sinks::notify::{Gp, NotificationEvent, Notifier, Templates, Webhook, corrected_class};
+use crate::sinks::retry::Outcome;
+use crate::sinks::{SinkConfig, run_sink};
+
+/// A sink could not be built; the message names the sink and the file or key.
+#[derive(Debug, thiserror::Error)]
+#[error("sink `{sink}`: {reason}")]
+pub struct StartError {
+    /// The sink instance.
+    pub sink: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// Builds every configured sink and spawns its consumption loop into `tasks`.
+pub fn start(
+    settings: &Settings,
+    bus: &Bus,
+    journal: &Journal,
+    stop: &Shutdown,
+    tasks: &mut tokio::task::JoinSet<()>,
+) -> Result<(), StartError> {
+    let fail = |sink: &str, reason: String| StartError { sink: sink.into(), reason };
+    let ledger = Arc::new(Ledger::open(&settings.data_dir).map_err(|e| fail("*", e.to_string()))?);
+    let mut configs = std::collections::BTreeMap::new();
+    for (name, s) in &settings.sinks {
+        let config = SinkConfig::from_settings(name, s).map_err(|(k, r)| fail(name, format!("{k}: {r}")))?;
+        configs.insert(name.clone(), config);
+    }
+    let mapper = || DocumentMapper::load(&settings.documents.tables).map(Arc::new).map_err(|e| e.to_string());
+    for (name, config) in &configs {
+        let (bus, journal, ledger, stop, sink) =
+            (bus.clone(), journal.clone(), ledger.clone(), stop.clone(), name.clone());
+        match config {
+            SinkConfig::Notify(cfg) => {
+                if cfg.mail_via.is_empty() && cfg.webhook_url.is_empty() {
+                    tracing::warn!(sink = %name, "no mail_via nor webhook_url: notifications wait on the bus");
+                    continue;
+                }
+                let templates = Templates::load(&resolve(&settings.mappings_dir, &cfg.templates))
+                    .map_err(|e| fail(name, e.to_string()))?;
+                let dir = cfg.directory.as_deref().unwrap_or(&settings.data_dir);
+                let directory = Directory::open(dir).map_err(|e| fail(name, e.to_string()))?;
+                let mail = if cfg.mail_via.is_empty() {
+                    None
+                } else {
+                    let Some(SinkConfig::Mss(mss)) = configs.get(&cfg.mail_via) else {
+                        return Err(fail(
+                            name,
+                            format!("mail_via = `{}` is not a sink of kind mss", cfg.mail_via),
+                        ));
+                    };
+                    Some((MssSender::new(mss).map_err(|e| fail(name, e.to_string()))?, mss.clone()))
+                };
+                let webhook = if cfg.webhook_url.is_empty() {
+                    None
+                } else {
+                    Some(Webhook::new(cfg).map_err(|e| fail(name, e.to_string()))?)
+                };
+                let notifier =
+                    Arc::new(Notifier::new(cfg.clone(), templates, directory, ledger.clone(), mail, webhook));
+                let policy = cfg.retry.clone();
+                let deliver = move |env: Envelope, _attempt: u32| {
+                    let (notifier, journal) = (notifier.clone(), journal.clone());
+                    async move {
+                        let raw = match journal.raw(env.message_id) {
+                            Ok(Some(raw)) => raw,
+                            Ok(None) => return Outcome::failed("journal entry not found"),
+                            Err(e) => return Outcome::retry(e.to_string()),
+                        };
+                        match event_from_adt(&raw, &env) {
+                            Ok(event) => notifier.handle(&event, &env.bundle, env.message_id).await,
+                            Err(outcome) => outcome,
+                        }
+                    }
+                };
+                tasks.spawn(log_end(sink.clone(), run_sink(bus, sink, policy, ledger, stop, deliver)));
+            }
+            SinkConfig::Mss(cfg) => {
+                if cfg.host.is_empty() {
+                    tracing::warn!(sink = %name, "no host: documents wait on the bus");
+                    continue;
+                }
+                let sender = Arc::new(MssSender::new(cfg).map_err(|e| fail(name, e.to_string()))?);
+                let mapper = mapper().map_err(|e| fail(name, e))?;
+                let (cfg, policy) = (Arc::new(cfg.clone()), cfg.retry.clone());
+                let ledger2 = ledger.clone();
+                let sink2 = sink.clone();
+                let deliver = move |env: Envelope, _attempt: u32| {
+                    let (sender, mapper, journal, cfg, ledger, sink) = (
+                        sender.clone(),
+                        mapper.clone(),
+                        journal.clone(),
+                        cfg.clone(),
+                        ledger2.clone(),
+                        sink2.clone(),
+                    );
+                    async move {
+                        let job = match load_job(&journal, &mapper, &env, &cfg.source_id, "") {
+                            Ok(job) => job,
+                            Err(outcome) => return outcome,
+                        };
+                        let mails = match mail::build(&job.mail_request(&[]), &cfg) {
+                            Ok(mails) => mails,
+                            Err(outcome) => return outcome,
+                        };
+                        let mut outcomes = Vec::new();
+                        for m in mails {
+                            let key = format!("journal:{}:{:?}", env.message_id, m.addressee);
+                            if matches!(ledger.delivered(&sink, &key), Ok(Some(_))) {
+                                continue;
+                            }
+                            let outcome = match &m.message {
+                                Ok(message) => sender.send(message).await,
+                                Err(outcome) => outcome.clone(),
+                            };
+                            if outcome == Outcome::Delivered {
+                                let _ = ledger.record(&sink, &key, env.message_id);
+                            }
+                            outcomes.push(outcome);
+                        }
+                        worst(outcomes)
+                    }
+                };
+                tasks.spawn(log_end(sink.clone(), run_sink(bus, sink, policy, ledger, stop, deliver)));
+            }
+            SinkConfig::Dmp(cfg) => {
+                if cfg.endpoint.is_empty() {
+                    tracing::warn!(sink = %name, "no endpoint: documents wait on the bus");
+                    continue;
+                }
+                let client = Arc::new(DmpClient::new(cfg).map_err(|e| fail(name, e.to_string()))?);
+                let mapper = mapper().map_err(|e| fail(name, e))?;
+                let policy = cfg.retry.clone();
+                let ids = Arc::new((cfg.source_id.clone(), cfg.unique_id_root.clone()));
+                let deliver = move |env: Envelope, _attempt: u32| {
+                    let (client, mapper, journal, ids) =
+                        (client.clone(), mapper.clone(), journal.clone(), ids.clone());
+                    async move {
+                        let job = match load_job(&journal, &mapper, &env, &ids.0, &ids.1) {
+                            Ok(job) => job,
+                            Err(outcome) => return outcome,
+                        };
+                        if let Err(held) =
+                            check_before_feed(&job.submission, job.patient.ins_qualified, false)
+                        {
+                            return held;
+                        }
+                        client.send(&job.submission).await.0
+                    }
+                };
+                tasks.spawn(log_end(sink.clone(), run_sink(bus, sink, policy, ledger, stop, deliver)));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A relative template folder is taken inside `mappings_dir`.
+fn resolve(mappings_dir: &std::path::Path, path: &std::path::Path) -> PathBuf {
+    if path.is_absolute() { path.to_path_buf() } else { mappings_dir.join(path) }
+}
+
+async fn log_end(sink: String, run: impl std::future::Future<Output = Result<(), crate::bus::Error>>) {
+    if let Err(error) = run.await {
+        tracing::error!(%sink, %error, "sink stopped");
+    }
+}
+
+fn worst(outcomes: Vec<Outcome>) -> Outcome {
+    let pick = |name: &str| outcomes.iter().find(|o| o.as_str() == name).cloned();
+    pick("retry")
+        .or_else(|| pick("failed"))
+        .or_else(|| pick("undeliverable"))
+        .or_else(|| pick("held"))
+        .unwrap_or(Outcome::Delivered)
+}
+
+fn load_job(
+    journal: &Journal,
+    mapper: &DocumentMapper,
+    env: &Envelope,
+    source_id: &str,
+    unique_id_root: &str,
+) -> Result<DocumentJob, Outcome> {
+    let raw = match journal.raw(env.message_id) {
+        Ok(Some(raw)) => raw,
+        Ok(None) => return Err(Outcome::failed("journal entry not found")),
+        Err(e) => return Err(Outcome::retry(e.to_string())),
+    };
+    DocumentJob::from_journal(mapper, env.kind, &raw, source_id, unique_id_root, jiff::Timestamp::now())
+        .map_err(|e| Outcome::failed(e.to_string()))
+}
+
+/// Reads the notification of an ADT message (PAM FR): event, patient traits, médecin traitant (ROL ODRP,
+/// else PD1-4), encounter (PV1-19, else ZBE-1), time (ZBE-2, else EVN-6, else EVN-2), unit (ZBE-7, else
+/// PV1-3), opposition (PD1-12 = Y). The patient key is the envelope's (a hash, never the IPP in clear).
+pub fn event_from_adt(raw: &[u8], env: &Envelope) -> Result<NotificationEvent, Outcome> {
+    let msg = Message::parse(raw).map_err(|e| Outcome::failed(e.to_string()))?;
+    let t = |p: &str| msg.text(p).filter(|s| !s.is_empty());
+    let patient_class = t("PV1-2");
+    let (class, correction) = match env.event_class {
+        Some(EventClass::Cancel) => {
+            let undoes = match t("MSH-9.2").as_deref() {
+                Some("A11") => {
+                    if patient_class.as_deref() == Some("E") {
+                        "A04"
+                    } else {
+                        "A01"
+                    }
+                }
+                Some("A13") => "A03",
+                _ => {
+                    return Err(Outcome::Undeliverable {
+                        reason: "cancellation of an event that is not notified".into(),
+                    });
+                }
+            };
+            let class = corrected_class(undoes, patient_class.as_deref())
+                .ok_or_else(|| Outcome::Undeliverable { reason: "not a notified event class".into() })?;
+            (class, true)
+        }
+        Some(class) => (class, false),
+        None => return Err(Outcome::Undeliverable { reason: "no event class".into() }),
+    };
+    let cs = msg.charset();
+    let mut ins = None;
+    if let Some(pid) = msg.segment("PID") {
+        for rep in pid.field(3).repetitions() {
+            if String::from_utf8_lossy(rep.component(5)) == "INS" {
+                ins = Some(String::from_utf8_lossy(rep.component(1)).into_owned());
+            }
+        }
+    }
+    let gp = msg
+        .segments_named("ROL")
+        .find(|rol| rol.field(3).text(cs).split('^').next() == Some("ODRP"))
+        .map(|rol| {
+            let person = rol.field(4);
+            let part = |c| String::from_utf8_lossy(person.component(c)).into_owned();
+            Gp { rpps: part(1), name: format!("{} {}", part(3), part(2)).trim().to_string() }
+        })
+        .or_else(|| {
+            t("PD1-4.1").map(|id| Gp {
+                rpps: id,
+                name: format!("{} {}", t("PD1-4.3").unwrap_or_default(), t("PD1-4.2").unwrap_or_default())
+                    .trim()
+                    .to_string(),
+            })
+        });
+    Ok(NotificationEvent {
+        class,
+        correction,
+        patient_key: env.partition_key.clone(),
+        encounter: t("PV1-19.1").or_else(|| t("ZBE-1.1")).unwrap_or_default(),
+        occurred_at: t("ZBE-2").or_else(|| t("EVN-6")).or_else(|| t("EVN-2")).unwrap_or_default(),
+        service: t("ZBE-7.1").or_else(|| t("PV1-3.1")),
+        patient: Patient {
+            family: t("PID-5.1").unwrap_or_default(),
+            given: t("PID-5.2").unwrap_or_default(),
+            birth_date: t("PID-7").unwrap_or_default(),
+            ins_qualified: ins.is_some() && t("PID-32").as_deref() == Some("VALI"),
+            ins,
+        },
+        gp,
+        opposition: t("PD1-12").as_deref() == Some("Y"),
+    })
+}
