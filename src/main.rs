@@ -14,7 +14,7 @@ use relais::send::{self, SendOptions};
 #[command(name = "relais", version, about)]
 struct Cli {
     /// Log as JSON lines instead of text (level from RELAIS_LOG, default `info`).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, env = "RELAIS_LOG_JSON")]
     log_json: bool,
     #[command(subcommand)]
     command: Command,
@@ -243,7 +243,16 @@ fn convert(
         BundleAs::Message => BundleKind::Message,
         BundleAs::Transaction => BundleKind::Transaction,
     };
-    match mapper.convert(&raw, kind, pretty) {
+    // A CDA document, or an ORU^R01 carrying one, goes through the documents module (its Bundle is always a
+    // transaction: a document is not an event message).
+    let message_kind = relais::documents::sniff_kind(&raw);
+    let converted =
+        if message_kind == relais::facts::MessageKind::Cda || relais::documents::oru::is_oru_r01(&raw) {
+            convert_document(&mappings.join("documents"), message_kind, &raw, pretty)
+        } else {
+            mapper.convert(&raw, kind, pretty)
+        };
+    match converted {
         Ok(mapped) => {
             let mut out = std::io::stdout().lock();
             if out.write_all(&mapped.bundle).and_then(|()| out.write_all(b"\n")).is_err() {
@@ -256,6 +265,24 @@ fn convert(
             ExitCode::from(1)
         }
     }
+}
+
+/// The documents module's Bundle for a CDA document or an ORU^R01 (XDS tables from `tables`).
+fn convert_document(
+    tables: &std::path::Path,
+    kind: relais::facts::MessageKind,
+    raw: &[u8],
+    pretty: bool,
+) -> Result<relais::facts::Mapped, relais::facts::MapFailure> {
+    let mapper = relais::documents::DocumentMapper::load(tables).map_err(|e| relais::facts::MapFailure {
+        location: tables.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let mut mapped = mapper.map_document(kind, raw)?.mapped;
+    if pretty && let Ok(value) = serde_json::from_slice::<serde_json::Value>(&mapped.bundle) {
+        mapped.bundle = serde_json::to_vec_pretty(&value).unwrap_or(mapped.bundle);
+    }
+    Ok(mapped)
 }
 
 fn check(config: Option<&std::path::Path>, routes: Option<PathBuf>, mappings: &std::path::Path) -> ExitCode {

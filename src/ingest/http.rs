@@ -1,7 +1,8 @@
 //! HTTP ingest and the first admin read API (axum).
 //!
 //! - `POST /hl7v2`: one message as the body; the ACK comes back as the body with 200 (AA), 400 (AR) or
-//!   422 (AE).
+//!   422 (AE). A body over `mllp.max_message_size` is answered like an oversize MLLP frame: AR (ERR 207),
+//!   its first bytes journaled as `rejected`.
 //! - `GET /health`, `/ready`, `/metrics`: see [`crate::ops::http`] (merged in by the server).
 //! - `POST /cda`: one CDA R2 document (`application/xml`, `text/xml` or `application/hl7-cda+xml`); 202 with
 //!   `{"id": n}` once journaled, else 400 (not XML / not a CDA), 409 (document id reused), 413 (over
@@ -19,11 +20,13 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router, middleware};
+use futures_util::StreamExt;
 use serde::Deserialize;
 use tokio::net::TcpListener;
 
 use super::Intake;
 use super::document::{DocumentOutcome, Refusal};
+use super::mllp::FramingFault;
 use crate::hl7v2::AckCode;
 use crate::journal::{State, Transport};
 use crate::shutdown::Shutdown;
@@ -61,12 +64,47 @@ pub async fn run(listener: TcpListener, router: Router, mut shutdown: Shutdown) 
         .await
 }
 
+/// What was read of a request body: all of it, or its first `max_message_size` bytes.
+enum Body {
+    Whole(Bytes),
+    Oversize(Bytes),
+}
+
+/// Reads the body up to the size limit; past it, keeps the first `limit` bytes and stops reading (the rest is
+/// never buffered, and hyper closes the connection instead of reusing it).
+async fn read_body(body: axum::body::Body, limit: usize) -> Result<Body, axum::Error> {
+    let mut stream = body.into_data_stream();
+    let mut buffer = bytes::BytesMut::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        if buffer.len() + chunk.len() > limit {
+            buffer.extend_from_slice(&chunk[..limit - buffer.len()]);
+            return Ok(Body::Oversize(buffer.freeze()));
+        }
+        buffer.extend_from_slice(&chunk);
+    }
+    Ok(Body::Whole(buffer.freeze()))
+}
+
 async fn post_hl7v2(
     AxumState(state): AxumState<AppState>,
     axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> Response {
-    let outcome = state.intake.submit(body, Transport::Http, &peer.to_string()).await.resolve().await;
+    let peer = peer.to_string();
+    let intake = &state.intake;
+    let pending = match read_body(body, intake.max_message_size()).await {
+        Ok(Body::Whole(raw)) => intake.submit(raw, Transport::Http, &peer).await,
+        Ok(Body::Oversize(head)) => {
+            tracing::warn!(%peer, limit = intake.max_message_size(), "HTTP message over the size limit");
+            intake.submit_framing_fault(head, Transport::Http, &peer, FramingFault::Oversize).await
+        }
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "HTTP body read failed");
+            return (StatusCode::BAD_REQUEST, "request body could not be read\n").into_response();
+        }
+    };
+    let outcome = pending.resolve().await;
     let status = match outcome.code {
         AckCode::AA => StatusCode::OK,
         AckCode::AR => StatusCode::BAD_REQUEST,

@@ -162,6 +162,11 @@ impl Intake {
                 message: "MLLP frame interrupted: a new start byte (0x0B) came before the end (0x1C 0x0D)"
                     .to_string(),
             },
+            FramingFault::Incomplete => AckError {
+                code: ErrorCode::SegmentSequence,
+                location: None,
+                message: "MLLP frame incomplete: the connection ended before its end (0x1C 0x0D)".to_string(),
+            },
             FramingFault::Oversize => AckError {
                 code: ErrorCode::InternalError,
                 location: None,

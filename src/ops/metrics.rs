@@ -32,6 +32,9 @@ pub const INGEST_ACKS: &str = "relais_ingest_acks_total";
 pub const INGEST_REJECTED: &str = "relais_ingest_messages_rejected_total";
 /// Resent messages acknowledged again without being stored twice (`transport`, `sender`).
 pub const INGEST_DUPLICATES: &str = "relais_ingest_duplicates_total";
+/// CDA documents taken in (`transport`, `outcome` = accepted | duplicate | invalid | too_large | content_type |
+/// conflict | unavailable). Recorded by the document intake.
+pub const INGEST_DOCUMENTS: &str = "relais_ingest_documents_total";
 /// MLLP connections open now (`transport` = mllp | mllp_tls).
 pub const MLLP_CONNECTIONS: &str = "relais_ingest_mllp_connections";
 /// TLS clients refused (`reason` = handshake | client_refused).
@@ -151,6 +154,14 @@ pub const CATALOG: &[MetricSpec] = &[
         &["transport", "sender"],
         "ingest",
         "Resent messages acknowledged again without being stored twice.",
+    ),
+    spec(
+        INGEST_DOCUMENTS,
+        Kind::Counter,
+        &["transport", "outcome"],
+        "documents",
+        "CDA documents taken in, by outcome (accepted, duplicate, invalid, too_large, content_type, conflict, \
+         unavailable).",
     ),
     spec(MLLP_CONNECTIONS, Kind::Gauge, &["transport"], "ingest", "MLLP connections open now."),
     spec(
@@ -414,6 +425,11 @@ impl IngestLabels {
         counter!(INGEST_DUPLICATES, "transport" => self.transport, "sender" => self.sender.clone())
             .increment(1);
     }
+}
+
+/// Counts one CDA document taken in; `outcome` is one of the values listed on [`INGEST_DOCUMENTS`].
+pub fn document(transport: Transport, outcome: &'static str) {
+    counter!(INGEST_DOCUMENTS, "transport" => transport_label(transport), "outcome" => outcome).increment(1);
 }
 
 /// An open MLLP connection: counted while this value lives.

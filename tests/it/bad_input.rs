@@ -46,7 +46,14 @@ fn bad_files_get_ar_are_kept_and_the_connection_keeps_serving() {
     let stats = relais.stats();
     assert_eq!(stats["rejected"], FILE_CASES.len() as u64);
     assert_eq!(stats["accepted"], FILE_CASES.len() as u64);
-    assert!(!relais.log().contains("panicked"), "{}", relais.log());
+    let log = relais.log();
+    assert!(!log.contains("panicked"), "{log}");
+    for secret in ["TEST^BAD", "19800101", "LOISE", "000003"] {
+        assert!(
+            !log.contains(secret),
+            "patient data `{secret}` of a rejected message in the info log:\n{log}"
+        );
+    }
 }
 
 /// The same files over HTTP: 400 with the AR as the body.
@@ -194,4 +201,29 @@ impl XorShift {
             }
         }
     }
+}
+
+/// A sender that stops in the middle of a frame and closes its side: the partial frame is answered AR
+/// (ERR 100, "incomplete") on the still-open reading side and kept as `rejected`.
+#[test]
+fn a_frame_cut_by_the_end_of_the_stream_is_answered_and_kept() {
+    let relais = Relais::start();
+    let mut client = MllpClient::connect(relais.mllp_addr());
+    let message = adt("HALF-FRAME");
+    let mut wire = frame(&adt("WHOLE"));
+    wire.push(SB);
+    wire.extend_from_slice(&message[..300]);
+    client.send_raw(&wire);
+    client.stream().shutdown(std::net::Shutdown::Write).unwrap();
+    assert_eq!(client.read_ack().code(), "AA");
+    let ack = client.read_ack();
+    assert_eq!(
+        (ack.code(), ack.err_code(), ack.acked_id()),
+        ("AR".into(), "100".into(), "HALF-FRAME".into())
+    );
+    assert!(ack.err_text().contains("incomplete"), "{}", ack.err_text());
+    assert!(client.closed_by_server());
+    let rejected = relais.messages("rejected", 10);
+    assert_eq!(rejected.len(), 1);
+    assert_eq!(rejected[0]["size"], 300);
 }

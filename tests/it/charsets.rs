@@ -40,6 +40,10 @@ fn each_charset_is_decoded_kept_raw_and_answered_in_kind() {
         let id = entry["id"].as_u64().unwrap();
         assert_eq!(relais.get(&format!("/api/messages/{id}/raw")).1, message, "{file}: raw bytes");
     }
+    let log = relais.log();
+    for secret in ["LOISE", "DIPE", "DUPR", "19890214", "7788990", "Eglise"] {
+        assert!(!log.contains(secret), "patient data `{secret}` in the info log:\n{log}");
+    }
 }
 
 /// Over HTTP the ACK's `Content-Type` names the sender's charset too.

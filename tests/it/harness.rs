@@ -66,6 +66,8 @@ pub struct Relais {
     /// Holds `data/`, `relais.log` and an optional `relais.toml`; removed on drop.
     dir: tempfile::TempDir,
     env: Vec<(String, String)>,
+    /// Extra arguments after `serve`.
+    args: Vec<String>,
     config: Option<PathBuf>,
     child: Option<Child>,
     listeners: Listeners,
@@ -79,7 +81,8 @@ impl Relais {
         Relais::start_with(&[])
     }
 
-    /// As [`Relais::start`], with extra `RELAIS__…` variables (they override the harness's own).
+    /// As [`Relais::start`], with extra `RELAIS__…` variables (they override the harness's own, as does
+    /// `RELAIS_LOG`, `info` by default).
     pub fn start_with(env: &[(&str, &str)]) -> Relais {
         Relais::launch(None, env)
     }
@@ -110,6 +113,16 @@ impl Relais {
         (status, relais.log())
     }
 
+    /// As [`Relais::start_with`], with extra `relais serve` arguments; `{data}` in one stands for the data dir
+    /// (e.g. `["--data", "{data}"]` with `RELAIS__DATA_DIR` pointing elsewhere).
+    pub fn start_with_args(args: &[&str], env: &[(&str, &str)]) -> Relais {
+        let mut relais = Relais::prepare(None, env);
+        let data = relais.data_dir().display().to_string();
+        relais.args = args.iter().map(|a| a.replace("{data}", &data)).collect();
+        relais.spawn();
+        relais
+    }
+
     fn launch(toml: Option<&str>, env: &[(&str, &str)]) -> Relais {
         let mut relais = Relais::prepare(toml, env);
         relais.spawn();
@@ -128,12 +141,22 @@ impl Relais {
             ("RELAIS__DATA_DIR".to_string(), data.display().to_string()),
             ("RELAIS__MLLP__LISTEN".to_string(), "127.0.0.1:0".to_string()),
             ("RELAIS__HTTP__LISTEN".to_string(), "127.0.0.1:0".to_string()),
+            // Info level, as in production: tests check the log for patient data at that level.
+            ("RELAIS_LOG".to_string(), "info".to_string()),
         ];
         for (k, v) in env {
             all.retain(|(key, _)| key != k);
             all.push((k.to_string(), v.to_string()));
         }
-        Relais { dir, env: all, config, child: None, listeners: Listeners::default(), runs: 0 }
+        Relais {
+            dir,
+            env: all,
+            args: Vec::new(),
+            config,
+            child: None,
+            listeners: Listeners::default(),
+            runs: 0,
+        }
     }
 
     /// Starts the process again on the same data dir and settings (after [`Relais::stop`] or
@@ -174,7 +197,7 @@ impl Relais {
     fn command(&self) -> Command {
         let log = std::fs::File::create(self.log_path()).expect("log file");
         let mut command = Command::new(env!("CARGO_BIN_EXE_relais"));
-        command.arg("serve");
+        command.arg("serve").args(&self.args);
         if let Some(config) = &self.config {
             command.arg("--config").arg(config);
         }
@@ -189,7 +212,6 @@ impl Relais {
             .env("RELAIS__MAPPINGS_DIR", concat!(env!("CARGO_MANIFEST_DIR"), "/mappings"))
             .env("RELAIS__DOCUMENTS__TABLES", concat!(env!("CARGO_MANIFEST_DIR"), "/mappings/documents"))
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .env("RELAIS_LOG", "info")
             .current_dir(self.dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -147,3 +147,21 @@ fn beyond_loopback_without_token_does_not_start() {
     assert!(!status.success());
     assert!(log.contains("http.admin_token"), "{log}");
 }
+
+/// Item 10 over HTTP: a body over `mllp.max_message_size` gets 400 with an AR (ERR 207) as the body, like an
+/// oversize MLLP frame, and its first bytes are journaled as `rejected`; the server keeps serving.
+#[test]
+fn oversize_body_is_400_with_an_ar_and_kept() {
+    let relais = Relais::start_with(&[("RELAIS__MLLP__MAX_MESSAGE_SIZE", "4096")]);
+    let mut big = adt("HTTP-BIG");
+    big.resize(200_000, b'x');
+    let (status, body) = relais.post_hl7v2(&big);
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
+    let ack = Ack::parse(&body);
+    assert_eq!((ack.code(), ack.err_code(), ack.acked_id()), ("AR".into(), "207".into(), "HTTP-BIG".into()));
+    let rejected = relais.messages("rejected", 10);
+    assert_eq!(rejected.len(), 1);
+    assert_eq!(rejected[0]["size"], 4096);
+    assert_eq!(rejected[0]["transport"], "http");
+    assert_eq!(relais.post_hl7v2(&adt("HTTP-SMALL")).0, 200);
+}

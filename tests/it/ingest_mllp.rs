@@ -2,6 +2,7 @@
 //! ends, de-duplication, framing faults, size limit and graceful stop.
 
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use crate::harness::*;
 
@@ -41,6 +42,8 @@ fn every_ans_sample_gets_aa() {
             assert_eq!(ack.field("MSH", 3), msh_field(&message, 5));
             assert_eq!(ack.field("MSH", 4), msh_field(&message, 6));
             assert_ne!(ack.field("MSH", 10), msh_field(&message, 10), "the ACK has its own MSH-10");
+            let trigger = msh_field(&message, 9).split('^').nth(1).unwrap_or_default().to_string();
+            assert_eq!(ack.field("MSH", 9), format!("ACK^{trigger}^ACK"), "{}", file.display());
         }
         let stats = relais.stats();
         assert_eq!(stats["journaled"], group.len() as u64);
@@ -110,6 +113,87 @@ fn resend_is_acknowledged_once_journaled() {
     assert_eq!((stats["journaled"], stats["rejected"]), (1, 0));
 }
 
+/// Item 8: the de-duplication window is a setting: within it a resend is not stored again, after it the
+/// same message is stored anew.
+#[test]
+fn dedup_window_is_configurable() {
+    let window = Duration::from_secs(2);
+    let relais = Relais::start_with(&[("RELAIS__JOURNAL__DEDUP_WINDOW_SECS", "2")]);
+    let message = adt("WINDOW-1");
+    let mut client = MllpClient::connect(relais.mllp_addr());
+    // The server receives the first copy after `start` and each resend before its ACK comes back, so
+    // `start.elapsed()` at an ACK bounds the gap the server measured from above.
+    let start = Instant::now();
+    assert_eq!(client.exchange(&message).code(), "AA");
+    assert_eq!(client.exchange(&message).code(), "AA");
+    if start.elapsed() < window {
+        assert_eq!(relais.stats()["journaled"], 1, "a resend within the window is not stored");
+    }
+    eventually("the resend after the window is stored", || {
+        assert_eq!(client.exchange(&message).code(), "AA");
+        let answered_at = start.elapsed();
+        let journaled = relais.stats()["journaled"];
+        if journaled == 1 {
+            return None;
+        }
+        assert!(answered_at >= window, "stored again after {answered_at:?}, inside the {window:?} window");
+        Some(journaled)
+    });
+    assert_eq!(relais.stats()["journaled"], 2);
+}
+
+/// Item 2: `--data DIR` wins over `RELAIS__DATA_DIR`; `RELAIS__MLLP__LISTEN` / `RELAIS__HTTP__LISTEN` move the
+/// listeners (port 0 here: the harness reads the real ports from `listeners.json` in that data dir).
+#[test]
+fn data_flag_and_env_overrides() {
+    let elsewhere = tempfile::tempdir().unwrap();
+    let ignored = elsewhere.path().join("ignored");
+    let relais =
+        Relais::start_with_args(&["--data", "{data}"], &[("RELAIS__DATA_DIR", ignored.to_str().unwrap())]);
+    assert_eq!(Ack::parse(&mllp_send(relais.mllp_addr(), &adt("DATA-1"))).code(), "AA");
+    assert!(relais.data_dir().join("journal.redb").is_file());
+    assert!(!ignored.exists(), "RELAIS__DATA_DIR is overridden by --data");
+    assert!(relais.mllp_addr().ip().is_loopback() && relais.mllp_addr().port() != 2575);
+    assert!(relais.http_addr().ip().is_loopback() && relais.http_addr().port() != 8080);
+}
+
+/// Item 8 under concurrency: the same control id sent at the same moment on 8 connections, 4 with one
+/// content and 4 with another. Whichever content the journal takes first is AA'd on all its connections and
+/// stored once; the other content gets AE on all its connections and each copy is kept as `rejected`.
+#[test]
+fn simultaneous_resends_and_conflicts() {
+    let relais = Relais::start();
+    let addr = relais.mllp_addr();
+    let first = adt("RACE-1");
+    let mut second = first.clone();
+    second.extend_from_slice(b"NTE|1||other content\r");
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(8));
+    let threads: Vec<_> = (0..8)
+        .map(|n| {
+            let message = if n % 2 == 0 { first.clone() } else { second.clone() };
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                let mut client = MllpClient::connect(addr);
+                barrier.wait();
+                (n % 2, client.exchange(&message).code())
+            })
+        })
+        .collect();
+    let answers: Vec<(usize, String)> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let codes_of = |variant: usize| -> Vec<&str> {
+        answers.iter().filter(|(v, _)| *v == variant).map(|(_, c)| c.as_str()).collect()
+    };
+    let (even, odd) = (codes_of(0), codes_of(1));
+    let winner_all_aa = |codes: &[&str]| codes.iter().all(|c| *c == "AA");
+    let loser_all_ae = |codes: &[&str]| codes.iter().all(|c| *c == "AE");
+    assert!(
+        (winner_all_aa(&even) && loser_all_ae(&odd)) || (winner_all_aa(&odd) && loser_all_ae(&even)),
+        "one content wins everywhere: {answers:?}"
+    );
+    let stats = relais.stats();
+    assert_eq!((stats["accepted"], stats["rejected"]), (1, 4));
+}
+
 /// Item 3: 100 messages written at once on one connection get 100 AAs, in the order sent.
 #[test]
 fn pipelined_messages_are_acknowledged_in_order() {
@@ -130,6 +214,21 @@ fn pipelined_messages_are_acknowledged_in_order() {
         .collect();
     assert_eq!(acked, ids);
     assert_eq!(relais.stats()["journaled"], 100);
+}
+
+/// A batch sender that writes everything then closes its side (`cat batch | nc host 2575`) still gets every
+/// ACK, in order, before the server closes.
+#[test]
+fn half_closed_connection_gets_every_ack() {
+    let relais = Relais::start();
+    let ids: Vec<String> = (0..50).map(|i| format!("HALF-{i:02}")).collect();
+    let mut client = MllpClient::connect(relais.mllp_addr());
+    client.send_raw(&ids.iter().flat_map(|id| frame(&adt(id))).collect::<Vec<u8>>());
+    client.stream().shutdown(std::net::Shutdown::Write).unwrap();
+    let acked: Vec<String> = ids.iter().map(|_| client.read_ack()).map(|a| a.acked_id()).collect();
+    assert_eq!(acked, ids);
+    assert!(client.closed_by_server());
+    assert_eq!(relais.stats()["journaled"], 50);
 }
 
 /// Item 3: many connections at once, each sending and waiting as a DPI does; every message is AA and
@@ -233,6 +332,25 @@ fn oversize_is_rejected_then_the_connection_closed() {
     assert_eq!(Ack::parse(&mllp_send(relais.mllp_addr(), &adt("NEXT"))).code(), "AA");
 }
 
+/// A result message carrying an 8 MB Base64 document (OBX-5, as in the CI-SIS ORU) is accepted under the
+/// default 10 MiB limit and kept byte for byte.
+#[test]
+fn large_message_under_the_default_limit_is_accepted() {
+    let relais = Relais::start();
+    let oru = sample("ans/ans-transdoc_ORU_R01_CR-BIO_DMP-MSS.hl7");
+    let mut big = String::from_utf8(oru).unwrap().trim_end().replace('\n', "\r");
+    big.push_str("\rOBX|9|ED|PDF^Document||^application^pdf^Base64^");
+    big.push_str(&"JVBERi0xLjcKJcfsj6IK".repeat(420_000));
+    big.push_str("||||||F\r");
+    assert!(big.len() > 8_000_000 && big.len() < 10 * 1024 * 1024);
+    let ack = MllpClient::connect(relais.mllp_addr()).exchange(big.as_bytes());
+    assert_eq!((ack.code(), ack.acked_id()), ("AA".to_string(), "015".to_string()));
+    let entry = &relais.accepted(1)[0];
+    assert_eq!(entry["size"], big.len() as u64);
+    let id = entry["id"].as_u64().unwrap();
+    assert!(relais.get(&format!("/api/messages/{id}/raw")).1 == big.as_bytes(), "raw bytes differ");
+}
+
 /// Item 2: SIGTERM while a client pipelines: what the server read is answered (every answer AA, in order),
 /// the connection ends cleanly, the process exits 0, and after a restart every AA'd message is journaled.
 #[test]
@@ -262,4 +380,22 @@ fn graceful_stop_on_sigterm_answers_what_was_read() {
     for id in &acked_ids {
         assert!(journaled.contains_key(id), "{id} got AA but is not in the journal");
     }
+    // Journal ids keep growing after a restart.
+    let highest = relais.messages("", 1)[0]["id"].as_u64().unwrap();
+    assert_eq!(Ack::parse(&mllp_send(relais.mllp_addr(), &adt("AFTER-RESTART"))).code(), "AA");
+    let newest = &relais.messages("", 1)[0];
+    assert_eq!(newest["control_id"], "AFTER-RESTART");
+    assert!(newest["id"].as_u64().unwrap() > highest);
+}
+
+/// Item 2: an idle connection does not hold up a graceful stop: the client sees the connection closed and
+/// the process exits 0.
+#[test]
+fn graceful_stop_closes_idle_connections() {
+    let mut relais = Relais::start();
+    let mut idle = MllpClient::connect(relais.mllp_addr());
+    assert_eq!(idle.exchange(&adt("IDLE-1")).code(), "AA");
+    let status = relais.stop();
+    assert!(status.success(), "exit status {status}; log:\n{}", relais.log());
+    assert!(idle.closed_by_server());
 }

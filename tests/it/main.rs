@@ -10,5 +10,7 @@ mod crash;
 mod documents;
 mod ingest_http;
 mod ingest_mllp;
+mod ingest_tls;
 mod mapping;
 mod ops;
+mod send_cli;

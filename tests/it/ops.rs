@@ -6,113 +6,17 @@
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
 use relais::hl7v2::{Message, decode_text};
+
+use crate::harness::{MllpClient, Relais, eventually, http};
 use relais::ops::metrics::{CATALOG, Kind};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-
-/// A `relais serve` child process on ports chosen by the OS, with its own data dir; killed on drop.
-struct Server {
-    child: Child,
-    dir: tempfile::TempDir,
-    http: SocketAddr,
-    mllp: SocketAddr,
-}
-
-impl Server {
-    fn start(env: &[(&str, &str)]) -> Server {
-        Server::start_with(&[], env)
-    }
-
-    /// `relais [args] serve …`: `args` are global flags such as `--log-json`.
-    fn start_with(args: &[&str], env: &[(&str, &str)]) -> Server {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let stderr = std::fs::File::create(dir.path().join("stderr.log")).expect("stderr file");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_relais"));
-        command
-            .args(args)
-            .args(["serve", "--data"])
-            .arg(dir.path().join("data"))
-            .env("RELAIS__MLLP__LISTEN", "127.0.0.1:0")
-            .env("RELAIS__HTTP__LISTEN", "127.0.0.1:0")
-            .env("RELAIS_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr);
-        for (k, v) in env {
-            command.env(k, v);
-        }
-        let mut child = command.spawn().expect("start relais serve");
-        let listeners = dir.path().join("data/listeners.json");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let bound: serde_json::Value = loop {
-            if let Ok(bytes) = std::fs::read(&listeners)
-                && let Ok(value) = serde_json::from_slice(&bytes)
-            {
-                break value;
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                let log = std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default();
-                panic!("relais serve exited with {status}: {log}");
-            }
-            assert!(Instant::now() < deadline, "relais serve did not write listeners.json in 30 s");
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        let addr = |key: &str| bound[key].as_str().unwrap_or_default().parse().expect("bound address");
-        Server { http: addr("http"), mllp: addr("mllp"), child, dir }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.http)
-    }
-
-    /// Stops the server with SIGTERM and returns everything it logged.
-    fn stop(mut self) -> String {
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Sends each message on one MLLP connection and returns each ACK's MSA-1.
-async fn send_mllp(to: SocketAddr, messages: &[Vec<u8>]) -> Vec<String> {
-    let mut stream = TcpStream::connect(to).await.expect("connect MLLP");
-    let mut codes = Vec::new();
-    for message in messages {
-        let mut frame = vec![0x0b];
-        frame.extend_from_slice(message);
-        frame.extend_from_slice(&[0x1c, 0x0d]);
-        stream.write_all(&frame).await.expect("write frame");
-        let mut ack = Vec::new();
-        while !ack.ends_with(&[0x1c, 0x0d]) {
-            let mut buf = [0u8; 4096];
-            let n = tokio::time::timeout(Duration::from_secs(20), stream.read(&mut buf))
-                .await
-                .expect("ACK within 20 s")
-                .expect("read ACK");
-            assert!(n > 0, "connection closed before the ACK");
-            ack.extend_from_slice(&buf[..n]);
-        }
-        let text = String::from_utf8_lossy(&ack);
-        let msa = text.split(['\r', '\n']).find(|s| s.starts_with("MSA")).expect("MSA segment in the ACK");
-        codes.push(msa.split('|').nth(1).unwrap_or_default().to_string());
-    }
-    codes
+fn send_mllp(to: SocketAddr, messages: &[Vec<u8>]) -> Vec<String> {
+    let mut client = MllpClient::connect(to);
+    messages.iter().map(|m| client.exchange(m).code()).collect()
 }
 
 /// The bench ADT^A01 with MSH-10 set to `control_id`.
@@ -121,12 +25,12 @@ fn adt_a01(control_id: &str) -> Vec<u8> {
     raw.replacen("|BENCH000001|", &format!("|{control_id}|"), 1).into_bytes()
 }
 
-async fn scrape(server: &Server) -> String {
-    let response = reqwest::get(server.url("/metrics")).await.expect("GET /metrics");
+fn scrape(relais: &Relais) -> String {
+    let response = http().get(format!("{}/metrics", relais.http_url())).send().expect("GET /metrics");
     assert_eq!(response.status(), 200);
     let content_type = response.headers()["content-type"].to_str().unwrap_or_default().to_string();
     assert!(content_type.starts_with("text/plain; version=0.0.4"), "content type {content_type}");
-    response.text().await.expect("metrics body")
+    response.text().expect("metrics body")
 }
 
 /// Sum of the samples of `name` whose labels include every pair of `labels`.
@@ -191,26 +95,22 @@ fn promtool(args: &[&str], stdin: Option<&str>) -> (bool, String) {
     (out.status.success(), text)
 }
 
-#[tokio::test]
-async fn metrics_count_what_ingest_did_and_pass_promtool() {
-    let server = Server::start(&[]);
-    let before = scrape(&server).await;
+#[test]
+fn metrics_count_what_ingest_did_and_pass_promtool() {
+    let mut relais = Relais::start();
+    let before = scrape(&relais);
     let mllp_aa = [("transport", "mllp"), ("sender", "CHMAYENNE"), ("event", "ADT_A01"), ("code", "AA")];
     assert_eq!(sample(&before, "relais_ingest_acks_total", &mllp_aa), 0.0);
 
     // Three new messages, one resend of the first (a duplicate), on one MLLP connection.
-    let codes =
-        send_mllp(server.mllp, &[adt_a01("OPS-1"), adt_a01("OPS-2"), adt_a01("OPS-3"), adt_a01("OPS-1")])
-            .await;
+    let messages = [adt_a01("OPS-1"), adt_a01("OPS-2"), adt_a01("OPS-3"), adt_a01("OPS-1")];
+    let codes = send_mllp(relais.mllp_addr(), &messages);
     assert_eq!(codes, ["AA", "AA", "AA", "AA"]);
     // One good and one bad message over HTTP.
-    let client = reqwest::Client::new();
-    let ok = client.post(server.url("/hl7v2")).body(adt_a01("OPS-4")).send().await.expect("POST");
-    assert_eq!(ok.status(), 200);
-    let bad = client.post(server.url("/hl7v2")).body("not HL7 at all").send().await.expect("POST");
-    assert_eq!(bad.status(), 400);
+    assert_eq!(relais.post_hl7v2(&adt_a01("OPS-4")).0, 200);
+    assert_eq!(relais.post_hl7v2(b"not HL7 at all").0, 400);
 
-    let after = scrape(&server).await;
+    let after = scrape(&relais);
     let mllp = [("transport", "mllp"), ("sender", "CHMAYENNE"), ("event", "ADT_A01")];
     assert_eq!(sample(&after, "relais_ingest_messages_received_total", &mllp), 4.0);
     assert_eq!(sample(&after, "relais_ingest_acks_total", &mllp_aa), 4.0);
@@ -238,43 +138,26 @@ async fn metrics_count_what_ingest_did_and_pass_promtool() {
     assert_eq!(sample(&after, "relais_build_info", &[("version", env!("CARGO_PKG_VERSION"))]), 1.0);
 
     // The connection gauge follows an open connection, then its close.
-    let open = TcpStream::connect(server.mllp).await.expect("connect");
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let open = MllpClient::connect(relais.mllp_addr());
     let connections = |t: &str| sample(t, "relais_ingest_mllp_connections", &[("transport", "mllp")]);
-    loop {
-        let text = scrape(&server).await;
-        if connections(&text) == 1.0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "open connection never counted: {}", connections(&text));
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually("the open connection counted", || (connections(&scrape(&relais)) == 1.0).then_some(()));
     drop(open);
-    loop {
-        let text = scrape(&server).await;
-        if connections(&text) == 0.0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "closed connection still counted");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually("the closed connection uncounted", || (connections(&scrape(&relais)) == 0.0).then_some(()));
 
     // The data dir size is measured in the background, right at start-up.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while sample(&scrape(&server).await, "relais_data_dir_bytes", &[]) <= 0.0 {
-        assert!(Instant::now() < deadline, "relais_data_dir_bytes never measured");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually("relais_data_dir_bytes measured", || {
+        (sample(&scrape(&relais), "relais_data_dir_bytes", &[]) > 0.0).then_some(())
+    });
 
     // Every exported series is in the catalog (so documented), and promtool accepts the whole scrape.
-    let final_scrape = scrape(&server).await;
+    let final_scrape = scrape(&relais);
     let catalog = catalog_series();
     for name in series_names(&final_scrape) {
         assert!(catalog.contains(&name), "{name} is exported but not in ops::metrics::CATALOG");
     }
     let (ok, report) = promtool(&["check", "metrics"], Some(&final_scrape));
     assert!(ok, "promtool check metrics:\n{report}\n---\n{final_scrape}");
-    server.stop();
+    assert!(relais.stop().success());
 }
 
 /// Series names the catalog allows (histograms expand to their three series).
@@ -292,33 +175,30 @@ fn catalog_series() -> BTreeSet<String> {
     names
 }
 
-#[tokio::test]
-async fn health_and_ready_answer_with_details() {
-    let server = Server::start(&[]);
-    let health = reqwest::get(server.url("/health")).await.expect("GET /health");
-    assert_eq!(health.status(), 200);
-    let health: serde_json::Value = health.json().await.expect("health JSON");
+#[test]
+fn health_and_ready_answer_with_details() {
+    let relais = Relais::start();
+    let health = relais.get_json("/health");
     assert_eq!(health["status"], "ok");
     assert_eq!(health["version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(health["journal"]["accepting"], true);
-    assert_eq!(health["listeners"]["mllp"], server.mllp.to_string());
+    assert_eq!(health["listeners"]["mllp"], relais.mllp_addr().to_string());
 
-    let ready = reqwest::get(server.url("/ready")).await.expect("GET /ready");
-    assert_eq!(ready.status(), 200);
-    let ready: serde_json::Value = ready.json().await.expect("ready JSON");
+    let ready = relais.get_json("/ready");
     assert_eq!(ready["ready"], true);
     for check in ["journal", "data_dir", "listeners", "stopping"] {
         assert_eq!(ready["checks"][check]["ok"], true, "{check}: {ready}");
     }
-    assert_eq!(ready["checks"]["listeners"]["detail"]["http"], server.http.to_string());
+    assert_eq!(ready["checks"]["listeners"]["detail"]["http"], relais.http_addr().to_string());
 
-    // The probe is not the admin API: it stays open when an admin token is set.
-    let token = Server::start(&[("RELAIS__HTTP__ADMIN_TOKEN", "s3cret")]);
-    assert_eq!(reqwest::get(token.url("/ready")).await.expect("GET").status(), 200);
-    assert_eq!(reqwest::get(token.url("/metrics")).await.expect("GET").status(), 200);
-    assert_eq!(reqwest::get(token.url("/api/stats")).await.expect("GET").status(), 401);
-    token.stop();
-    server.stop();
+    // The probes are not the admin API: they stay open when an admin token is set.
+    let guarded = Relais::start_with(&[("RELAIS__HTTP__ADMIN_TOKEN", "s3cret")]);
+    let status =
+        |path: &str| http().get(format!("{}{path}", guarded.http_url())).send().expect("GET").status();
+    assert_eq!(status("/ready"), 200);
+    assert_eq!(status("/metrics"), 200);
+    assert_eq!(status("/health"), 200);
+    assert_eq!(status("/api/stats"), 401);
 }
 
 /// Every HL7v2 message under test-messages/ (files whose content starts with `MSH`), split per message.
@@ -417,8 +297,8 @@ fn occurs_as_word(haystack: &str, needle: &str) -> bool {
     })
 }
 
-#[tokio::test]
-async fn info_logs_hold_no_patient_data() {
+#[test]
+fn info_logs_hold_no_patient_data() {
     let corpus = corpus_messages();
     assert!(corpus.len() >= 10, "expected the HL7v2 test corpus, found {} messages", corpus.len());
     let mut secrets = BTreeSet::new();
@@ -431,27 +311,26 @@ async fn info_logs_hold_no_patient_data() {
     }
 
     let mut logs = String::new();
-    for json in [false, true] {
-        let env: &[(&str, &str)] = &[];
-        let args: &[&str] = if json { &["--log-json"] } else { &[] };
-        let server = Server::start_with(args, env);
+    for json in ["false", "true"] {
+        let mut relais = Relais::start_with(&[("RELAIS_LOG_JSON", json)]);
         let mut messages: Vec<Vec<u8>> = corpus.iter().map(|(_, m)| m.clone()).collect();
         messages.extend(corpus.iter().flat_map(|(_, m)| broken_variants(m)));
-        let codes = send_mllp(server.mllp, &messages).await;
+        let codes = send_mllp(relais.mllp_addr(), &messages);
         assert_eq!(codes.len(), messages.len());
         assert!(
             codes.iter().filter(|c| *c == "AR").count() >= corpus.len(),
             "variants not rejected: {codes:?}"
         );
-        let client = reqwest::Client::new();
         for message in messages.iter().take(5) {
-            let _ = client.post(server.url("/hl7v2")).body(message.clone()).send().await.expect("POST");
+            relais.post_hl7v2(message);
         }
-        let stats = reqwest::get(server.url("/api/stats")).await.expect("stats").text().await.expect("text");
-        assert!(stats.contains("journaled"), "{stats}");
-        logs.push_str(&server.stop());
+        assert!(relais.stats()["journaled"] > 0);
+        assert!(relais.stop().success());
+        let log = relais.log();
+        assert!(log.contains("relais ready"), "the logs were not captured: {log}");
+        assert_eq!(log.contains("\"level\":\"INFO\""), json == "true", "RELAIS_LOG_JSON={json}: {log}");
+        logs.push_str(&log);
     }
-    assert!(logs.contains("relais ready"), "the logs were not captured: {logs}");
     let leaked: Vec<&String> = secrets.iter().filter(|s| occurs_as_word(&logs, s)).collect();
     assert!(leaked.is_empty(), "patient data in info logs: {leaked:?}");
 }
@@ -731,8 +610,8 @@ fn collect_exprs(value: &serde_json::Value, out: &mut Vec<String>) {
     }
 }
 
-#[tokio::test]
-async fn dashboard_and_alerts_use_only_metrics_relais_exports() {
+#[test]
+fn dashboard_and_alerts_use_only_metrics_relais_exports() {
     let dashboard: serde_json::Value =
         serde_json::from_slice(&std::fs::read("deploy/grafana/relais.json").expect("dashboard"))
             .expect("JSON");
@@ -746,17 +625,12 @@ async fn dashboard_and_alerts_use_only_metrics_relais_exports() {
     let used: BTreeSet<String> = exprs.iter().chain(&rule_exprs).flat_map(|e| metric_names(e)).collect();
 
     // A scrape after an accepted message, its resend and a rejected message.
-    let server = Server::start(&[]);
+    let relais = Relais::start();
     let messages = [adt_a01("DASH-1"), adt_a01("DASH-1"), b"garbage".to_vec()];
-    assert_eq!(send_mllp(server.mllp, &messages).await, ["AA", "AA", "AR"]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut text = scrape(&server).await;
-    while !text.contains("relais_data_dir_bytes") {
-        assert!(Instant::now() < deadline, "data dir never measured");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        text = scrape(&server).await;
-    }
-    server.stop();
+    assert_eq!(send_mllp(relais.mllp_addr(), &messages), ["AA", "AA", "AR"]);
+    let text = eventually("relais_data_dir_bytes measured", || {
+        Some(scrape(&relais)).filter(|t| t.contains("relais_data_dir_bytes"))
+    });
     let exported = series_names(&text);
     let mut later = BTreeSet::new();
     for name in &used {
@@ -793,56 +667,44 @@ fn ops_doc_lists_every_metric_and_alert() {
     }
 }
 
-#[tokio::test]
-async fn tls_handshake_failures_are_counted() {
+#[test]
+fn tls_handshake_failures_are_counted() {
     let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("certificate");
     let dir = tempfile::tempdir().expect("temp dir");
     let (cert, key) = (dir.path().join("server.crt"), dir.path().join("server.key"));
     std::fs::write(&cert, certified.cert.pem()).expect("write cert");
     std::fs::write(&key, certified.signing_key.serialize_pem()).expect("write key");
     let (cert, key) = (cert.display().to_string(), key.display().to_string());
-    let server = Server::start(&[
+    let relais = Relais::start_with(&[
         ("RELAIS__MLLP__TLS__LISTEN", "127.0.0.1:0"),
         ("RELAIS__MLLP__TLS__CERT", &cert),
         ("RELAIS__MLLP__TLS__KEY", &key),
     ]);
-    let bound: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(server.dir.path().join("data/listeners.json")).expect("listeners.json"),
-    )
-    .expect("JSON");
-    let tls: SocketAddr = bound["mllp_tls"].as_str().expect("mllp_tls bound").parse().expect("address");
-    let before = scrape(&server).await;
+    let before = scrape(&relais);
     let handshake = [("reason", "handshake")];
     assert_eq!(sample(&before, "relais_ingest_tls_handshake_failures_total", &handshake), 0.0);
 
     // Plain MLLP on the TLS port: not a TLS ClientHello, the handshake fails.
     for _ in 0..2 {
-        let mut stream = TcpStream::connect(tls).await.expect("connect");
-        stream.write_all(b"\x0bMSH|^~\\&|not TLS\x1c\x0d").await.expect("write");
-        let mut sink = Vec::new();
-        let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut sink)).await;
+        let mut client = MllpClient::connect(relais.mllp_tls_addr());
+        client.send(&adt_a01("NOT-TLS"));
+        assert!(client.closed_by_server(), "a plain client on the TLS port must be disconnected");
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = scrape(&server).await;
-        let failures = sample(&text, "relais_ingest_tls_handshake_failures_total", &handshake);
-        if failures == 2.0 {
-            assert_eq!(sample(&text, "relais_ingest_mllp_connections", &[("transport", "mllp_tls")]), 0.0);
-            break;
-        }
-        assert!(Instant::now() < deadline, "handshake failures counted: {failures}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    server.stop();
+    let text = eventually("two handshake failures counted", || {
+        let text = scrape(&relais);
+        (sample(&text, "relais_ingest_tls_handshake_failures_total", &handshake) == 2.0).then_some(text)
+    });
+    assert_eq!(
+        sample(&text, "relais_ingest_tls_handshake_failures_total", &[("reason", "client_refused")]),
+        0.0
+    );
+    assert_eq!(sample(&text, "relais_ingest_mllp_connections", &[("transport", "mllp_tls")]), 0.0);
 }
 
-#[tokio::test]
-async fn sender_label_values_are_capped_by_metrics_label_limit() {
-    let server = Server::start(&[
-        ("RELAIS__METRICS__LABEL_LIMIT", "2"),
-        ("RELAIS__SENDERS__KNOWN__CHARSET", "UNICODE UTF-8"),
-    ]);
-    // The config crate lowercases keys read from the environment: this sender is `known`.
+#[test]
+fn sender_label_values_are_capped_by_metrics_label_limit() {
+    let toml = "[metrics]\nlabel_limit = 2\n\n[senders.KNOWN]\ncharset = \"UNICODE UTF-8\"\n";
+    let relais = Relais::start_with_config(toml, &[]);
     let from = |facility: &str, id: &str| {
         String::from_utf8(adt_a01(id))
             .expect("UTF-8")
@@ -854,17 +716,16 @@ async fn sender_label_values_are_capped_by_metrics_label_limit() {
         from("SITE_B", "CAP-2"),
         from("SITE_C", "CAP-3"),
         from("SITE_D", "CAP-4"),
-        from("known", "CAP-5"),
+        from("KNOWN", "CAP-5"),
         from("SITE_A", "CAP-6"),
     ];
-    assert_eq!(send_mllp(server.mllp, &messages).await, ["AA"; 6]);
-    let text = scrape(&server).await;
+    assert_eq!(send_mllp(relais.mllp_addr(), &messages), ["AA"; 6]);
+    let text = scrape(&relais);
     let received =
         |sender: &str| sample(&text, "relais_ingest_messages_received_total", &[("sender", sender)]);
     assert_eq!(received("SITE_A"), 2.0);
     assert_eq!(received("SITE_B"), 1.0);
     assert_eq!(received("other"), 2.0, "SITE_C and SITE_D are past the limit");
     assert_eq!(received("SITE_C"), 0.0);
-    assert_eq!(received("known"), 1.0, "a sender named under [senders] is always its own label");
-    server.stop();
+    assert_eq!(received("KNOWN"), 1.0, "a sender named under [senders] is always its own label");
 }
