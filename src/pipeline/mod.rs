@@ -76,9 +76,12 @@ impl Pipeline {
         let mut committed = self.journal.committed();
         let mut replays = self.journal.replays();
         let mut cursor = 0;
+        // The `published` records of the previous batch: awaited after the next batch is published, so their
+        // commit overlaps the next batch's work (the cursor already moved past those entries).
+        let mut recording: Vec<Answer> = Vec::new();
         loop {
             if shutdown.is_fired() {
-                return Ok(());
+                return await_all(recording).await;
             }
             if replays.has_changed().unwrap_or(false) {
                 // An operator sent entries back through the pipeline: look behind the cursor again.
@@ -87,6 +90,7 @@ impl Pipeline {
             }
             let batch = self.read(cursor).await?;
             let Some(last) = batch.last().map(|entry| entry.meta.id) else {
+                await_all(std::mem::take(&mut recording)).await?;
                 tokio::select! {
                     _ = shutdown.recv() => return Ok(()),
                     changed = committed.changed() => if changed.is_err() { return Ok(()) },
@@ -94,8 +98,13 @@ impl Pipeline {
                 }
                 continue;
             };
-            match self.process(batch, &mut shutdown).await? {
-                Some(_) => cursor = last,
+            let outcome = self.publish_batch(batch, &mut shutdown).await?;
+            await_all(std::mem::take(&mut recording)).await?;
+            match outcome {
+                Some((_, answers)) => {
+                    recording = answers;
+                    cursor = last;
+                }
                 None => return Ok(()),
             }
         }
@@ -108,6 +117,21 @@ impl Pipeline {
         batch: Vec<Unfinished>,
         shutdown: &mut Shutdown,
     ) -> Result<Option<Pass>, Error> {
+        match self.publish_batch(batch, shutdown).await? {
+            Some((pass, answers)) => {
+                await_all(answers).await?;
+                Ok(Some(pass))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// As [`Pipeline::process`], returning the queued `published` records instead of awaiting them.
+    async fn publish_batch(
+        &self,
+        batch: Vec<Unfinished>,
+        shutdown: &mut Shutdown,
+    ) -> Result<Option<(Pass, Vec<Answer>)>, Error> {
         let entries = batch.len();
         let staged = self.stage(batch).await?;
         let mut envelopes = Vec::new();
@@ -117,7 +141,7 @@ impl Pipeline {
             }
         }
         if envelopes.is_empty() {
-            return Ok(Some(Pass { entries, published: 0 }));
+            return Ok(Some((Pass { entries, published: 0 }, Vec::new())));
         }
         let mut backoff = Duration::from_millis(200);
         let count = envelopes.len() as u64;
@@ -156,10 +180,7 @@ impl Pipeline {
                     .push(self.journal.enqueue_update(*id, vec![Stage::Published { destinations }]).await?);
             }
         }
-        for answer in answers {
-            answer.await.unwrap_or(Err(journal::Error::WriterLost))?;
-        }
-        Ok(Some(Pass { entries, published: envelopes.len() }))
+        Ok(Some((Pass { entries, published: envelopes.len() }, answers)))
     }
 
     async fn read(&self, cursor: u64) -> Result<Vec<Unfinished>, Error> {
@@ -244,6 +265,17 @@ impl Pipeline {
         metrics::counter!(ops_metrics::ROUTING_MESSAGES, "result" => "unrouted").increment(unrouted);
         Ok(routed)
     }
+}
+
+/// A queued journal update's answer.
+type Answer = tokio::sync::oneshot::Receiver<Result<(), journal::Error>>;
+
+/// Waits for every queued update; the first error wins.
+async fn await_all(answers: Vec<Answer>) -> Result<(), Error> {
+    for answer in answers {
+        answer.await.unwrap_or(Err(journal::Error::WriterLost))?;
+    }
+    Ok(())
 }
 
 enum Decision {
