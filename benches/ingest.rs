@@ -14,6 +14,7 @@
 //! Environment: `BENCH_N` (pipelined messages, 100000), `BENCH_CONNS` (8), `BENCH_WINDOW` (64 in flight per
 //! connection), `BENCH_SEQ_N` (send-wait-send messages, 2000), `BENCH_SYNC_SECS` (2), `BENCH_DIR` (parent
 //! of the temporary data directory; default the system temp dir, which must be on the disk under test),
+//! `BENCH_KEEP=1` keeps it (journal, `relais.log`), `BENCH_RELAIS_LOG` sets the server's `RELAIS_LOG`,
 //! `BENCH_PEER=0` skips the peer.
 
 use std::collections::VecDeque;
@@ -48,6 +49,7 @@ struct Options {
     seq_n: usize,
     sync_secs: f64,
     dir: Option<PathBuf>,
+    keep: bool,
     peer: bool,
 }
 
@@ -63,6 +65,7 @@ impl Options {
             seq_n: var("BENCH_SEQ_N", 2_000).max(1),
             sync_secs: var("BENCH_SYNC_SECS", 2.0),
             dir: std::env::var_os("BENCH_DIR").map(PathBuf::from),
+            keep: var("BENCH_KEEP", 0) != 0,
             peer: var("BENCH_PEER", 1) != 0,
         }
     }
@@ -106,6 +109,11 @@ struct LoadResult {
     elapsed: Duration,
     latencies_us: Vec<u32>,
     not_aa: usize,
+    /// CPU time the server and this load generator used during the load.
+    server_cpu: Duration,
+    client_cpu: Duration,
+    /// Bytes the server wrote to storage during the load.
+    server_written: u64,
 }
 
 impl LoadResult {
@@ -121,6 +129,11 @@ impl LoadResult {
         f64::from(self.latencies_us[rank - 1]) / 1000.0
     }
 
+    /// CPU microseconds per message.
+    fn cpu_us(&self, cpu: Duration) -> f64 {
+        cpu.as_secs_f64() * 1e6 / self.messages as f64
+    }
+
     fn print(&self, name: &str) {
         println!(
             "{name}: {:.0} msg/s ({} messages in {:.2} s), ACK latency p50 {:.2} ms, p99 {:.2} ms{}",
@@ -130,6 +143,12 @@ impl LoadResult {
             self.percentile_ms(0.50),
             self.percentile_ms(0.99),
             if self.not_aa > 0 { format!(", {} NOT AA", self.not_aa) } else { String::new() },
+        );
+        println!(
+            "  per message: server CPU {:.1} us, load generator CPU {:.1} us, server disk writes {:.2} KiB",
+            self.cpu_us(self.server_cpu),
+            self.cpu_us(self.client_cpu),
+            self.server_written as f64 / 1024.0 / self.messages as f64,
         );
     }
 }
@@ -216,8 +235,17 @@ async fn drive_connection(
 }
 
 /// Sends `total` messages split over `conns` connections (window per connection) and gathers the figures.
-async fn drive(addr: SocketAddr, tag: u8, total: usize, conns: usize, window: usize) -> Result<LoadResult> {
+async fn drive(
+    addr: SocketAddr,
+    server_pid: &str,
+    tag: u8,
+    total: usize,
+    conns: usize,
+    window: usize,
+) -> Result<LoadResult> {
     let template = Arc::new(Template::new());
+    let cpu_before = (cpu_time(server_pid), cpu_time("self"));
+    let written_before = written_bytes(server_pid);
     let started = Instant::now();
     let mut tasks = Vec::new();
     for conn in 0..conns {
@@ -232,8 +260,16 @@ async fn drive(addr: SocketAddr, tag: u8, total: usize, conns: usize, window: us
         not_aa += bad;
     }
     let elapsed = started.elapsed();
+    let used = |before: Option<Duration>, after: Option<Duration>| {
+        before.zip(after).map_or(Duration::ZERO, |(before, after)| after.saturating_sub(before))
+    };
+    let server_cpu = used(cpu_before.0, cpu_time(server_pid));
+    let client_cpu = used(cpu_before.1, cpu_time("self"));
+    let server_written = written_before
+        .zip(written_bytes(server_pid))
+        .map_or(0, |(before, after)| after.saturating_sub(before));
     latencies_us.sort_unstable();
-    Ok(LoadResult { messages: total, elapsed, latencies_us, not_aa })
+    Ok(LoadResult { messages: total, elapsed, latencies_us, not_aa, server_cpu, client_cpu, server_written })
 }
 
 /// The two loads of the bench against one server: send-wait-send on one connection, then pipelined.
@@ -245,27 +281,41 @@ struct Loads {
 fn run_loads(
     runtime: &tokio::runtime::Runtime,
     name: &str,
+    server: &Server,
     addr: SocketAddr,
     opts: &Options,
 ) -> Result<Loads> {
+    let pid = server.pid().to_string();
     let (warm_tag, seq_tag, pipe_tag) = (b'W', b'S', b'P');
-    runtime.block_on(drive(addr, warm_tag, WARM_UP, opts.conns, opts.window))?;
-    let sequential = runtime.block_on(drive(addr, seq_tag, opts.seq_n, 1, 1))?;
+    runtime.block_on(drive(addr, &pid, warm_tag, WARM_UP, opts.conns, opts.window))?;
+    let sequential = runtime.block_on(drive(addr, &pid, seq_tag, opts.seq_n, 1, 1))?;
     sequential.print(&format!("{name}, 1 connection, send-wait-send"));
-    let pipelined = runtime.block_on(drive(addr, pipe_tag, opts.n, opts.conns, opts.window))?;
+    let pipelined = runtime.block_on(drive(addr, &pid, pipe_tag, opts.n, opts.conns, opts.window))?;
     pipelined.print(&format!("{name}, {} connections, window {}", opts.conns, opts.window));
     Ok(Loads { sequential, pipelined })
 }
 
 /// The disk's rate of `write(1.6 KB) + fdatasync` on a file in `dir`, for about `secs` seconds.
-fn fdatasync_rate(dir: &Path, secs: f64) -> Result<f64> {
+///
+/// `Append` grows the file at each write, so every fdatasync also commits the new size (a filesystem journal
+/// write); `InPlace` rewrites blocks of a preallocated file, as a database file that has room does.
+fn fdatasync_rate(dir: &Path, secs: f64, mode: SyncMode) -> Result<f64> {
+    use std::os::unix::fs::FileExt;
+    const IN_PLACE_SPAN: u64 = 1 << 20;
     let path = dir.join("fdatasync.bin");
     let mut file = std::fs::File::create(&path)?;
+    if mode == SyncMode::InPlace {
+        file.write_all(&vec![0; IN_PLACE_SPAN as usize])?;
+        file.sync_all()?;
+    }
     let budget = Duration::from_secs_f64(secs);
     let started = Instant::now();
     let mut count = 0u64;
     while started.elapsed() < budget {
-        file.write_all(MESSAGE)?;
+        match mode {
+            SyncMode::Append => file.write_all(MESSAGE)?,
+            SyncMode::InPlace => file.write_all_at(MESSAGE, (count * 4096) % IN_PLACE_SPAN)?,
+        }
         file.sync_data()?;
         count += 1;
     }
@@ -273,6 +323,30 @@ fn fdatasync_rate(dir: &Path, secs: f64) -> Result<f64> {
     drop(file);
     std::fs::remove_file(&path)?;
     Ok(rate)
+}
+
+/// How [`fdatasync_rate`] writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SyncMode {
+    Append,
+    InPlace,
+}
+
+/// CPU time (user + system) a process has used so far, from `/proc/<pid>/stat` (10 ms resolution).
+fn cpu_time(pid: &str) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start at field 3; utime and stime are 14 and 15.
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
+    let user: u64 = fields.next()?.parse().ok()?;
+    let system: u64 = fields.next()?.parse().ok()?;
+    // USER_HZ is 100 on every Linux platform Relais targets.
+    Some(Duration::from_millis((user + system) * 10))
+}
+
+/// Bytes a process has caused to be written to storage so far (`write_bytes` of `/proc/<pid>/io`).
+fn written_bytes(pid: &str) -> Option<u64> {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    io.lines().find_map(|line| line.strip_prefix("write_bytes:")).and_then(|v| v.trim().parse().ok())
 }
 
 /// A `VmRSS`/`VmHWM`-style line of `/proc/<pid>/status`, in MiB.
@@ -361,7 +435,10 @@ fn start_relais(data_dir: &Path) -> Result<(Server, SocketAddr)> {
         .arg(data_dir)
         .env("RELAIS__MLLP__LISTEN", "127.0.0.1:0")
         .env("RELAIS__HTTP__LISTEN", "127.0.0.1:0")
-        .env("RELAIS_LOG", "warn")
+        .env(
+            "RELAIS_LOG",
+            std::env::var("BENCH_RELAIS_LOG").unwrap_or_else(|_| "warn,relais::journal=info".into()),
+        )
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -422,9 +499,11 @@ fn verdict(ok: bool) -> &'static str {
 fn main() -> Result<()> {
     // `cargo bench` passes `--bench`; a filter argument is accepted and ignored.
     let opts = Options::from_env();
+    let mut builder = tempfile::Builder::new();
+    builder.prefix("relais-bench-").disable_cleanup(opts.keep);
     let data = match &opts.dir {
-        Some(parent) => tempfile::Builder::new().prefix("relais-bench-").tempdir_in(parent)?,
-        None => tempfile::Builder::new().prefix("relais-bench-").tempdir()?,
+        Some(parent) => builder.tempdir_in(parent)?,
+        None => builder.tempdir()?,
     };
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
@@ -435,8 +514,12 @@ fn main() -> Result<()> {
         load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
     );
 
-    let sync_rate = fdatasync_rate(data.path(), opts.sync_secs)?;
-    println!("disk: write {} B + fdatasync: {sync_rate:.0}/s", MESSAGE.len());
+    let sync_rate = fdatasync_rate(data.path(), opts.sync_secs, SyncMode::Append)?;
+    let in_place_rate = fdatasync_rate(data.path(), opts.sync_secs, SyncMode::InPlace)?;
+    println!(
+        "disk: write {} B + fdatasync: {sync_rate:.0}/s appending; {in_place_rate:.0}/s rewriting in place",
+        MESSAGE.len()
+    );
 
     // One client thread for every connection: the load generator takes as little of the 2 cores as it can.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -446,7 +529,7 @@ fn main() -> Result<()> {
     let idle_rss = proc_status_mib(relais.pid(), "VmRSS:").unwrap_or(f64::NAN);
     println!("relais RSS idle: {idle_rss:.1} MiB");
     let sampler = RssSampler::start(relais.pid());
-    let ours = run_loads(&runtime, "relais", addr, &opts)?;
+    let ours = run_loads(&runtime, "relais", &relais, addr, &opts)?;
     let sampled_peak = sampler.finish();
     let hwm = proc_status_mib(relais.pid(), "VmHWM:").unwrap_or(f64::NAN);
     println!("relais RSS under load: peak {hwm:.1} MiB (VmHWM; highest 20 ms sample {sampled_peak:.1} MiB)");
@@ -468,7 +551,7 @@ fn main() -> Result<()> {
 
     let peer = if opts.peer {
         let (mut peer, peer_addr) = start_peer()?;
-        let loads = run_loads(&runtime, "peer @medplum/hl7", peer_addr, &opts)?;
+        let loads = run_loads(&runtime, "peer @medplum/hl7", &peer, peer_addr, &opts)?;
         peer.stop()?;
         Some(loads)
     } else {
@@ -487,6 +570,11 @@ fn main() -> Result<()> {
         "1 connection / fdatasync: {:.0} / {sync_rate:.0} = {sequential_ratio:.2} (target >= 0.8: {})",
         ours.sequential.rate(),
         verdict(sequential_ratio >= 0.8)
+    );
+    println!(
+        "1 connection / in-place fdatasync: {:.0} / {in_place_rate:.0} = {:.2}",
+        ours.sequential.rate(),
+        ours.sequential.rate() / in_place_rate
     );
     if let Some(peer) = &peer {
         let ratio = pipelined / peer.pipelined.rate();

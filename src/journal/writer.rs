@@ -1,26 +1,54 @@
 //! The single writer thread: group commit of queued appends.
 //!
 //! It blocks for the first queued request, takes everything else already queued (up to `max_batch`), writes
-//! them all in one redb write transaction with `Durability::Immediate` (one `fdatasync`), and only after the
-//! commit returned answers each request. If the commit fails every request of the batch gets the error, and
-//! nothing of that batch is visible. The thread ends when every sender is gone and the queue is empty.
+//! them all in one redb write transaction with `Durability::Immediate` (one-phase commit: one `fdatasync`),
+//! and only after the commit returned answers each request. If the commit fails every request of the batch
+//! gets the error, and nothing of that batch is visible. The thread ends when every sender is gone and the
+//! queue is empty.
+//!
+//! Under load the batches tend to alternate, big then small: while a big batch is being synced only a few
+//! messages arrive (the senders wait for their ACKs), and committing those few costs a whole fsync, during
+//! which the big wave comes back. So when the previous batch was large and the queue holds less than half
+//! of it, the writer lingers a little (a quarter of the last commit's time, at most [`MAX_LINGER`]) for the
+//! queue to fill, as PostgreSQL's `commit_delay` does when other transactions are active. A lone sender
+//! (send, wait for the ACK, send) makes batches of one and never waits.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use redb::Database;
+use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, oneshot};
 
 use super::Error;
 use super::record::Appended;
 use super::store::{self, Prepared};
 
+/// The longest the writer waits for a batch to fill before committing it.
+pub(crate) const MAX_LINGER: Duration = Duration::from_millis(5);
+
+/// Only after a batch at least this large does the writer linger for the next one to fill.
+const LINGER_AFTER_BATCH: usize = 32;
+
+/// How often a lingering writer looks at the queue again.
+const LINGER_POLL: Duration = Duration::from_micros(100);
+
+/// How many requests to wait for before committing, given the size of the previous batch and how many are
+/// queued; `None`: commit now.
+fn linger_target(last_batch: usize, queued: usize, max_batch: usize) -> Option<usize> {
+    let target = (last_batch / 2).min(max_batch);
+    (last_batch >= LINGER_AFTER_BATCH && queued < target).then_some(target)
+}
+
 /// One queued append and where to send its outcome.
 pub(crate) struct Request {
     pub(crate) entry: Prepared,
-    pub(crate) reply: oneshot::Sender<Result<Appended, Error>>,
+    pub(crate) reply: Reply,
 }
+
+/// Where the outcome of one append goes.
+pub(crate) type Reply = oneshot::Sender<Result<Appended, Error>>;
 
 /// Group-commit figures since the journal was opened.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -86,18 +114,28 @@ impl Writer {
         let max_batch = self.max_batch.max(1);
         let mut entries = Vec::with_capacity(max_batch.min(4096));
         let mut replies = Vec::with_capacity(max_batch.min(4096));
+        let mut last_batch = 0;
+        let mut last_commit = Duration::ZERO;
         while let Some(first) = self.queue.blocking_recv() {
             entries.push(first.entry);
             replies.push(first.reply);
-            while replies.len() < max_batch {
-                let Ok(next) = self.queue.try_recv() else { break };
-                entries.push(next.entry);
-                replies.push(next.reply);
+            self.take_queued(&mut entries, &mut replies, max_batch);
+            if let Some(target) = linger_target(last_batch, replies.len(), max_batch) {
+                let deadline = Instant::now() + (last_commit / 4).min(MAX_LINGER);
+                while replies.len() < target && Instant::now() < deadline {
+                    std::thread::sleep(LINGER_POLL);
+                    if !self.take_queued(&mut entries, &mut replies, target) {
+                        break;
+                    }
+                }
             }
 
             let started = Instant::now();
             let result = store::write_batch(&self.db, entries.drain(..), self.dedup_window_us);
-            self.counters.record(replies.len(), started.elapsed());
+            last_commit = started.elapsed();
+            last_batch = replies.len();
+            tracing::trace!(batch = last_batch, commit_us = last_commit.as_micros(), "group commit");
+            self.counters.record(last_batch, last_commit);
 
             match result {
                 Ok(outcomes) => {
@@ -116,5 +154,56 @@ impl Writer {
             // Outcomes short of the batch would leave senders unanswered: drop them so callers see an error.
             replies.clear();
         }
+        let stats = self.counters.snapshot();
+        tracing::info!(
+            commits = stats.commits,
+            entries = stats.entries,
+            mean_batch = format_args!("{:.1}", stats.mean_batch()),
+            mean_commit_us =
+                stats.commit_time.as_micros().checked_div(u128::from(stats.commits)).unwrap_or(0),
+            "journal writer stopped"
+        );
+    }
+
+    /// Moves what is already queued into the batch, up to `limit` requests in all. Returns false once the
+    /// queue is closed and empty.
+    fn take_queued(&mut self, entries: &mut Vec<Prepared>, replies: &mut Vec<Reply>, limit: usize) -> bool {
+        while replies.len() < limit {
+            match self.queue.try_recv() {
+                Ok(next) => {
+                    entries.push(next.entry);
+                    replies.push(next.reply);
+                }
+                Err(TryRecvError::Empty) => return true,
+                Err(TryRecvError::Disconnected) => return false,
+            }
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lone_sender_never_waits() {
+        // Send, wait for the ACK, send: every batch holds one message.
+        assert_eq!(linger_target(1, 1, 4096), None);
+        assert_eq!(linger_target(0, 1, 4096), None);
+        assert_eq!(linger_target(LINGER_AFTER_BATCH - 1, 1, 4096), None);
+    }
+
+    #[test]
+    fn after_a_big_batch_a_small_one_waits_for_half_of_it() {
+        assert_eq!(linger_target(448, 55, 4096), Some(224));
+        assert_eq!(linger_target(448, 224, 4096), None);
+        assert_eq!(linger_target(448, 300, 4096), None);
+    }
+
+    #[test]
+    fn the_target_never_exceeds_the_batch_limit() {
+        assert_eq!(linger_target(4096, 10, 100), Some(100));
+        assert_eq!(linger_target(4096, 100, 100), None);
     }
 }
