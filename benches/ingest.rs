@@ -527,7 +527,7 @@ fn main() -> Result<()> {
     let (mut relais, addr) = start_relais(data.path())?;
     std::thread::sleep(Duration::from_millis(500));
     let idle_rss = proc_status_mib(relais.pid(), "VmRSS:").unwrap_or(f64::NAN);
-    println!("relais RSS idle: {idle_rss:.1} MiB");
+    println!("relais (pid {}) RSS idle: {idle_rss:.1} MiB", relais.pid());
     let sampler = RssSampler::start(relais.pid());
     let ours = run_loads(&runtime, "relais", &relais, addr, &opts)?;
     let sampled_peak = sampler.finish();
