@@ -15,7 +15,7 @@
 //! connection), `BENCH_SEQ_N` (send-wait-send messages, 2000), `BENCH_SYNC_SECS` (2), `BENCH_DIR` (parent
 //! of the temporary data directory; default the system temp dir, which must be on the disk under test),
 //! `BENCH_KEEP=1` keeps it (journal, `relais.log`), `BENCH_RELAIS_LOG` sets the server's `RELAIS_LOG`,
-//! `BENCH_PEER=0` skips the peer.
+//! `BENCH_RELAIS_BIN` runs another build of the server (A/B comparisons), `BENCH_PEER=0` skips the peer.
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Write};
@@ -430,7 +430,8 @@ impl Drop for Server {
 /// Starts `relais serve` on ports 0 in `data_dir` and waits for `listeners.json`.
 fn start_relais(data_dir: &Path) -> Result<(Server, SocketAddr)> {
     let log = std::fs::File::create(data_dir.join("relais.log"))?;
-    let child = Command::new(env!("CARGO_BIN_EXE_relais"))
+    let binary = std::env::var_os("BENCH_RELAIS_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_relais").into());
+    let child = Command::new(binary)
         .args(["serve", "--data"])
         .arg(data_dir)
         .env("RELAIS__MLLP__LISTEN", "127.0.0.1:0")
