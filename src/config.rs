@@ -41,8 +41,83 @@ pub struct Settings {
     pub http: HttpSettings,
     /// Journal behaviour.
     pub journal: JournalSettings,
+    /// Prometheus metrics.
+    pub metrics: MetricsSettings,
     /// Per-sender settings, keyed by the first component of MSH-4 (sending facility).
     pub senders: BTreeMap<String, SenderSettings>,
+    /// The drop folder.
+    pub folder: FolderSettings,
+    /// CDA documents: size limit and XDS tables.
+    pub documents: DocumentSettings,
+    /// The bus: AMQP URL (unset = embedded), partitions, retries.
+    pub bus: crate::bus::BusSettings,
+    /// Sink instances by name: what route destinations name (`sinks.gp-notify.kind = "notify"`).
+    pub sinks: BTreeMap<String, SinkSettings>,
+    /// Directory of the route files (`./routes`).
+    pub routes_dir: PathBuf,
+    /// Directory of the mapping rules and code tables (`./mappings`).
+    pub mappings_dir: PathBuf,
+}
+
+/// The drop folder: CDA (`.xml`) and HL7v2 (`.hl7`, `.er7`, `.txt`) files dropped there are journaled.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FolderSettings {
+    /// Watch the folder (`true`).
+    pub enabled: bool,
+    /// The folder (`<data_dir>/inbox` when empty).
+    pub path: PathBuf,
+    /// A file is taken once its size and modification time have not changed for this many seconds (2).
+    pub settle_secs: u64,
+}
+
+/// CDA documents.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DocumentSettings {
+    /// Largest accepted CDA document in bytes (20 MiB), by `POST /cda` and the drop folder.
+    pub max_size: usize,
+    /// Where `xds-types.toml` and `xds-codes.toml` are (`mappings/documents`).
+    pub tables: PathBuf,
+}
+
+/// Prometheus metrics (`GET /metrics` on the HTTP listener).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// Most distinct values of the `sender` and of the `event` label (each) besides the senders named in
+    /// `[senders]`; later values are counted as `other` (100).
+    pub label_limit: usize,
+    /// Seconds between two measurements of the data directory's size (30).
+    pub scan_interval_secs: u64,
+}
+
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        MetricsSettings { label_limit: 100, scan_interval_secs: 30 }
+    }
+}
+
+/// The kind of a sink instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SinkKind {
+    /// FHIR notification (message Bundle to a webhook).
+    Notify,
+    /// MSSanté secure mail.
+    Mss,
+    /// DMP document feed.
+    Dmp,
+}
+
+/// One sink instance: its kind plus the options of that kind (read by the sinks module).
+#[derive(Debug, Clone, Deserialize)]
+pub struct SinkSettings {
+    /// Which sink it is.
+    pub kind: SinkKind,
+    /// Every other key of the table, for the sink to read.
+    #[serde(flatten)]
+    pub options: BTreeMap<String, serde_json::Value>,
 }
 
 /// MLLP listeners: plain TCP and, optionally, TLS.
@@ -104,6 +179,10 @@ pub struct JournalSettings {
 pub struct SenderSettings {
     /// Charset assumed when this sender leaves MSH-18 empty.
     pub charset: Option<String>,
+    /// MLLP destination (`host:port`) of this sender's business acknowledgements (ZAM^Z01/Z02/Z03).
+    pub business_ack_to: Option<String>,
+    /// IANA time zone of this sender's local times (HL7 times without an offset); default `Europe/Paris`.
+    pub timezone: Option<String>,
 }
 
 impl Default for Settings {
@@ -112,9 +191,28 @@ impl Default for Settings {
             data_dir: PathBuf::from("./data"),
             mllp: MllpSettings::default(),
             http: HttpSettings::default(),
+            metrics: MetricsSettings::default(),
             journal: JournalSettings::default(),
             senders: BTreeMap::new(),
+            folder: FolderSettings::default(),
+            documents: DocumentSettings::default(),
+            bus: crate::bus::BusSettings::default(),
+            sinks: BTreeMap::new(),
+            routes_dir: PathBuf::from("./routes"),
+            mappings_dir: PathBuf::from("./mappings"),
         }
+    }
+}
+
+impl Default for FolderSettings {
+    fn default() -> Self {
+        FolderSettings { enabled: true, path: PathBuf::new(), settle_secs: 2 }
+    }
+}
+
+impl Default for DocumentSettings {
+    fn default() -> Self {
+        DocumentSettings { max_size: 20 * 1024 * 1024, tables: PathBuf::from("mappings/documents") }
     }
 }
 
@@ -188,6 +286,14 @@ impl Settings {
             if let Some(cs) = &sender.charset {
                 parse_charset(&format!("senders.{name}.charset"), cs)?;
             }
+            if let Some(zone) = &sender.timezone {
+                jiff::tz::TimeZone::get(zone).map_err(|_| {
+                    invalid(
+                        &format!("senders.{name}.timezone"),
+                        "not a known IANA time zone (e.g. Europe/Paris)",
+                    )
+                })?;
+            }
         }
         if let Some(tls) = &self.mllp.tls {
             parse_addr("mllp.tls.listen", &tls.listen)?;
@@ -201,10 +307,43 @@ impl Settings {
                 ));
             }
         }
+        if self.metrics.scan_interval_secs == 0 {
+            return Err(invalid("metrics.scan_interval_secs", "must be at least 1"));
+        }
         if self.journal.max_batch == 0 {
             return Err(invalid("journal.max_batch", "must be at least 1"));
         }
+        for (name, sender) in &self.senders {
+            if let Some(to) = &sender.business_ack_to
+                && to
+                    .rsplit_once(':')
+                    .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+            {
+                return Err(invalid(&format!("senders.{name}.business_ack_to"), "expected host:port"));
+            }
+        }
+        if self.folder.settle_secs > 3600 {
+            return Err(invalid("folder.settle_secs", "at most 3600 seconds"));
+        }
+        if self.documents.max_size < 1024 {
+            return Err(invalid("documents.max_size", "must be at least 1024 bytes"));
+        }
+        self.bus.check().map_err(|(key, reason)| invalid(&key, &reason))?;
+        for name in self.sinks.keys() {
+            let plain = name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            if name.is_empty() || !plain {
+                return Err(invalid(
+                    &format!("sinks.{name}"),
+                    "sink names use letters, digits, - and _ only",
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// The sink instance names, sorted (what route destinations may name).
+    pub fn sink_names(&self) -> Vec<String> {
+        self.sinks.keys().cloned().collect()
     }
 
     /// The charset assumed when MSH-18 is empty and the sender has no setting of its own.
@@ -213,9 +352,18 @@ impl Settings {
     }
 
     /// The charset assumed for `sending_facility` (MSH-4.1) when its MSH-18 is empty.
+    ///
+    /// Facility names match case-insensitively: the config crate lowercases environment keys, so
+    /// `RELAIS__SENDERS__CHMAYENNE__CHARSET` arrives as `senders.chmayenne`.
     pub fn charset_for(&self, sending_facility: &str) -> Charset {
-        self.senders
-            .get(sending_facility)
+        let exact = self.senders.get(sending_facility);
+        exact
+            .or_else(|| {
+                self.senders
+                    .iter()
+                    .find(|(name, _)| name.eq_ignore_ascii_case(sending_facility))
+                    .map(|(_, s)| s)
+            })
             .and_then(|s| s.charset.as_deref())
             .and_then(Charset::from_msh18)
             .or_else(|| Charset::from_msh18(&self.mllp.default_charset))
@@ -225,6 +373,15 @@ impl Settings {
     /// How long a control id is remembered for de-duplication.
     pub fn dedup_window(&self) -> Duration {
         Duration::from_secs(self.journal.dedup_window_secs)
+    }
+
+    /// The drop folder: `folder.path`, or `<data_dir>/inbox`.
+    pub fn folder_path(&self) -> PathBuf {
+        if self.folder.path.as_os_str().is_empty() {
+            self.data_dir.join("inbox")
+        } else {
+            self.folder.path.clone()
+        }
     }
 
     /// The journal file.
@@ -285,6 +442,14 @@ mod tests {
     }
 
     #[test]
+    fn sender_charset_from_the_environment_keeps_working_despite_lowercased_keys() {
+        let s = Settings::load_from(None, env(&[("RELAIS__SENDERS__CHLATIN9__CHARSET", "8859/15")])).unwrap();
+        s.check().unwrap();
+        assert_eq!(s.charset_for("CHLATIN9"), Charset::Latin9);
+        assert_eq!(s.charset_for("OTHER"), Charset::Latin1);
+    }
+
+    #[test]
     fn file_values_and_sender_charsets() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("relais.toml");
@@ -313,5 +478,49 @@ mod tests {
         let s = Settings::load_from(None, env(&[("RELAIS__MLLP__DEFAULT_CHARSET", "EBCDIC")])).unwrap();
         let err = s.check().unwrap_err().to_string();
         assert!(err.contains("mllp.default_charset"), "{err}");
+
+        let s = Settings::load_from(None, env(&[("RELAIS__DOCUMENTS__MAX_SIZE", "10")])).unwrap();
+        let err = s.check().unwrap_err().to_string();
+        assert!(err.contains("documents.max_size"), "{err}");
+    }
+
+    #[test]
+    fn drop_folder_defaults_under_the_data_dir() {
+        let s = Settings::load_from(None, env(&[("RELAIS__DATA_DIR", "/srv/relais")])).unwrap();
+        assert_eq!(s.folder_path(), PathBuf::from("/srv/relais/inbox"));
+        assert_eq!(s.folder.settle_secs, 2);
+        let s = Settings::load_from(
+            None,
+            env(&[("RELAIS__FOLDER__PATH", "/mnt/depot"), ("RELAIS__FOLDER__SETTLE_SECS", "5")]),
+        )
+        .unwrap();
+        assert_eq!(s.folder_path(), PathBuf::from("/mnt/depot"));
+        assert_eq!(s.folder.settle_secs, 5);
+        let s = Settings::load_from(None, env(&[("RELAIS__BUS__AMQP_URL", "http://x")])).unwrap();
+        let err = s.check().unwrap_err().to_string();
+        assert!(err.contains("bus.amqp_url"), "{err}");
+    }
+
+    #[test]
+    fn bus_and_sinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("relais.toml");
+        std::fs::write(
+            &file,
+            "[bus]\npartitions = 4\n[sinks.gp-notify]\nkind = \"notify\"\nurl = \"https://x\"\n[sinks.dmp]\nkind = \"dmp\"\n",
+        )
+        .unwrap();
+        let s = Settings::load_from(
+            Some(&file),
+            env(&[("RELAIS__BUS__AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f")]),
+        )
+        .unwrap();
+        s.check().unwrap();
+        assert_eq!(s.bus.partitions, 4);
+        assert_eq!(s.bus.amqp_url.as_deref(), Some("amqp://guest:guest@127.0.0.1:5672/%2f"));
+        assert_eq!(s.sink_names(), ["dmp", "gp-notify"]);
+        assert_eq!(s.sinks["gp-notify"].kind, SinkKind::Notify);
+        assert_eq!(s.sinks["gp-notify"].options["url"], "https://x");
+        assert_eq!(Settings::load_from(None, env(&[])).unwrap().bus.amqp_url, None);
     }
 }

@@ -14,7 +14,7 @@ use relais::send::{self, SendOptions};
 #[command(name = "relais", version, about)]
 struct Cli {
     /// Log as JSON lines instead of text (level from RELAIS_LOG, default `info`).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, env = "RELAIS_LOG_JSON")]
     log_json: bool,
     #[command(subcommand)]
     command: Command,
@@ -52,10 +52,76 @@ enum Command {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
+    /// Convert one HL7v2 message to a FHIR R4 Bundle (JSON on stdout), offline.
+    Convert {
+        /// The message file.
+        file: PathBuf,
+        /// Bundle type: a FHIR message, or a transaction of conditional PUTs.
+        #[arg(long = "as", value_enum, default_value_t = BundleAs::Message)]
+        bundle_as: BundleAs,
+        /// Indent the JSON.
+        #[arg(long)]
+        pretty: bool,
+        /// Mapping rules directory.
+        #[arg(long, env = "RELAIS_MAPPINGS", default_value = "mappings")]
+        mappings: PathBuf,
+        /// Settings file: per-sender time zones and charsets (`senders.<MSH-4>.timezone`).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Check mapping and route files (routes against the configured sinks); every error names file:line.
+    Check {
+        /// Settings file (for `sinks.*` and `routes_dir`).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Route files directory (default: `routes_dir` of the settings, when it exists).
+        #[arg(long)]
+        routes: Option<PathBuf>,
+        /// Mapping rules directory.
+        #[arg(long, env = "RELAIS_MAPPINGS", default_value = "mappings")]
+        mappings: PathBuf,
+    },
+    /// Route tools.
+    Routes {
+        #[command(subcommand)]
+        command: RoutesCommand,
+    },
+}
+
+/// `--as` values of `relais convert`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum BundleAs {
+    /// `Bundle.type = message`, MessageHeader first.
+    Message,
+    /// `Bundle.type = transaction`, conditional PUTs keyed by business identifiers.
+    Transaction,
+}
+
+#[derive(Debug, Subcommand)]
+enum RoutesCommand {
+    /// Print which routes match a message and, for the others, which predicate failed.
+    Explain {
+        /// The message file (HL7v2).
+        file: PathBuf,
+        /// Settings file (for `sinks.*` and `routes_dir`).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Route directory (default: `routes_dir` of the settings).
+        #[arg(long)]
+        routes: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Offline commands: no runtime, no logging on stdout; one line on stderr on failure.
+    match cli.command {
+        Command::Convert { file, bundle_as, pretty, mappings, config } => {
+            return convert(&file, bundle_as, pretty, &mappings, config.as_deref());
+        }
+        Command::Check { config, routes, mappings } => return check(config.as_deref(), routes, &mappings),
+        _ => {}
+    }
     init_logging(cli.log_json);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -84,6 +150,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             relais::server::run(settings, relais::server::stop_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Convert { .. } | Command::Check { .. } => Ok(ExitCode::SUCCESS),
         Command::Send { to, tls_ca, client_cert, client_key, server_name, paths } => {
             let options = SendOptions { to, tls_ca, client_cert, client_key, server_name };
             let messages = send::collect(&paths)?;
@@ -116,7 +183,122 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             eprintln!("{} sent, {} not AA", results.len(), not_aa);
             Ok(if not_aa == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
+        Command::Routes { command: RoutesCommand::Explain { file, config, routes } } => {
+            let (settings, set) = load_routes(config.as_deref(), routes)?;
+            let raw = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let transform = relais::pipeline::transform_for(&settings)?;
+            let kind = relais::facts::MessageKind::Hl7v2;
+            match relais::routing::explain_message(&set, transform.as_ref(), kind, &raw) {
+                Ok(verdicts) => {
+                    print!("{}", relais::routing::render_verdicts(&verdicts));
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(failure) => {
+                    eprintln!("relais: {}: {failure}", file.display());
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
     }
+}
+
+fn convert(
+    file: &std::path::Path,
+    bundle_as: BundleAs,
+    pretty: bool,
+    mappings: &std::path::Path,
+    config: Option<&std::path::Path>,
+) -> ExitCode {
+    use relais::mapping::{BundleKind, Mapper};
+    use std::io::Write;
+    let mapper = match Mapper::load(mappings) {
+        Ok(m) => m,
+        Err(e) => {
+            let first = e.0.first().map(ToString::to_string).unwrap_or_default();
+            eprintln!("relais convert: mappings: {first}");
+            return ExitCode::from(2);
+        }
+    };
+    let mapper = match config.map(|c| Settings::load(Some(c)).and_then(|s| s.check().map(|()| s))) {
+        None => mapper,
+        Some(Ok(settings)) => mapper.with_settings(&settings),
+        Some(Err(e)) => {
+            eprintln!("relais convert: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let raw = match std::fs::read(file) {
+        Ok(raw) => raw,
+        Err(e) => {
+            eprintln!("relais convert: {}: {e}", file.display());
+            return ExitCode::from(2);
+        }
+    };
+    let kind = match bundle_as {
+        BundleAs::Message => BundleKind::Message,
+        BundleAs::Transaction => BundleKind::Transaction,
+    };
+    match mapper.convert(&raw, kind, pretty) {
+        Ok(mapped) => {
+            let mut out = std::io::stdout().lock();
+            if out.write_all(&mapped.bundle).and_then(|()| out.write_all(b"\n")).is_err() {
+                return ExitCode::from(2);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(failure) => {
+            eprintln!("{}", failure.to_string().replace(['\n', '\r'], " "));
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn check(config: Option<&std::path::Path>, routes: Option<PathBuf>, mappings: &std::path::Path) -> ExitCode {
+    let mut failed = false;
+    match relais::mapping::check::check_mappings(mappings) {
+        Ok(summary) => println!("{summary}"),
+        Err(errors) => {
+            failed = true;
+            for e in errors {
+                eprintln!("{e}");
+            }
+        }
+    }
+    let settings = match Settings::load(config).and_then(|s| s.check().map(|()| s)) {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("relais check: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    // Routes are checked against the sinks of a configuration: the directory given, else the configured one.
+    let dir = routes.or_else(|| config.map(|_| settings.routes_dir.clone()));
+    if let Some(dir) = dir {
+        let sinks = settings.sink_names().into_iter().collect();
+        match relais::routing::check::check_routes(&dir, &sinks) {
+            Ok(count) => println!("{}: {count} routes OK", dir.display()),
+            Err(errors) => {
+                failed = true;
+                eprintln!("{errors}");
+            }
+        }
+    } else {
+        eprintln!("relais check: routes not checked (give --routes DIR, or --config FILE naming the sinks)");
+    }
+    if failed { ExitCode::from(1) } else { ExitCode::SUCCESS }
+}
+
+fn load_routes(
+    config: Option<&std::path::Path>,
+    routes: Option<PathBuf>,
+) -> anyhow::Result<(Settings, relais::routing::RouteSet)> {
+    let settings = Settings::load(config)?;
+    settings.check()?;
+    let dir = routes.unwrap_or_else(|| settings.routes_dir.clone());
+    let sinks = settings.sink_names().into_iter().collect();
+    let set = relais::routing::RouteSet::load_dir(&dir, &sinks)
+        .map_err(|errors| anyhow::anyhow!("route errors:\n{errors}"))?;
+    Ok((settings, set))
 }
 
 fn init_logging(json: bool) {

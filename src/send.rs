@@ -1,7 +1,8 @@
 //! `relais send`: an MLLP client that sends HL7v2 files and reads back each ACK.
 //!
 //! A file may hold several messages: each starts at a line beginning with `MSH`. A directory sends its files
-//! in name order. Messages go one at a time (send, wait for the ACK, send), as a DPI does.
+//! in name order, skipping hidden files and Markdown notes (`README.md` beside the samples). Messages go one
+//! at a time (send, wait for the ACK, send), as a DPI does.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -82,7 +83,8 @@ pub struct Sent {
     pub error_text: Option<String>,
 }
 
-/// Reads every message of `paths` (files or directories, in name order).
+/// Reads every message of `paths` (files, or directories: their files in name order, not hidden ones nor
+/// `*.md`). A file named explicitly is always sent.
 pub fn collect(paths: &[PathBuf]) -> Result<Vec<Outgoing>, Error> {
     let mut files = Vec::new();
     for path in paths {
@@ -90,7 +92,7 @@ pub fn collect(paths: &[PathBuf]) -> Result<Vec<Outgoing>, Error> {
             let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
                 .map_err(|source| Error::Read { path: path.display().to_string(), source })?
                 .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.is_file())
+                .filter(|p| p.is_file() && !is_note(p))
                 .collect();
             entries.sort();
             files.extend(entries);
@@ -109,6 +111,12 @@ pub fn collect(paths: &[PathBuf]) -> Result<Vec<Outgoing>, Error> {
         out.extend(messages.into_iter().map(|m| Outgoing { file: file.clone(), bytes: m.to_vec() }));
     }
     Ok(out)
+}
+
+/// Whether a file met while walking a directory is not a message: hidden, or a Markdown note.
+fn is_note(path: &Path) -> bool {
+    let hidden = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'));
+    hidden || path.extension().is_some_and(|ext| ext.eq_ignore_ascii_case("md"))
 }
 
 /// Splits a file into messages: each begins at a line starting with `MSH`; trailing blank lines are dropped.
@@ -252,6 +260,20 @@ mod tests {
         let file = b"MSH|^~\\&|A\rPID|1\r\nMSH|^~\\&|B\nPID|2\n\n\n";
         let msgs = split_messages(file);
         assert_eq!(msgs, vec![&b"MSH|^~\\&|A\rPID|1"[..], &b"MSH|^~\\&|B\nPID|2"[..]]);
+    }
+
+    #[test]
+    fn a_directory_skips_notes_and_hidden_files_but_a_named_file_is_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("b.hl7"), "MSH|^~\\&|B\r").unwrap();
+        std::fs::write(dir.path().join("a.hl7"), "MSH|^~\\&|A\r").unwrap();
+        std::fs::write(dir.path().join("README.md"), "# samples\n").unwrap();
+        std::fs::write(dir.path().join(".hidden"), "MSH|^~\\&|H\r").unwrap();
+        let files: Vec<PathBuf> =
+            collect(&[dir.path().to_path_buf()]).unwrap().into_iter().map(|m| m.file).collect();
+        assert_eq!(files, vec![dir.path().join("a.hl7"), dir.path().join("b.hl7")]);
+        let named = collect(&[dir.path().join("README.md")]).unwrap();
+        assert_eq!(named.len(), 1);
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! `relais serve`: opens the journal, binds every listener, runs until a stop signal, then drains.
 //!
-//! Start-up order: checked settings → data dir → journal (recovered) → listeners bound → `listeners.json`
-//! written (the bound addresses, for tools and tests that asked for port 0). Stop order: listeners stop
+//! Start-up order: checked settings → data dir → journal (recovered) → routes loaded → bus opened (topology
+//! declared) → pipeline started (it first re-processes the outbox) → listeners bound → drop folder watched →
+//! `listeners.json` written (the bound addresses, for tools and tests that asked for port 0). Stop order:
+//! listeners stop
 //! accepting, connections answer what they already read, the journal commits what is queued and closes.
 
 use std::net::SocketAddr;
@@ -11,10 +13,13 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tracing::info;
 
+use crate::bus::Bus;
 use crate::config::{self, Settings};
 use crate::ingest::tls::TlsServer;
-use crate::ingest::{Intake, http, mllp};
+use crate::ingest::{Intake, folder, http, mllp};
 use crate::journal::{Journal, JournalConfig};
+use crate::pipeline::{self, Pipeline};
+use crate::routing::{self, RouteSet, reload::LiveRoutes};
 use crate::shutdown::{self, Shutdown};
 
 /// Why the server could not start or stop cleanly.
@@ -26,9 +31,21 @@ pub enum Error {
     /// The journal could not be opened or closed.
     #[error("journal: {0}")]
     Journal(#[from] crate::journal::Error),
+    /// Route files do not load (every error, with file:line).
+    #[error("routes:\n{0}")]
+    Routes(#[from] crate::routing::RouteErrors),
+    /// A mapping or document table file does not load.
+    #[error(transparent)]
+    MapStage(#[from] crate::pipeline::map_stage::Error),
+    /// The bus could not be opened.
+    #[error("bus: {0}")]
+    Bus(#[from] crate::bus::Error),
     /// TLS material could not be loaded.
     #[error(transparent)]
     Tls(#[from] crate::ingest::tls::Error),
+    /// The XDS tables (`documents.tables`) could not be read.
+    #[error("XDS tables: {0}")]
+    Tables(#[from] crate::documents::TableError),
     /// A file or socket operation failed.
     #[error("{what}: {source}")]
     Io {
@@ -76,11 +93,58 @@ pub async fn run(settings: Settings, stop: impl std::future::Future<Output = ()>
     .await
     .map_err(|e| Error::Io { what: "opening the journal".into(), source: std::io::Error::other(e) })??;
     info!(path = %journal_path.display(), "journal open");
+    let known_senders: Vec<String> = settings.senders.keys().cloned().collect();
+    crate::ops::metrics::install(&known_senders, settings.metrics.label_limit);
+    let health = crate::ops::health::Health::new(journal.clone(), settings.data_dir.clone());
+
+    let (trigger, shutdown) = shutdown::channel();
+    let sinks = settings.sink_names();
+    let routes = if sinks.is_empty() {
+        tracing::warn!(
+            "no sinks configured (sinks.<name>.kind): routes not loaded, every message is unrouted"
+        );
+        LiveRoutes::fixed(RouteSet::default())
+    } else if settings.routes_dir.is_dir() {
+        LiveRoutes::load(&settings.routes_dir, sinks.iter().cloned().collect())?
+    } else {
+        tracing::warn!(dir = %settings.routes_dir.display(), "no routes directory: every message is unrouted");
+        LiveRoutes::fixed(RouteSet::default())
+    };
+    info!(routes = routes.current().routes().len(), "routes loaded");
+    let bus = Bus::open(&settings.bus, &settings.data_dir, &sinks).await?;
+    info!(backend = if settings.bus.amqp_url.is_some() { "amqp" } else { "embedded" }, "bus open");
+    let pipeline = Pipeline {
+        journal: journal.clone(),
+        transform: pipeline::transform_for(&settings)?,
+        routes: Arc::clone(&routes),
+        bus: bus.clone(),
+        batch: 1024,
+    };
+    let mut stages = tokio::task::JoinSet::new();
+    stages.spawn(routing::reload::watch(Arc::clone(&routes), shutdown.clone()));
+    let pipeline_shutdown = shutdown.clone();
+    stages.spawn(async move {
+        if let Err(error) = pipeline.run(pipeline_shutdown).await {
+            tracing::error!(%error, "pipeline stopped");
+        }
+    });
 
     let intake = Intake::new(journal.clone(), &settings);
-    let (trigger, shutdown) = shutdown::channel();
+    let tables = &settings.documents.tables;
+    if tables.is_dir() {
+        let xds = crate::documents::XdsTables::load(tables)?;
+        intake.set_document_types(xds.types.into_keys());
+        info!(tables = %tables.display(), "XDS tables loaded");
+    } else {
+        tracing::warn!(tables = %tables.display(), "no XDS tables: any LOINC document type is taken in");
+    }
     let mut tasks = tokio::task::JoinSet::new();
     let mut bound = BoundAddresses::default();
+    tasks.spawn(crate::ops::metrics::run_housekeeping(
+        settings.data_dir.clone(),
+        std::time::Duration::from_secs(settings.metrics.scan_interval_secs),
+        shutdown.clone(),
+    ));
 
     if !settings.mllp.listen.is_empty() {
         let listener = bind("mllp.listen", &settings.mllp.listen).await?;
@@ -99,7 +163,8 @@ pub async fn run(settings: Settings, stop: impl std::future::Future<Output = ()>
         let listener = bind("http.listen", &settings.http.listen).await?;
         bound.http = listener.local_addr().ok();
         info!(addr = ?bound.http, "HTTP listening");
-        let router = http::router(intake.clone(), settings.http.admin_token.clone());
+        let router = http::router(intake.clone(), settings.http.admin_token.clone())
+            .merge(crate::ops::http::router(health.clone(), journal.clone()));
         let http_shutdown: Shutdown = shutdown.clone();
         tasks.spawn(async move {
             if let Err(e) = http::run(listener, router, http_shutdown).await {
@@ -107,14 +172,24 @@ pub async fn run(settings: Settings, stop: impl std::future::Future<Output = ()>
             }
         });
     }
+    if settings.folder.enabled {
+        let dir = settings.folder_path();
+        folder::prepare(&dir).map_err(io(format!("creating drop folder {}", dir.display())))?;
+        let settle = std::time::Duration::from_secs(settings.folder.settle_secs);
+        tasks.spawn(folder::run(intake.clone(), dir, settle, shutdown.clone()));
+    }
     let listeners_file = settings.data_dir.join("listeners.json");
     write_atomically(&listeners_file, &serde_json::to_vec_pretty(&bound).unwrap_or_default())?;
+    health.set_listeners(bound);
     info!("relais ready");
 
     stop.await;
+    health.set_stopping();
     info!("stopping: no new connections; answering what was already read");
     trigger.fire();
     while tasks.join_next().await.is_some() {}
+    while stages.join_next().await.is_some() {}
+    bus.close().await;
     drop(intake);
     journal.close().await?;
     let _ = std::fs::remove_file(&listeners_file);

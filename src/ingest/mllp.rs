@@ -1,8 +1,8 @@
 //! MLLP framing and the MLLP listener (plain TCP or TLS).
 //!
 //! A frame is `0x0B <message> 0x1C 0x0D`. [`MllpCodec`] turns a byte stream into [`Frame`]s: whole messages,
-//! and the framing faults a sender must hear about (bytes outside a frame, a frame cut by a new start byte,
-//! a frame past the size limit). Whitespace between frames (CR, LF, space, tab, NUL) is skipped silently.
+//! and the framing faults a sender must hear about (bytes outside a frame, a frame cut by a new start byte
+//! or by the end of the stream, a frame past the size limit). Whitespace between frames (CR, LF, space, tab, NUL) is skipped silently.
 //!
 //! [`serve_connection`] reads frames in order and hands each to [`Intake`]; a writer task sends the ACKs
 //! back in the order the messages came, as soon as each one is durable. Messages may be pipelined: the
@@ -46,6 +46,8 @@ pub enum Frame {
     Garbage(Bytes),
     /// A frame that a new start byte interrupted before its end marker.
     Unterminated(Bytes),
+    /// A frame the peer stopped sending (end of stream) before its end marker.
+    Incomplete(Bytes),
     /// A frame longer than the limit: its first `limit` bytes. The connection must be closed after answering.
     Oversize(Bytes),
 }
@@ -155,7 +157,7 @@ impl Decoder for MllpCodec {
         let rest = buf.split().freeze();
         if rest[0] == START {
             // The peer closed in the middle of a frame: it cannot read an answer reliably, but the bytes are kept.
-            return Ok(Some(Frame::Unterminated(rest.slice(1..))));
+            return Ok(Some(Frame::Incomplete(rest.slice(1..))));
         }
         if rest.iter().all(|&b| is_filler(b)) {
             return Ok(None);
@@ -231,6 +233,7 @@ pub async fn serve_connection<S>(
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     debug!(%peer, ?transport, "connection opened");
+    let _open = crate::ops::metrics::OpenConnection::open(transport);
     let (read_half, write_half) = tokio::io::split(stream);
     let mut frames = FramedRead::new(read_half, MllpCodec::new(intake.max_message_size()));
     // Bounded: a sender that pipelines without reading its ACKs is slowed down, not buffered without limit.
@@ -265,6 +268,13 @@ pub async fn serve_connection<S>(
                     false,
                 )
             }
+            Frame::Incomplete(raw) => {
+                warn!(%peer, bytes = raw.len(), "connection ended in the middle of an MLLP frame");
+                (
+                    intake.submit_framing_fault(raw, transport, &peer_text, FramingFault::Incomplete).await,
+                    false,
+                )
+            }
             Frame::Oversize(raw) => {
                 warn!(%peer, limit = intake.max_message_size(), "message over the size limit; closing");
                 (intake.submit_framing_fault(raw, transport, &peer_text, FramingFault::Oversize).await, true)
@@ -287,6 +297,8 @@ pub enum FramingFault {
     Garbage,
     /// A frame cut short by a new start byte.
     Unterminated,
+    /// A frame cut short by the end of the stream.
+    Incomplete,
     /// A frame over the size limit.
     Oversize,
 }
@@ -382,6 +394,12 @@ mod tests {
     }
 
     #[test]
+    fn a_frame_cut_by_the_end_of_the_stream_is_incomplete() {
+        let input = [&[START][..], b"MSH|partial"].concat();
+        assert_eq!(decode_all(&input, 100), vec![Frame::Incomplete(Bytes::from_static(b"MSH|partial"))]);
+    }
+
+    #[test]
     fn oversize_is_cut_at_the_limit() {
         let mut input = vec![START];
         input.extend(std::iter::repeat_n(b'x', 50));
@@ -417,7 +435,7 @@ mod tests {
             let frames = decode_all(&input, max);
             for f in &frames {
                 match f {
-                    Frame::Message(b) | Frame::Garbage(b) | Frame::Unterminated(b) | Frame::Oversize(b) => {
+                    Frame::Message(b) | Frame::Garbage(b) | Frame::Unterminated(b) | Frame::Incomplete(b) | Frame::Oversize(b) => {
                         prop_assert!(b.len() <= max.max(input.len()));
                     }
                 }

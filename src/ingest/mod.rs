@@ -6,6 +6,8 @@
 //! answered with AR and an ERR segment; nothing is dropped silently and nothing is acknowledged AA before it
 //! is on disk.
 
+pub mod document;
+pub mod folder;
 pub mod http;
 pub mod mllp;
 pub mod tls;
@@ -17,8 +19,10 @@ use bytes::Bytes;
 use tracing::{debug, error, warn};
 
 use crate::config::Settings;
+use crate::facts::MessageKind;
 use crate::hl7v2::{AckCode, AckError, Charset, ErrorCode, Header, Location, Message, ParseError, build_ack};
 use crate::journal::{self, Appended, HeaderFields, Journal, NewEntry, State, Transport};
+use crate::ops::metrics::IngestLabels;
 use mllp::FramingFault;
 
 /// The shared path from raw bytes to a durable journal entry and its ACK. Cheap to clone.
@@ -33,6 +37,8 @@ struct IntakeInner {
     default_charset: Charset,
     /// Next ACK control id (MSH-10 of our ACKs): seeded with the start time so ids stay unique across restarts.
     next_ack_id: AtomicU64,
+    /// The CDA document types Relais knows (from the XDS tables), when loaded: others are refused at the door.
+    document_types: std::sync::OnceLock<std::collections::BTreeSet<String>>,
 }
 
 /// What a message turned into, once answered.
@@ -67,6 +73,7 @@ struct ReplyPlan {
     /// Set for rejected input: the AR's ERR.
     rejection: Option<AckError>,
     control_id: String,
+    labels: IngestLabels,
 }
 
 impl Intake {
@@ -80,6 +87,7 @@ impl Intake {
                 settings: settings.clone(),
                 default_charset,
                 next_ack_id: AtomicU64::new(seed),
+                document_types: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -109,6 +117,7 @@ impl Intake {
                     header: Some(checked.fields),
                     state: State::Received,
                     reason: None,
+                    kind: MessageKind::Hl7v2,
                 };
                 self.enqueue(entry, raw, checked.charset, None).await
             }
@@ -124,6 +133,7 @@ impl Intake {
                     header: rejected.fields,
                     state: State::Rejected,
                     reason: Some(rejection_reason(&rejected.error)),
+                    kind: MessageKind::Hl7v2,
                 };
                 let charset = rejected.charset.unwrap_or(self.inner.default_charset);
                 self.enqueue(entry, raw, charset, Some(rejected.error)).await
@@ -152,6 +162,11 @@ impl Intake {
                 message: "MLLP frame interrupted: a new start byte (0x0B) came before the end (0x1C 0x0D)"
                     .to_string(),
             },
+            FramingFault::Incomplete => AckError {
+                code: ErrorCode::SegmentSequence,
+                location: None,
+                message: "MLLP frame incomplete: the connection ended before its end (0x1C 0x0D)".to_string(),
+            },
             FramingFault::Oversize => AckError {
                 code: ErrorCode::InternalError,
                 location: None,
@@ -173,6 +188,7 @@ impl Intake {
             header: fields,
             state: State::Rejected,
             reason: Some(rejection_reason(&error)),
+            kind: MessageKind::Hl7v2,
         };
         self.enqueue(entry, raw, charset, Some(error)).await
     }
@@ -185,7 +201,9 @@ impl Intake {
         rejection: Option<AckError>,
     ) -> Pending {
         let control_id = self.next_control_id();
-        let reply = ReplyPlan { raw, charset, rejection, control_id };
+        let labels = IngestLabels::new(entry.transport, entry.header.as_ref());
+        labels.received();
+        let reply = ReplyPlan { raw, charset, rejection, control_id, labels };
         match self.inner.journal.enqueue(entry).await {
             Ok(append) => Pending { state: PendingState::Journal { append, reply } },
             Err(e) => Pending { state: PendingState::Ready(reply.journal_failed(&e)) },
@@ -282,6 +300,7 @@ impl ReplyPlan {
             }
             (Appended::Duplicate { original }, None) => {
                 debug!(journal_id = original, "duplicate of a journaled message; acknowledged again");
+                self.labels.duplicate();
                 self.build(AckCode::AA, None, Some(original))
             }
             (Appended::Conflict { id, original }, None) => {
@@ -321,6 +340,7 @@ impl ReplyPlan {
         let header = Header::parse(&self.raw).ok();
         let timestamp = jiff::Zoned::now().strftime("%Y%m%d%H%M%S%z").to_string();
         let ack = build_ack(header.as_ref(), code, error, &self.control_id, &timestamp, self.charset);
+        self.labels.answered(code, error.map(|e| e.code));
         Outcome { code, ack, charset: self.charset, journal_id }
     }
 }

@@ -83,6 +83,7 @@ impl TlsServer {
             Ok(s) => s,
             Err(e) => {
                 warn!(%peer, error = %e, "TLS handshake failed");
+                crate::ops::metrics::tls_refused(true);
                 return None;
             }
         };
@@ -93,20 +94,16 @@ impl TlsServer {
         let identity =
             connection.peer_certificates().and_then(|c| c.first()).map(|c| ClientIdentity::read(c));
         match identity {
-            Some(Ok(id)) if id.matches_any(&self.allowed_clients) => Some(stream),
+            Some(Ok(id)) if id.matches_any(&self.allowed_clients) => return Some(stream),
             Some(Ok(id)) => {
-                warn!(%peer, subject = %id.subject, "client certificate not in mllp.tls.allowed_clients; refused");
-                None
+                let subject = &id.subject;
+                warn!(%peer, %subject, "client certificate not in mllp.tls.allowed_clients; refused")
             }
-            Some(Err(reason)) => {
-                warn!(%peer, %reason, "client certificate unreadable; refused");
-                None
-            }
-            None => {
-                warn!(%peer, "no client certificate; refused");
-                None
-            }
+            Some(Err(reason)) => warn!(%peer, %reason, "client certificate unreadable; refused"),
+            None => warn!(%peer, "no client certificate; refused"),
         }
+        crate::ops::metrics::tls_refused(false);
+        None
     }
 }
 

@@ -43,6 +43,7 @@ fn entry(body: &Bytes, control_id: String) -> NewEntry {
         }),
         state: State::Received,
         reason: None,
+        kind: crate::facts::MessageKind::Hl7v2,
     }
 }
 

@@ -2,7 +2,9 @@
 //!
 //! Ingest hands each message to [`Journal::append`] (accepted as `Received`, refused as `Rejected` with a
 //! reason) and acknowledges only once it returns; the admin API reads [`Journal::stats`], [`Journal::list`],
-//! [`Journal::get`] and [`Journal::raw`].
+//! [`Journal::get`] and [`Journal::raw`]. The pipeline (which owns the state transitions after `received`)
+//! waits on [`Journal::committed`], reads [`Journal::unfinished`] in id order and records each stage with
+//! [`Journal::update`]: received → mapped → routed | unrouted | failed → published.
 //!
 //! - One redb file (format in [`store`]); ids are monotonic and continue after a restart.
 //! - Group commit: one writer thread writes everything queued in one transaction and one fsync, then
@@ -35,10 +37,12 @@ use std::time::Duration;
 use redb::Database;
 use tokio::sync::{mpsc, oneshot};
 
-pub use record::{Appended, EntryMeta, HeaderFields, NewEntry, State, Transport};
+pub use record::{
+    Appended, Delivery, DocumentMeta, EntryMeta, HeaderFields, NewEntry, Progress, Stage, State, Transport,
+};
 pub use writer::CommitStats;
 
-use store::Prepared;
+use store::{Prepared, Update};
 use writer::{CommitCounters, Request, Writer};
 
 /// Appends waiting for the writer before `append` itself waits for room.
@@ -88,6 +92,9 @@ pub enum Error {
     /// An entry's metadata could not be encoded.
     #[error("journal entry cannot be encoded: {0}")]
     Encode(Arc<serde_json::Error>),
+    /// An update named an id the journal does not hold.
+    #[error("no journal entry {0}")]
+    Unknown(u64),
     /// The writer thread could not be started.
     #[error("cannot start the journal writer thread: {0}")]
     Thread(Arc<std::io::Error>),
@@ -124,6 +131,18 @@ struct Inner {
     intake: RwLock<Option<mpsc::Sender<Request>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
     counters: Arc<CommitCounters>,
+    committed: tokio::sync::watch::Receiver<u64>,
+}
+
+/// An entry the pipeline has not finished with, as [`Journal::unfinished`] returns it.
+#[derive(Debug, Clone)]
+pub struct Unfinished {
+    /// Its metadata (state, and progress once routed).
+    pub meta: EntryMeta,
+    /// The message bytes exactly as received.
+    pub raw: Vec<u8>,
+    /// The FHIR Bundle, once mapped.
+    pub bundle: Option<Vec<u8>>,
 }
 
 impl Journal {
@@ -133,6 +152,7 @@ impl Journal {
         store::create_tables(&db)?;
         let db = Arc::new(db);
         let counters = Arc::new(CommitCounters::default());
+        let (committed_tx, committed) = tokio::sync::watch::channel(store::last_id(&db)?);
         let (sender, queue) = mpsc::channel(QUEUE_CAPACITY);
         let writer = Writer {
             db: Arc::clone(&db),
@@ -140,6 +160,7 @@ impl Journal {
             max_batch: cfg.max_batch,
             dedup_window_us: i64::try_from(cfg.dedup_window.as_micros()).unwrap_or(i64::MAX),
             counters: Arc::clone(&counters),
+            committed: committed_tx,
         };
         let handle = std::thread::Builder::new()
             .name("journal-writer".into())
@@ -151,6 +172,7 @@ impl Journal {
                 intake: RwLock::new(Some(sender)),
                 writer: Mutex::new(Some(handle)),
                 counters,
+                committed,
             }),
         })
     }
@@ -173,8 +195,46 @@ impl Journal {
             intake.clone().ok_or(Error::Closed)?
         };
         let (reply, answer) = oneshot::channel();
-        sender.send(Request { entry, reply }).await.map_err(|_| Error::Closed)?;
+        sender.send(Request::Append { entry, reply }).await.map_err(|_| Error::Closed)?;
         Ok(Pending(answer))
+    }
+
+    /// Records pipeline stages of entry `id` (in the next group commit); resolves once durable.
+    pub async fn update(&self, id: u64, stages: Vec<Stage>) -> Result<(), Error> {
+        self.enqueue_update(id, stages).await?.await.unwrap_or(Err(Error::WriterLost))
+    }
+
+    /// Queues an update and returns its answer to await later; updates queued one after the other are
+    /// written in that order.
+    pub async fn enqueue_update(
+        &self,
+        id: u64,
+        stages: Vec<Stage>,
+    ) -> Result<oneshot::Receiver<Result<(), Error>>, Error> {
+        let sender = {
+            let intake = self.inner.intake.read().unwrap_or_else(PoisonError::into_inner);
+            intake.clone().ok_or(Error::Closed)?
+        };
+        let (reply, answer) = oneshot::channel();
+        let request = Request::Update { update: Update { id, stages }, reply };
+        sender.send(request).await.map_err(|_| Error::Closed)?;
+        Ok(answer)
+    }
+
+    /// The highest stored id, updated after every commit: the pipeline waits on it for new entries.
+    pub fn committed(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.committed.clone()
+    }
+
+    /// Entries in a state the pipeline has not finished ([`State::UNFINISHED`]) with an id above `after`, in
+    /// id order, at most `limit`.
+    pub fn unfinished(&self, after: u64, limit: usize) -> Result<Vec<Unfinished>, Error> {
+        store::unfinished(&self.inner.db, after, limit)
+    }
+
+    /// The FHIR Bundle stored for entry `id`, once mapped.
+    pub fn bundle(&self, id: u64) -> Result<Option<Vec<u8>>, Error> {
+        store::bundle(&self.inner.db, id)
     }
 
     /// Counts: `{"journaled": total, "received": n, "rejected": n, ...}` (every state, zeros included).
@@ -211,6 +271,11 @@ impl Journal {
             }
         }
         Ok(())
+    }
+
+    /// True until `close`: appends are taken.
+    pub fn is_accepting(&self) -> bool {
+        self.inner.intake.read().unwrap_or_else(PoisonError::into_inner).is_some()
     }
 
     /// Group-commit figures since `open`.

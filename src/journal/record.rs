@@ -9,6 +9,8 @@ use bytes::Bytes;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
+use crate::facts::{EventClass, MessageKind};
+
 /// How a message arrived.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -31,17 +33,43 @@ pub enum State {
     Received,
     /// Refused (AR) or kept for review (AE on a control-id conflict); `reason` says why.
     Rejected,
+    /// Mapped to a FHIR Bundle (kept in the journal); waiting for the route stage.
+    Mapped,
+    /// Could not be mapped; `reason` says why (the raw message stays in the journal).
+    Failed,
+    /// Routed to at least one destination; waiting for the bus to confirm every publication.
+    Routed,
+    /// Mapped, but no route matched: kept, counted, never dropped silently.
+    Unrouted,
+    /// The bus confirmed the envelope of every destination.
+    Published,
 }
 
 impl State {
     /// Every state, in lifecycle order: `stats` reports each of them, zeros included.
-    pub const ALL: [State; 2] = [State::Received, State::Rejected];
+    pub const ALL: [State; 7] = [
+        State::Received,
+        State::Rejected,
+        State::Mapped,
+        State::Failed,
+        State::Routed,
+        State::Unrouted,
+        State::Published,
+    ];
+
+    /// States the pipeline has not finished with: reprocessed on start (outbox).
+    pub const UNFINISHED: [State; 3] = [State::Received, State::Mapped, State::Routed];
 
     /// The snake_case name used in the API, in `stats` and on disk.
     pub fn as_str(self) -> &'static str {
         match self {
             State::Received => "received",
             State::Rejected => "rejected",
+            State::Mapped => "mapped",
+            State::Failed => "failed",
+            State::Routed => "routed",
+            State::Unrouted => "unrouted",
+            State::Published => "published",
         }
     }
 
@@ -86,6 +114,9 @@ pub struct NewEntry {
     pub state: State,
     /// Why it was rejected.
     pub reason: Option<String>,
+    /// HL7v2 or CDA. For a CDA document `header` holds the custodian id (facility), `CDA^<type code>`
+    /// (message type) and the document id (control id), so a resent document is deduplicated too.
+    pub kind: MessageKind,
 }
 
 /// Metadata of a journaled message (no body): what `/api/messages` returns.
@@ -108,8 +139,85 @@ pub struct EntryMeta {
     pub header: Option<HeaderFields>,
     /// Current lifecycle state.
     pub state: State,
-    /// Why it was rejected.
+    /// Why it was rejected, or why it could not be mapped (`failed`).
     pub reason: Option<String>,
+    /// HL7v2 or CDA (entries written before the field existed read as HL7v2).
+    #[serde(default)]
+    pub kind: MessageKind,
+    /// What the stages after the journal recorded (routes, destinations, publications).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Progress>,
+}
+
+/// What the route stage decided for an entry and what the bus confirmed since.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    /// HL7v2 or CDA.
+    #[serde(default)]
+    pub kind: MessageKind,
+    /// The event class, when the mapping found one.
+    #[serde(default)]
+    pub event_class: Option<EventClass>,
+    /// The per-patient partition key: a stable hash of the patient identifier (never the identifier).
+    #[serde(default)]
+    pub partition_key: String,
+    /// Names of the routes that matched.
+    #[serde(default)]
+    pub routes: Vec<String>,
+    /// One per destination, in routing order.
+    #[serde(default)]
+    pub deliveries: Vec<Delivery>,
+    /// Document metadata, for documents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub document: Option<DocumentMeta>,
+}
+
+/// One destination of a routed entry.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivery {
+    /// The sink instance name.
+    pub destination: String,
+    /// The first route that named it.
+    pub route: String,
+    /// True once the bus confirmed the envelope for this destination.
+    #[serde(default)]
+    pub published: bool,
+}
+
+/// Document metadata carried to the sinks (no patient data).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DocumentMeta {
+    /// LOINC document type.
+    #[serde(default)]
+    pub document_type: Option<String>,
+    /// Confidentiality code.
+    #[serde(default)]
+    pub confidentiality: Option<String>,
+}
+
+/// One step the pipeline records for an entry (see [`super::Journal::update`]).
+#[derive(Debug, Clone)]
+pub enum Stage {
+    /// Mapped: keep the FHIR Bundle, state `mapped`.
+    Mapped {
+        /// The Bundle JSON.
+        bundle: Bytes,
+    },
+    /// Mapping failed: state `failed` with the reason.
+    Failed {
+        /// Why, with the segment/field or element.
+        reason: String,
+    },
+    /// Routed: state `routed`, or `unrouted` when `progress.deliveries` is empty.
+    Routed {
+        /// The route decision.
+        progress: Progress,
+    },
+    /// The bus confirmed these destinations; once all are, state `published`.
+    Published {
+        /// Sink instance names.
+        destinations: Vec<String>,
+    },
 }
 
 /// The outcome of `append`, returned only once the write is durable (committed and fsynced).
@@ -148,6 +256,10 @@ pub(crate) struct StoredRecord {
     pub(crate) state: State,
     #[serde(default)]
     pub(crate) reason: Option<String>,
+    #[serde(default)]
+    pub(crate) kind: MessageKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) progress: Option<Progress>,
 }
 
 impl StoredRecord {
@@ -162,6 +274,8 @@ impl StoredRecord {
             header: entry.header,
             state: entry.state,
             reason: entry.reason,
+            kind: entry.kind,
+            progress: None,
         };
         (record, entry.raw)
     }
@@ -178,6 +292,8 @@ impl StoredRecord {
             header: self.header,
             state: self.state,
             reason: self.reason,
+            kind: self.kind,
+            progress: self.progress,
         }
     }
 }
@@ -214,8 +330,11 @@ mod tests {
             }),
             state: State::Received,
             reason: None,
+            kind: MessageKind::Hl7v2,
+            progress: None,
         };
         let value = serde_json::to_value(&meta).unwrap();
+        assert_eq!(value["kind"], "hl7v2");
         assert_eq!(value["control_id"], "42");
         assert_eq!(value["transport"], "mllp_tls");
         let back: EntryMeta = serde_json::from_value(value).unwrap();
@@ -224,5 +343,12 @@ mod tests {
         let headerless = EntryMeta { header: None, ..meta };
         let back: EntryMeta = serde_json::from_value(serde_json::to_value(&headerless).unwrap()).unwrap();
         assert_eq!(back.header, None);
+    }
+
+    #[test]
+    fn records_written_before_kind_read_as_hl7v2() {
+        let old = r#"{"received_at":"2026-01-01T00:00:00Z","transport":"mllp","peer":"x","size":3,"state":"received"}"#;
+        let record: StoredRecord = serde_json::from_str(old).unwrap();
+        assert_eq!(record.kind, MessageKind::Hl7v2);
     }
 }

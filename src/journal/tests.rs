@@ -36,6 +36,7 @@ fn received(facility: &str, control_id: &str, body: &[u8], when: Timestamp) -> N
         header: Some(header(facility, control_id)),
         state: State::Received,
         reason: None,
+        kind: crate::facts::MessageKind::Hl7v2,
     }
 }
 
@@ -173,7 +174,7 @@ async fn stats_count_every_state() {
     let dir = tempfile::tempdir().unwrap();
     let journal = Journal::open(config(&dir)).unwrap();
     let empty = journal.stats().unwrap();
-    assert_eq!(empty.len(), State::ALL.len() + 1);
+    assert_eq!(empty.len(), State::ALL.len() + 2, "every state, plus `journaled` and `accepted`");
     assert!(empty.values().all(|count| *count == 0), "{empty:?}");
 
     for n in 0..5 {
@@ -187,6 +188,7 @@ async fn stats_count_every_state() {
     assert_eq!(stats["received"], 5);
     assert_eq!(stats["rejected"], 2);
     assert_eq!(stats["journaled"], 7);
+    assert_eq!(stats["accepted"], 5);
 }
 
 #[tokio::test]
@@ -305,9 +307,70 @@ fn identical_appends_in_one_batch_deduplicate() {
         Prepared::new(received("FAC", "1", b"MSH|same", at(0))).unwrap(),
         Prepared::new(received("FAC", "1", b"MSH|changed", at(0))).unwrap(),
     ];
-    let outcomes = store::write_batch(&db, batch, window).unwrap();
+    let outcomes = store::write_batch(&db, batch, Vec::new(), window).unwrap().appended;
     let Appended::Stored { id: first } = outcomes[0] else { panic!("{outcomes:?}") };
     assert_eq!(outcomes[1], Appended::Duplicate { original: first });
     assert!(matches!(outcomes[2], Appended::Conflict { original, .. } if original == first), "{outcomes:?}");
     assert_eq!(store::stats(&db).unwrap()["journaled"], 2);
+}
+
+fn routed_to(destinations: &[&str]) -> Stage {
+    Stage::Routed {
+        progress: Progress {
+            partition_key: "k".into(),
+            routes: vec!["r".into()],
+            deliveries: destinations
+                .iter()
+                .map(|d| Delivery { destination: (*d).into(), route: "r".into(), published: false })
+                .collect(),
+            ..Progress::default()
+        },
+    }
+}
+
+#[tokio::test]
+async fn pipeline_stages_move_states_counters_and_keep_the_bundle() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(config(&dir)).unwrap();
+    let mut ids = Vec::new();
+    for n in 0..4 {
+        let body = format!("MSH|{n}");
+        ids.push(stored_id(
+            journal.append(received("FAC", &n.to_string(), body.as_bytes(), at(n))).await.unwrap(),
+        ));
+    }
+    assert_eq!(*journal.committed().borrow(), ids[3]);
+    let bundle = Bytes::from_static(b"{\"resourceType\":\"Bundle\"}");
+    journal
+        .update(ids[0], vec![Stage::Mapped { bundle: bundle.clone() }, routed_to(&["a", "b"])])
+        .await
+        .unwrap();
+    journal.update(ids[1], vec![Stage::Failed { reason: "PID-3: missing".into() }]).await.unwrap();
+    journal.update(ids[2], vec![Stage::Mapped { bundle: bundle.clone() }, routed_to(&[])]).await.unwrap();
+
+    let pending: Vec<u64> = journal.unfinished(0, 10).unwrap().iter().map(|u| u.meta.id).collect();
+    assert_eq!(pending, [ids[0], ids[3]]);
+    let first = &journal.unfinished(0, 1).unwrap()[0];
+    assert_eq!(first.bundle.as_deref(), Some(bundle.as_ref()));
+    assert_eq!(first.raw, b"MSH|0");
+
+    journal.update(ids[0], vec![Stage::Published { destinations: vec!["a".into()] }]).await.unwrap();
+    assert_eq!(journal.get(ids[0]).unwrap().unwrap().state, State::Routed);
+    journal.update(ids[0], vec![Stage::Published { destinations: vec!["b".into()] }]).await.unwrap();
+    let meta = journal.get(ids[0]).unwrap().unwrap();
+    assert_eq!(meta.state, State::Published);
+    assert!(meta.progress.unwrap().deliveries.iter().all(|d| d.published));
+
+    let failed = journal.get(ids[1]).unwrap().unwrap();
+    assert_eq!((failed.state, failed.reason.as_deref()), (State::Failed, Some("PID-3: missing")));
+    assert_eq!(journal.raw(ids[1]).unwrap().unwrap(), b"MSH|1");
+
+    let stats = journal.stats().unwrap();
+    let counts: Vec<u64> = ["received", "published", "failed", "unrouted", "routed", "journaled"]
+        .iter()
+        .map(|k| stats[*k])
+        .collect();
+    assert_eq!(counts, [1, 1, 1, 1, 0, 4]);
+    assert_eq!(journal.list(Some(State::Unrouted), 10).unwrap()[0].id, ids[2]);
+    assert!(matches!(journal.update(999, vec![]).await, Err(Error::Unknown(999))));
 }

@@ -1,10 +1,12 @@
 //! The single writer thread: group commit of queued appends.
 //!
 //! It blocks for the first queued request, takes everything else already queued (up to `max_batch`), writes
-//! them all in one redb write transaction with `Durability::Immediate` (one-phase commit: one `fdatasync`),
-//! and only after the commit returned answers each request. If the commit fails every request of the batch
-//! gets the error, and nothing of that batch is visible. The thread ends when every sender is gone and the
-//! queue is empty.
+//! them all in one redb write transaction with `Durability::Immediate` (one `fdatasync`), and only after the
+//! commit returned answers each request. If the commit fails every request of the batch gets the error, and
+//! nothing of that batch is visible. The thread ends when every sender is gone and the queue is empty.
+//!
+//! Pipeline updates ([`Request::Update`]) share the queue and the group commit with appends; after each
+//! commit the highest stored id is published on a `watch` channel so the pipeline wakes up.
 //!
 //! Under load the batches tend to alternate, big then small: while a big batch is being synced only a few
 //! messages arrive (the senders wait for their ACKs), and committing those few costs a whole fsync, during
@@ -23,7 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::Error;
 use super::record::Appended;
-use super::store::{self, Prepared};
+use super::store::{self, Prepared, Update, UpdateRefused};
 
 /// The longest the writer waits for a batch to fill before committing it.
 pub(crate) const MAX_LINGER: Duration = Duration::from_millis(5);
@@ -41,14 +43,15 @@ fn linger_target(last_batch: usize, queued: usize, max_batch: usize) -> Option<u
     (last_batch >= LINGER_AFTER_BATCH && queued < target).then_some(target)
 }
 
-/// One queued append and where to send its outcome.
-pub(crate) struct Request {
-    pub(crate) entry: Prepared,
-    pub(crate) reply: Reply,
+/// One queued write and where to send its outcome.
+// Appends are the hot path: boxing their entry would cost one allocation per message.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Request {
+    /// A new entry from ingest.
+    Append { entry: Prepared, reply: oneshot::Sender<Result<Appended, Error>> },
+    /// A pipeline stage of an existing entry.
+    Update { update: Update, reply: oneshot::Sender<Result<(), Error>> },
 }
-
-/// Where the outcome of one append goes.
-pub(crate) type Reply = oneshot::Sender<Result<Appended, Error>>;
 
 /// Group-commit figures since the journal was opened.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -87,6 +90,7 @@ impl CommitCounters {
         let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
         self.commit_nanos.fetch_add(nanos, Ordering::Relaxed);
         self.last_batch.store(batch, Ordering::Relaxed);
+        crate::ops::metrics::journal_commit(batch, took);
     }
 
     pub(crate) fn snapshot(&self) -> CommitStats {
@@ -106,6 +110,8 @@ pub(crate) struct Writer {
     pub(crate) max_batch: usize,
     pub(crate) dedup_window_us: i64,
     pub(crate) counters: Arc<CommitCounters>,
+    /// The highest stored id, sent after each successful commit.
+    pub(crate) committed: tokio::sync::watch::Sender<u64>,
 }
 
 impl Writer {
@@ -114,45 +120,66 @@ impl Writer {
         let max_batch = self.max_batch.max(1);
         let mut entries = Vec::with_capacity(max_batch.min(4096));
         let mut replies = Vec::with_capacity(max_batch.min(4096));
+        let mut updates = Vec::new();
+        let mut update_replies = Vec::new();
         let mut last_batch = 0;
         let mut last_commit = Duration::ZERO;
         while let Some(first) = self.queue.blocking_recv() {
-            entries.push(first.entry);
-            replies.push(first.reply);
-            self.take_queued(&mut entries, &mut replies, max_batch);
-            if let Some(target) = linger_target(last_batch, replies.len(), max_batch) {
+            let mut batch = Batch {
+                entries: &mut entries,
+                replies: &mut replies,
+                updates: &mut updates,
+                update_replies: &mut update_replies,
+            };
+            batch.push(first);
+            self.take_queued(&mut batch, max_batch);
+            if let Some(target) = linger_target(last_batch, batch.len(), max_batch) {
                 let deadline = Instant::now() + (last_commit / 4).min(MAX_LINGER);
-                while replies.len() < target && Instant::now() < deadline {
+                while batch.len() < target && Instant::now() < deadline {
                     std::thread::sleep(LINGER_POLL);
-                    if !self.take_queued(&mut entries, &mut replies, target) {
+                    if !self.take_queued(&mut batch, target) {
                         break;
                     }
                 }
             }
 
             let started = Instant::now();
-            let result = store::write_batch(&self.db, entries.drain(..), self.dedup_window_us);
+            let result =
+                store::write_batch(&self.db, entries.drain(..), updates.drain(..), self.dedup_window_us);
             last_commit = started.elapsed();
-            last_batch = replies.len();
+            last_batch = replies.len() + update_replies.len();
             tracing::trace!(batch = last_batch, commit_us = last_commit.as_micros(), "group commit");
             self.counters.record(last_batch, last_commit);
 
             match result {
-                Ok(outcomes) => {
+                Ok(store::Written { appended: outcomes, updated, last_id: last }) => {
+                    self.committed.send_if_modified(|current| {
+                        let changed = *current != last;
+                        *current = last;
+                        changed
+                    });
                     for (reply, outcome) in replies.drain(..).zip(outcomes) {
                         // The caller may have given up waiting; its entry is stored all the same.
                         let _ = reply.send(Ok(outcome));
                     }
+                    for (reply, outcome) in update_replies.drain(..).zip(updated) {
+                        let _ = reply.send(outcome.map_err(|UpdateRefused::Unknown(id)| Error::Unknown(id)));
+                    }
                 }
                 Err(error) => {
                     tracing::error!(%error, batch = replies.len(), "journal commit failed");
+                    crate::ops::metrics::journal_commit_failed();
                     for reply in replies.drain(..) {
+                        let _ = reply.send(Err(error.clone()));
+                    }
+                    for reply in update_replies.drain(..) {
                         let _ = reply.send(Err(error.clone()));
                     }
                 }
             }
             // Outcomes short of the batch would leave senders unanswered: drop them so callers see an error.
             replies.clear();
+            update_replies.clear();
         }
         let stats = self.counters.snapshot();
         tracing::info!(
@@ -167,18 +194,43 @@ impl Writer {
 
     /// Moves what is already queued into the batch, up to `limit` requests in all. Returns false once the
     /// queue is closed and empty.
-    fn take_queued(&mut self, entries: &mut Vec<Prepared>, replies: &mut Vec<Reply>, limit: usize) -> bool {
-        while replies.len() < limit {
+    fn take_queued(&mut self, batch: &mut Batch<'_>, limit: usize) -> bool {
+        while batch.len() < limit {
             match self.queue.try_recv() {
-                Ok(next) => {
-                    entries.push(next.entry);
-                    replies.push(next.reply);
-                }
+                Ok(request) => batch.push(request),
                 Err(TryRecvError::Empty) => return true,
                 Err(TryRecvError::Disconnected) => return false,
             }
         }
         true
+    }
+}
+
+/// The requests of the next group commit, split by kind (borrowed buffers, reused from one commit to the
+/// next).
+struct Batch<'a> {
+    entries: &'a mut Vec<Prepared>,
+    replies: &'a mut Vec<oneshot::Sender<Result<Appended, Error>>>,
+    updates: &'a mut Vec<Update>,
+    update_replies: &'a mut Vec<oneshot::Sender<Result<(), Error>>>,
+}
+
+impl Batch<'_> {
+    fn push(&mut self, request: Request) {
+        match request {
+            Request::Append { entry, reply } => {
+                self.entries.push(entry);
+                self.replies.push(reply);
+            }
+            Request::Update { update, reply } => {
+                self.updates.push(update);
+                self.update_replies.push(reply);
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.replies.len() + self.update_replies.len()
     }
 }
 

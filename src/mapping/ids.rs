@@ -1,0 +1,47 @@
+//! Deterministic resource ids: UUID v5 of a fixed Relais namespace and `type|system|value`, so the same input
+//! always gives the same ids (and the same Bundle), and two senders' identifiers never collide.
+
+use std::sync::LazyLock;
+
+use uuid::Uuid;
+
+/// The Relais namespace: UUID v5 of the URL namespace and `https://relais/fhir`.
+static NAMESPACE: LazyLock<Uuid> =
+    LazyLock::new(|| Uuid::new_v5(&Uuid::NAMESPACE_URL, b"https://relais/fhir"));
+
+/// The id of a resource of `kind` keyed by `parts` (joined with `|`).
+pub fn id(kind: &str, parts: &[&str]) -> String {
+    let mut name = String::with_capacity(64);
+    name.push_str(kind);
+    for p in parts {
+        name.push('|');
+        name.push_str(p);
+    }
+    Uuid::new_v5(&NAMESPACE, name.as_bytes()).to_string()
+}
+
+/// Percent-encodes a search parameter value (conditional `PUT` URLs).
+pub fn query_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~:/".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_stable_and_distinct() {
+        assert_eq!(id("Patient", &["urn:oid:1.2", "42"]), id("Patient", &["urn:oid:1.2", "42"]));
+        assert_ne!(id("Patient", &["urn:oid:1.2", "42"]), id("Patient", &["urn:oid:1.3", "42"]));
+        assert_eq!(id("Patient", &["a"]).len(), 36);
+        assert_eq!(query_escape("urn:oid:1.2|A B"), "urn:oid:1.2%7CA%20B");
+    }
+}

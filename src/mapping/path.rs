@@ -1,0 +1,152 @@
+//! Source paths of the mapping files (`PID-3`, `ZBE-7.10`, `ROL[3=ODRP]-4`) and their resolution on a message.
+
+use std::fmt;
+
+use crate::hl7v2::{Charset, Delimiters, Field, Message, decode_text};
+
+/// A parsed source path: a segment (optionally the first one whose field N equals a value), a field, and
+/// optionally a component and subcomponent of its first repetition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourcePath {
+    /// Segment id (`PID`).
+    pub segment: String,
+    /// `[N=VALUE]`: pick the first segment whose field N (first component) is VALUE.
+    pub selector: Option<(usize, String)>,
+    /// Field number (1-based).
+    pub field: usize,
+    /// Component (1-based), when the path names one.
+    pub component: Option<usize>,
+    /// Subcomponent (1-based), when the path names one.
+    pub subcomponent: Option<usize>,
+}
+
+impl SourcePath {
+    /// Parses `SEG-F`, `SEG-F.C`, `SEG-F.C.S` or `SEG[N=VALUE]-F…`; the error says what is wrong.
+    pub fn parse(text: &str) -> Result<SourcePath, String> {
+        let bad = |why: &str| {
+            format!("`{text}` is not a source path ({why}; e.g. `PID-3`, `ZBE-7.10`, `ROL[3=ODRP]-4`)")
+        };
+        let (head, rest) = text.split_once('-').ok_or_else(|| bad("no `-`"))?;
+        let (segment, selector) = match head.split_once('[') {
+            None => (head, None),
+            Some((segment, sel)) => {
+                let sel = sel.strip_suffix(']').ok_or_else(|| bad("unclosed `[`"))?;
+                let (n, value) = sel.split_once('=').ok_or_else(|| bad("selector needs `N=VALUE`"))?;
+                let n = positive(n).ok_or_else(|| bad("selector field is not a number >= 1"))?;
+                (segment, Some((n, value.to_owned())))
+            }
+        };
+        let id_ok =
+            segment.len() == 3 && segment.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
+        if !id_ok {
+            return Err(bad("segment id must be 3 upper-case letters or digits"));
+        }
+        let mut parts = rest.split('.');
+        let field = parts.next().and_then(positive).ok_or_else(|| bad("field is not a number >= 1"))?;
+        let component = match parts.next() {
+            None => None,
+            Some(c) => Some(positive(c).ok_or_else(|| bad("component is not a number >= 1"))?),
+        };
+        let subcomponent = match parts.next() {
+            None => None,
+            Some(s) => Some(positive(s).ok_or_else(|| bad("subcomponent is not a number >= 1"))?),
+        };
+        if parts.next().is_some() {
+            return Err(bad("too many parts"));
+        }
+        Ok(SourcePath { segment: segment.to_owned(), selector, field, component, subcomponent })
+    }
+
+    /// The field this path points at (all repetitions), when its segment is in the message.
+    pub fn field<'a>(&self, msg: &Message<'a>, cs: Charset) -> Option<Field<'a>> {
+        let d = msg.delimiters();
+        let segment = msg.segments_named(&self.segment).find(|s| match &self.selector {
+            None => true,
+            Some((n, value)) => decode_text(s.field(*n).component(1), &d, cs).trim() == value,
+        })?;
+        let field = segment.field(self.field);
+        (!field.is_empty()).then_some(field)
+    }
+
+    /// The text this path points at (decoded, unescaped, trimmed); `None` when absent, empty or HL7 null `""`.
+    pub fn text(&self, msg: &Message<'_>, cs: Charset) -> Option<String> {
+        let field = self.field(msg, cs)?;
+        let d = msg.delimiters();
+        let raw = match (self.component, self.subcomponent) {
+            (None, _) => field.raw(),
+            (Some(c), None) => field.component(c),
+            (Some(c), Some(s)) => field.subcomponent(c, s),
+        };
+        clean(decode_text(raw, &d, cs))
+    }
+}
+
+impl fmt::Display for SourcePath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.segment)?;
+        if let Some((n, v)) = &self.selector {
+            write!(f, "[{n}={v}]")?;
+        }
+        write!(f, "-{}", self.field)?;
+        if let Some(c) = self.component {
+            write!(f, ".{c}")?;
+        }
+        if let Some(s) = self.subcomponent {
+            write!(f, ".{s}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Decoded text of component `c` (and subcomponent `s` when given) of one repetition; `None` when empty.
+pub fn component(rep: &Field<'_>, d: &Delimiters, cs: Charset, c: usize, s: Option<usize>) -> Option<String> {
+    let raw = match s {
+        None => rep.component(c),
+        Some(s) => rep.subcomponent(c, s),
+    };
+    if raw.is_empty() {
+        return None;
+    }
+    clean(decode_text(raw, d, cs))
+}
+
+/// Trimmed text, `None` when empty or the HL7 null `""`.
+fn clean(text: String) -> Option<String> {
+    let t = text.trim();
+    if t.is_empty() || t == "\"\"" {
+        None
+    } else if t.len() == text.len() {
+        Some(text)
+    } else {
+        Some(t.to_owned())
+    }
+}
+
+fn positive(text: &str) -> Option<usize> {
+    text.parse::<usize>().ok().filter(|&n| n >= 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_parse_and_print_back() {
+        for p in ["PID-3", "ZBE-7.10", "PID-3.4.2", "ROL[3=ODRP]-4"] {
+            assert_eq!(SourcePath::parse(p).map(|s| s.to_string()).as_deref(), Ok(p));
+        }
+        for bad in ["PID", "pid-3", "PID-0", "PID-3.x", "ROL[3ODRP]-4", "PID-1.2.3.4"] {
+            assert!(SourcePath::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn selector_picks_the_matching_segment() {
+        let raw = b"MSH|^~\\&|A|B|C|D|20260101||ADT^A01|1|P|2.5\rROL||UC|FHCP|111^X\rROL||UC|ODRP|222^Y\r";
+        let msg = Message::parse(raw).expect("parses");
+        let path = SourcePath::parse("ROL[3=ODRP]-4.1").expect("path");
+        assert_eq!(path.text(&msg, Charset::Utf8).as_deref(), Some("222"));
+        let none = SourcePath::parse("ROL[3=SUBS]-4.1").expect("path");
+        assert_eq!(none.text(&msg, Charset::Utf8), None);
+    }
+}

@@ -1,0 +1,151 @@
+//! HL7v2 TS/DTM → FHIR date/dateTime text, keeping the precision sent and the real UTC offset.
+//!
+//! A time without an offset is the sender's local time (default `Europe/Paris`, per-sender setting): it is
+//! placed in that zone with jiff, so `20260714102500` becomes `2026-07-14T10:25:00+02:00` in summer and
+//! `+01:00` in winter; local time is never relabelled as UTC. Precision: `YYYY`, `YYYYMM`, `YYYYMMDD` stay a
+//! year, a month, a date; a time of day (hours, minutes) gets `:00` seconds because FHIR dateTime needs them;
+//! fractional seconds are kept as sent.
+
+use jiff::civil::DateTime;
+use jiff::tz::{Offset, TimeZone};
+
+/// Converts an HL7 TS (`YYYY[MM[DD[HH[MM[SS[.S…]]]]]][+/-ZZZZ]`) to FHIR text; the error says what is wrong.
+pub fn to_fhir(ts: &str, tz: &TimeZone) -> Result<String, String> {
+    let ts = ts.trim();
+    let (body, offset) = split_offset(ts)?;
+    let (main, fraction) = match body.split_once('.') {
+        Some((m, f)) if !f.is_empty() && f.len() <= 9 && f.bytes().all(|b| b.is_ascii_digit()) => {
+            (m, Some(f))
+        }
+        Some(_) => return Err("bad fractional seconds".into()),
+        None => (body, None),
+    };
+    if !main.bytes().all(|b| b.is_ascii_digit()) || ![4, 6, 8, 10, 12, 14].contains(&main.len()) {
+        return Err("not an HL7 date/time (YYYY[MM[DD[HH[MM[SS]]]]])".into());
+    }
+    if fraction.is_some() && main.len() != 14 {
+        return Err("fractional seconds without seconds".into());
+    }
+    let num = |r: std::ops::Range<usize>| main.get(r).and_then(|s| s.parse::<i16>().ok());
+    let year = num(0..4).ok_or("bad year")?;
+    let month = num(4..6);
+    let day = num(6..8);
+    match main.len() {
+        4 => return Ok(format!("{year:04}")),
+        6 => {
+            let m = month.filter(|m| (1..=12).contains(m)).ok_or("bad month")?;
+            return Ok(format!("{year:04}-{m:02}"));
+        }
+        8 => {
+            let date = jiff::civil::Date::new(year, month.unwrap_or(0) as i8, day.unwrap_or(0) as i8)
+                .map_err(|_| "not a calendar date")?;
+            return Ok(date.to_string());
+        }
+        _ => {}
+    }
+    let hour = num(8..10).unwrap_or(0);
+    let minute = num(10..12).unwrap_or(0);
+    let second = num(12..14).unwrap_or(0);
+    let nanos = fraction.map_or(0, |f| {
+        let padded = format!("{f:0<9}");
+        padded.parse::<i32>().unwrap_or(0)
+    });
+    let dt = DateTime::new(
+        year,
+        month.unwrap_or(0) as i8,
+        day.unwrap_or(0) as i8,
+        hour as i8,
+        minute as i8,
+        second as i8,
+        nanos,
+    )
+    .map_err(|_| "not a valid date and time")?;
+    let offset = match offset {
+        Some(o) => o,
+        None => tz.to_ambiguous_zoned(dt).compatible().map_err(|e| e.to_string())?.offset(),
+    };
+    let mut out = format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+        dt.year(),
+        dt.month(),
+        dt.day(),
+        dt.hour(),
+        dt.minute(),
+        dt.second()
+    );
+    if let Some(f) = fraction {
+        out.push('.');
+        out.push_str(f);
+    }
+    let secs = offset.seconds();
+    let sign = if secs < 0 { '-' } else { '+' };
+    let abs = secs.unsigned_abs();
+    out.push_str(&format!("{sign}{:02}:{:02}", abs / 3600, (abs % 3600) / 60));
+    Ok(out)
+}
+
+/// True when `fhir` is a full dateTime (has a time of day), i.e. usable as a FHIR instant.
+pub fn is_instant(fhir: &str) -> bool {
+    fhir.contains('T')
+}
+
+/// The date part of a FHIR date/dateTime (birth dates keep no time of day).
+pub fn date_part(fhir: &str) -> &str {
+    fhir.split_once('T').map_or(fhir, |(d, _)| d)
+}
+
+fn split_offset(ts: &str) -> Result<(&str, Option<Offset>), String> {
+    let Some(pos) = ts.find(['+', '-']) else { return Ok((ts, None)) };
+    let (body, off) = ts.split_at(pos);
+    let digits = off.get(1..).unwrap_or_default();
+    if digits.len() != 4 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err("bad UTC offset (+/-HHMM)".into());
+    }
+    let h: i32 = digits.get(0..2).and_then(|s| s.parse().ok()).unwrap_or(99);
+    let m: i32 = digits.get(2..4).and_then(|s| s.parse().ok()).unwrap_or(99);
+    if h > 14 || m > 59 {
+        return Err("bad UTC offset (+/-HHMM)".into());
+    }
+    let secs = (h * 3600 + m * 60) * if off.starts_with('-') { -1 } else { 1 };
+    let offset = Offset::from_seconds(secs).map_err(|e| e.to_string())?;
+    Ok((body, Some(offset)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn paris() -> TimeZone {
+        TimeZone::get("Europe/Paris").expect("tzdb")
+    }
+
+    #[test]
+    fn local_times_get_the_real_offset_of_the_sender_zone() {
+        assert_eq!(to_fhir("20260714102500", &paris()).as_deref(), Ok("2026-07-14T10:25:00+02:00"));
+        assert_eq!(to_fhir("20261122143015", &paris()).as_deref(), Ok("2026-11-22T14:30:15+01:00"));
+        let cayenne = TimeZone::get("America/Cayenne").expect("tzdb");
+        assert_eq!(to_fhir("20260714102500", &cayenne).as_deref(), Ok("2026-07-14T10:25:00-03:00"));
+    }
+
+    #[test]
+    fn an_explicit_offset_is_kept() {
+        assert_eq!(to_fhir("20260714102500+0000", &paris()).as_deref(), Ok("2026-07-14T10:25:00+00:00"));
+        assert_eq!(to_fhir("202607141025-0300", &paris()).as_deref(), Ok("2026-07-14T10:25:00-03:00"));
+    }
+
+    #[test]
+    fn precision_is_kept() {
+        assert_eq!(to_fhir("1979", &paris()).as_deref(), Ok("1979"));
+        assert_eq!(to_fhir("197903", &paris()).as_deref(), Ok("1979-03"));
+        assert_eq!(to_fhir("19790328", &paris()).as_deref(), Ok("1979-03-28"));
+        assert_eq!(to_fhir("202607141025", &paris()).as_deref(), Ok("2026-07-14T10:25:00+02:00"));
+        assert_eq!(to_fhir("20260714102500.25", &paris()).as_deref(), Ok("2026-07-14T10:25:00.25+02:00"));
+    }
+
+    #[test]
+    fn bad_times_are_refused() {
+        for bad in ["", "2026-07-14", "20261332", "20260230", "2026071410256", "20260714102500+2", "abc"] {
+            assert!(to_fhir(bad, &paris()).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,255 @@
+//! The pipeline after the journal: map → route → publish, for each journaled message in id order.
+//!
+//! It owns the journal's state transitions after `received`. For a batch of unfinished entries (read with
+//! [`Journal::unfinished`], so on start it first takes everything journaled but not yet published: the
+//! outbox), it:
+//! 1. maps each `received` entry with the [`Transform`] and routes its facts with the live [`RouteSet`];
+//! 2. records, in one group commit, `mapped` (the bundle) then `routed` (routes, destinations, partition
+//!    key) or `unrouted`, or `failed` with the reason (the raw message is never lost);
+//! 3. publishes one [`Envelope`] per destination not yet published and waits for the bus to confirm all of
+//!    them, retrying the whole batch in order with backoff while the bus is away;
+//! 4. records `published` for each confirmed destination.
+//!
+//! A crash at any point leaves the entry in a state that step 1 picks up again on restart: delivery is at
+//! least once, and the envelope's `message_id` (the journal id) lets sinks drop copies.
+//!
+//! [`RouteSet`]: crate::routing::RouteSet
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::bus::{self, Bus, Envelope};
+use crate::config::Settings;
+use crate::facts::{EventClass, Mapped, Transform};
+use crate::journal::{self, Delivery, DocumentMeta, Journal, Progress, Stage, State, Unfinished};
+use crate::routing::reload::LiveRoutes;
+use crate::shutdown::Shutdown;
+
+pub mod map_stage;
+
+/// Why the pipeline stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The journal could not be read or updated.
+    #[error("journal: {0}")]
+    Journal(#[from] journal::Error),
+    /// A blocking task failed.
+    #[error("pipeline task: {0}")]
+    Task(String),
+}
+
+/// The map stage the pipeline uses: the ADT mapping and the documents module, loaded from the settings.
+pub fn transform_for(settings: &Settings) -> Result<Arc<dyn Transform>, map_stage::Error> {
+    Ok(Arc::new(map_stage::MapStage::load(settings)?))
+}
+
+/// The pipeline's parts.
+#[derive(Clone)]
+pub struct Pipeline {
+    /// The journal it reads and updates.
+    pub journal: Journal,
+    /// The map stage.
+    pub transform: Arc<dyn Transform>,
+    /// The live routes.
+    pub routes: Arc<LiveRoutes>,
+    /// Where envelopes go.
+    pub bus: Bus,
+    /// Most entries per batch (also per publish).
+    pub batch: usize,
+}
+
+/// What one pass did (for tests and logs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pass {
+    /// Entries handled.
+    pub entries: usize,
+    /// Envelopes the bus confirmed.
+    pub published: usize,
+}
+
+impl Pipeline {
+    /// Runs until `shutdown`: first the outbox (every unfinished entry), then each newly committed entry.
+    pub async fn run(self, mut shutdown: Shutdown) -> Result<(), Error> {
+        let mut committed = self.journal.committed();
+        let mut cursor = 0;
+        loop {
+            if shutdown.is_fired() {
+                return Ok(());
+            }
+            let batch = self.read(cursor).await?;
+            let Some(last) = batch.last().map(|entry| entry.meta.id) else {
+                tokio::select! {
+                    _ = shutdown.recv() => return Ok(()),
+                    changed = committed.changed() => if changed.is_err() { return Ok(()) },
+                }
+                continue;
+            };
+            match self.process(batch, &mut shutdown).await? {
+                Some(_) => cursor = last,
+                None => return Ok(()),
+            }
+        }
+    }
+
+    /// Handles one batch: map, route, record, publish (retrying until confirmed or `shutdown`), record.
+    /// `None` when shutdown interrupted the publication (the entries stay unfinished for the next start).
+    pub async fn process(
+        &self,
+        batch: Vec<Unfinished>,
+        shutdown: &mut Shutdown,
+    ) -> Result<Option<Pass>, Error> {
+        let entries = batch.len();
+        let staged = self.stage(batch).await?;
+        let mut envelopes = Vec::new();
+        for (id, progress, bundle) in &staged {
+            for delivery in progress.deliveries.iter().filter(|d| !d.published) {
+                envelopes.push(envelope(*id, progress, delivery, bundle.clone()));
+            }
+        }
+        if envelopes.is_empty() {
+            return Ok(Some(Pass { entries, published: 0 }));
+        }
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let attempt = tokio::select! {
+                _ = shutdown.recv() => return Ok(None),
+                result = self.bus.publish(&envelopes) => result,
+            };
+            match attempt {
+                Ok(()) => break,
+                Err(error) => {
+                    tracing::warn!(%error, envelopes = envelopes.len(), "publish failed; retrying the batch");
+                    tokio::select! {
+                        _ = shutdown.recv() => return Ok(None),
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        let mut answers = Vec::with_capacity(staged.len());
+        for (id, progress, _) in &staged {
+            let destinations: Vec<String> =
+                progress.deliveries.iter().filter(|d| !d.published).map(|d| d.destination.clone()).collect();
+            if !destinations.is_empty() {
+                answers
+                    .push(self.journal.enqueue_update(*id, vec![Stage::Published { destinations }]).await?);
+            }
+        }
+        for answer in answers {
+            answer.await.unwrap_or(Err(journal::Error::WriterLost))?;
+        }
+        Ok(Some(Pass { entries, published: envelopes.len() }))
+    }
+
+    async fn read(&self, cursor: u64) -> Result<Vec<Unfinished>, Error> {
+        let journal = self.journal.clone();
+        let limit = self.batch.max(1);
+        tokio::task::spawn_blocking(move || journal.unfinished(cursor, limit))
+            .await
+            .map_err(|e| Error::Task(e.to_string()))?
+            .map_err(Error::from)
+    }
+
+    /// Maps and routes what needs it, records the stages (one group commit) and returns the routed entries
+    /// with their bundle.
+    async fn stage(&self, batch: Vec<Unfinished>) -> Result<Vec<(u64, Progress, Bytes)>, Error> {
+        let transform = Arc::clone(&self.transform);
+        let routes = self.routes.current();
+        let decided = tokio::task::spawn_blocking(move || {
+            batch
+                .into_iter()
+                .map(|mut entry| {
+                    let id = entry.meta.id;
+                    let kind = entry.meta.kind;
+                    if entry.meta.state == State::Routed
+                        && let (Some(progress), Some(bundle)) =
+                            (entry.meta.progress.take(), entry.bundle.take())
+                    {
+                        return (id, Decision::Routed(progress, Bytes::from(bundle)));
+                    }
+                    match transform.map(kind, &entry.raw) {
+                        Err(failure) => (id, Decision::Failed(failure.to_string())),
+                        Ok(mapped) => {
+                            let routing = routes.route(&mapped.facts);
+                            (id, Decision::Mapped(progress_of(&mapped, &routing), Bytes::from(mapped.bundle)))
+                        }
+                    }
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .map_err(|e| Error::Task(e.to_string()))?;
+
+        let mut answers = Vec::new();
+        let mut routed = Vec::new();
+        for (id, decision) in decided {
+            match decision {
+                Decision::Failed(reason) => {
+                    answers.push(self.journal.enqueue_update(id, vec![Stage::Failed { reason }]).await?);
+                }
+                Decision::Mapped(progress, bundle) => {
+                    let stages = vec![
+                        Stage::Mapped { bundle: bundle.clone() },
+                        Stage::Routed { progress: progress.clone() },
+                    ];
+                    answers.push(self.journal.enqueue_update(id, stages).await?);
+                    if !progress.deliveries.is_empty() {
+                        routed.push((id, progress, bundle));
+                    }
+                }
+                Decision::Routed(progress, bundle) => routed.push((id, progress, bundle)),
+            }
+        }
+        for answer in answers {
+            answer.await.unwrap_or(Err(journal::Error::WriterLost))?;
+        }
+        Ok(routed)
+    }
+}
+
+enum Decision {
+    Failed(String),
+    Mapped(Progress, Bytes),
+    Routed(Progress, Bytes),
+}
+
+fn progress_of(mapped: &Mapped, routing: &crate::routing::Routing) -> Progress {
+    let facts = &mapped.facts;
+    let document = (facts.event_class == Some(EventClass::Document)).then(|| DocumentMeta {
+        document_type: facts.document_type.clone(),
+        confidentiality: facts.confidentiality.clone(),
+    });
+    Progress {
+        kind: facts.kind,
+        event_class: facts.event_class,
+        partition_key: bus::partition_key(&facts.patient_key),
+        routes: routing.routes.clone(),
+        deliveries: routing
+            .destinations
+            .iter()
+            .map(|(destination, route)| Delivery {
+                destination: destination.clone(),
+                route: route.clone(),
+                published: false,
+            })
+            .collect(),
+        document,
+    }
+}
+
+fn envelope(id: u64, progress: &Progress, delivery: &Delivery, bundle: Bytes) -> Envelope {
+    Envelope {
+        message_id: id,
+        sink: delivery.destination.clone(),
+        route: delivery.route.clone(),
+        kind: progress.kind,
+        event_class: progress.event_class,
+        partition_key: progress.partition_key.clone(),
+        document: progress.document.clone(),
+        document_ref: progress.document.as_ref().map(|_| format!("journal:{id}")),
+        bundle,
+    }
+}
