@@ -171,6 +171,14 @@ pub struct JournalSettings {
     pub dedup_window_secs: u64,
     /// Most messages in one group commit.
     pub max_batch: usize,
+    /// Published messages are pruned (metadata, bundle) this many days after they arrived; 0 keeps them.
+    pub retention_days: u64,
+    /// Raw bytes of pruned messages are kept this many days (0: as long as the metadata); never shorter.
+    pub raw_retention_days: u64,
+    /// Seconds between two retention passes.
+    pub prune_interval_secs: u64,
+    /// Most entries removed per retention batch (one short write transaction each).
+    pub prune_batch: usize,
 }
 
 /// Settings for one sending facility.
@@ -235,7 +243,14 @@ impl Default for HttpSettings {
 
 impl Default for JournalSettings {
     fn default() -> Self {
-        JournalSettings { dedup_window_secs: 24 * 3600, max_batch: 4096 }
+        JournalSettings {
+            dedup_window_secs: 24 * 3600,
+            max_batch: 4096,
+            retention_days: 0,
+            raw_retention_days: 0,
+            prune_interval_secs: 3600,
+            prune_batch: 100,
+        }
     }
 }
 
@@ -312,6 +327,17 @@ impl Settings {
         }
         if self.journal.max_batch == 0 {
             return Err(invalid("journal.max_batch", "must be at least 1"));
+        }
+        if self.journal.raw_retention_days != 0
+            && self.journal.raw_retention_days < self.journal.retention_days
+        {
+            return Err(invalid(
+                "journal.raw_retention_days",
+                "must be 0 or at least journal.retention_days (raw bytes are never pruned before the metadata)",
+            ));
+        }
+        if self.journal.prune_interval_secs == 0 || self.journal.prune_batch == 0 {
+            return Err(invalid("journal.prune_interval_secs", "and journal.prune_batch must be at least 1"));
         }
         for (name, sender) in &self.senders {
             if let Some(to) = &sender.business_ack_to

@@ -13,7 +13,9 @@
 //! [`config`] turns `relais.toml` and `RELAIS__*` variables into checked [`config::Settings`];
 //! [`shutdown`] carries the one stop signal every task listens to.
 //! [`ops`] observes every stage (Prometheus metrics, `/health`, `/ready`) and decides nothing.
+//! [`admin`] lets operators search, replay and purge (API, console, CLI client) and prunes the journal.
 
+pub mod admin;
 pub mod bus;
 pub mod cda;
 pub mod config;

@@ -86,6 +86,111 @@ enum Command {
         #[command(subcommand)]
         command: RoutesCommand,
     },
+    /// Search journaled messages through the admin API (newest first).
+    Messages {
+        #[command(flatten)]
+        conn: AdminConn,
+        /// Journal state (received, failed, published...).
+        #[arg(long)]
+        state: Option<String>,
+        /// Sending facility (MSH-4).
+        #[arg(long)]
+        sender: Option<String>,
+        /// Message control id (MSH-10).
+        #[arg(long)]
+        control_id: Option<String>,
+        /// Event class (admission, discharge...).
+        #[arg(long)]
+        event: Option<String>,
+        /// Received at or after (RFC 3339 or YYYY-MM-DD).
+        #[arg(long)]
+        since: Option<String>,
+        /// Received before (RFC 3339 or YYYY-MM-DD).
+        #[arg(long)]
+        until: Option<String>,
+        /// Patient key (`<assigner>|<IPP>` or INS); hashed by the server, never logged.
+        #[arg(long)]
+        patient: Option<String>,
+        /// Most messages.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Send messages through the pipeline again (by id, or every message in a state).
+    Replay {
+        #[command(flatten)]
+        conn: AdminConn,
+        /// Every message in this state (e.g. failed).
+        #[arg(long, required_unless_present = "ids")]
+        state: Option<String>,
+        /// Start again from the mapping (map) or re-publish the stored bundle (publish).
+        #[arg(long, value_enum, default_value_t = FromStage::Map)]
+        from: FromStage,
+        /// Journal ids.
+        ids: Vec<u64>,
+    },
+    /// Dead letters of a sink: list, show, replay, purge.
+    Dlq {
+        #[command(flatten)]
+        conn: AdminConn,
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+}
+
+/// Where `relais replay` starts.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum FromStage {
+    /// Map the raw message again.
+    Map,
+    /// Publish the stored bundle again.
+    Publish,
+}
+
+/// How to reach the admin API.
+#[derive(Debug, clap::Args)]
+struct AdminConn {
+    /// Base URL of the Relais HTTP listener.
+    #[arg(long, global = true, default_value = "http://127.0.0.1:8080", env = "RELAIS_URL")]
+    url: String,
+    /// Admin bearer token (`http.admin_token`).
+    #[arg(long, global = true, env = "RELAIS_ADMIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Print the API's JSON instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqCommand {
+    /// List a sink's dead letters.
+    List {
+        /// Sink instance name.
+        sink: String,
+        /// Most entries.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Show one dead letter with its FHIR bundle.
+    Show {
+        /// Sink instance name.
+        sink: String,
+        /// Journal id.
+        id: u64,
+    },
+    /// Publish dead letters again (all of the sink when no id is given).
+    Replay {
+        /// Sink instance name.
+        sink: String,
+        /// Journal ids.
+        ids: Vec<u64>,
+    },
+    /// Drop dead letters (all of the sink when no id is given).
+    Purge {
+        /// Sink instance name.
+        sink: String,
+        /// Journal ids.
+        ids: Vec<u64>,
+    },
 }
 
 /// `--as` values of `relais convert`.
@@ -101,7 +206,7 @@ enum BundleAs {
 enum RoutesCommand {
     /// Print which routes match a message and, for the others, which predicate failed.
     Explain {
-        /// The message file (HL7v2).
+        /// The message file (HL7v2, or a CDA document when it starts with `<`).
         file: PathBuf,
         /// Settings file (for `sinks.*` and `routes_dir`).
         #[arg(long)]
@@ -120,6 +225,18 @@ fn main() -> ExitCode {
             return convert(&file, bundle_as, pretty, &mappings, config.as_deref());
         }
         Command::Check { config, routes, mappings } => return check(config.as_deref(), routes, &mappings),
+        Command::Messages { .. } | Command::Replay { .. } | Command::Dlq { .. } => {
+            return match admin_command(cli.command) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("relais: {e:#}");
+                    ExitCode::from(1)
+                }
+            };
+        }
         _ => {}
     }
     init_logging(cli.log_json);
@@ -150,7 +267,11 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             relais::server::run(settings, relais::server::stop_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Convert { .. } | Command::Check { .. } => Ok(ExitCode::SUCCESS),
+        Command::Convert { .. }
+        | Command::Check { .. }
+        | Command::Messages { .. }
+        | Command::Replay { .. }
+        | Command::Dlq { .. } => Ok(ExitCode::SUCCESS),
         Command::Send { to, tls_ca, client_cert, client_key, server_name, paths } => {
             let options = SendOptions { to, tls_ca, client_cert, client_key, server_name };
             let messages = send::collect(&paths)?;
@@ -187,7 +308,12 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             let (settings, set) = load_routes(config.as_deref(), routes)?;
             let raw = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             let transform = relais::pipeline::transform_for(&settings)?;
-            let kind = relais::facts::MessageKind::Hl7v2;
+            // A CDA document starts with `<` (after an optional BOM and blank lines); anything else is HL7v2.
+            let text = raw.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&raw);
+            let kind = match text.iter().find(|b| !b.is_ascii_whitespace()) {
+                Some(b'<') => relais::facts::MessageKind::Cda,
+                _ => relais::facts::MessageKind::Hl7v2,
+            };
             match relais::routing::explain_message(&set, transform.as_ref(), kind, &raw) {
                 Ok(verdicts) => {
                     print!("{}", relais::routing::render_verdicts(&verdicts));
@@ -238,7 +364,16 @@ fn convert(
         BundleAs::Message => BundleKind::Message,
         BundleAs::Transaction => BundleKind::Transaction,
     };
-    match mapper.convert(&raw, kind, pretty) {
+    // A CDA document, or an ORU^R01 carrying one, goes through the documents module (its Bundle is always a
+    // transaction: a document is not an event message).
+    let message_kind = relais::documents::sniff_kind(&raw);
+    let converted =
+        if message_kind == relais::facts::MessageKind::Cda || relais::documents::oru::is_oru_r01(&raw) {
+            convert_document(&mappings.join("documents"), message_kind, &raw, pretty)
+        } else {
+            mapper.convert(&raw, kind, pretty)
+        };
+    match converted {
         Ok(mapped) => {
             let mut out = std::io::stdout().lock();
             if out.write_all(&mapped.bundle).and_then(|()| out.write_all(b"\n")).is_err() {
@@ -251,6 +386,24 @@ fn convert(
             ExitCode::from(1)
         }
     }
+}
+
+/// The documents module's Bundle for a CDA document or an ORU^R01 (XDS tables from `tables`).
+fn convert_document(
+    tables: &std::path::Path,
+    kind: relais::facts::MessageKind,
+    raw: &[u8],
+    pretty: bool,
+) -> Result<relais::facts::Mapped, relais::facts::MapFailure> {
+    let mapper = relais::documents::DocumentMapper::load(tables).map_err(|e| relais::facts::MapFailure {
+        location: tables.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let mut mapped = mapper.map_document(kind, raw)?.mapped;
+    if pretty && let Ok(value) = serde_json::from_slice::<serde_json::Value>(&mapped.bundle) {
+        mapped.bundle = serde_json::to_vec_pretty(&value).unwrap_or(mapped.bundle);
+    }
+    Ok(mapped)
 }
 
 fn check(config: Option<&std::path::Path>, routes: Option<PathBuf>, mappings: &std::path::Path) -> ExitCode {
@@ -309,5 +462,70 @@ fn init_logging(json: bool) {
         builder.json().init();
     } else {
         builder.init();
+    }
+}
+
+/// `relais messages | replay | dlq`: one admin API call (or a few), the output as text.
+fn admin_command(command: Command) -> anyhow::Result<String> {
+    use relais::admin::api::SearchQuery;
+    use relais::admin::client::{self, Client};
+    use relais::journal::ReplayFrom;
+
+    let json = |value: &dyn erased::Json| value.pretty();
+    match command {
+        Command::Messages { conn, state, sender, control_id, event, since, until, patient, limit } => {
+            let client = Client::new(&conn.url, conn.token)?;
+            let query =
+                SearchQuery { state, sender, control_id, event, since, until, patient, limit: Some(limit) };
+            let found = client.search(&query)?;
+            Ok(if conn.json { json(&found) } else { client::messages_table(&found) })
+        }
+        Command::Replay { conn, state, from, mut ids } => {
+            let client = Client::new(&conn.url, conn.token)?;
+            if let Some(state) = state {
+                let query = SearchQuery { state: Some(state), limit: Some(10_000), ..SearchQuery::default() };
+                ids.extend(client.search(&query)?.iter().map(|e| e.id));
+            }
+            let from = match from {
+                FromStage::Map => ReplayFrom::Map,
+                FromStage::Publish => ReplayFrom::Publish,
+            };
+            let report = client.replay(&ids, from, !conn.json && std::io::stderr().is_terminal())?;
+            Ok(if conn.json { json(&report) } else { client::replay_text(&report) })
+        }
+        Command::Dlq { conn, command } => {
+            let client = Client::new(&conn.url, conn.token)?;
+            match command {
+                DlqCommand::List { sink, limit } => {
+                    let dead = client.dead_letters(&sink, limit)?;
+                    Ok(if conn.json { json(&dead) } else { client::dead_letters_table(&dead) })
+                }
+                DlqCommand::Show { sink, id } => Ok(json(&client.dead_letter(&sink, id)?)),
+                DlqCommand::Replay { sink, ids } => {
+                    let done = client.dead_letter_action(&sink, "replay", &ids)?;
+                    Ok(if conn.json { json(&done) } else { format!("replayed {}\n", done["replayed"]) })
+                }
+                DlqCommand::Purge { sink, ids } => {
+                    let done = client.dead_letter_action(&sink, "purge", &ids)?;
+                    Ok(if conn.json { json(&done) } else { format!("purged {}\n", done["purged"]) })
+                }
+            }
+        }
+        _ => Ok(String::new()),
+    }
+}
+
+/// Pretty JSON of any serializable value (object-safe, so one closure prints every answer type).
+mod erased {
+    /// A value printable as pretty JSON.
+    pub trait Json {
+        /// The value as indented JSON with a final newline.
+        fn pretty(&self) -> String;
+    }
+
+    impl<T: serde::Serialize> Json for T {
+        fn pretty(&self) -> String {
+            serde_json::to_string_pretty(self).unwrap_or_default() + "\n"
+        }
     }
 }

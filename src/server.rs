@@ -146,6 +146,8 @@ pub async fn run(settings: Settings, stop: impl std::future::Future<Output = ()>
         shutdown.clone(),
     ));
 
+    tasks.spawn(crate::admin::retention::run(journal.clone(), settings.journal.clone(), shutdown.clone()));
+
     if !settings.mllp.listen.is_empty() {
         let listener = bind("mllp.listen", &settings.mllp.listen).await?;
         bound.mllp = listener.local_addr().ok();
@@ -163,8 +165,16 @@ pub async fn run(settings: Settings, stop: impl std::future::Future<Output = ()>
         let listener = bind("http.listen", &settings.http.listen).await?;
         bound.http = listener.local_addr().ok();
         info!(addr = ?bound.http, "HTTP listening");
+        let admin = crate::admin::Admin {
+            journal: journal.clone(),
+            bus: bus.clone(),
+            sinks: sinks.clone(),
+            token: settings.http.admin_token.clone(),
+        };
         let router = http::router(intake.clone(), settings.http.admin_token.clone())
-            .merge(crate::ops::http::router(health.clone(), journal.clone()));
+            .merge(crate::ops::http::router(health.clone(), journal.clone()))
+            .merge(crate::admin::api::router(admin.clone()))
+            .merge(crate::admin::console::router(admin));
         let http_shutdown: Shutdown = shutdown.clone();
         tasks.spawn(async move {
             if let Err(e) = http::run(listener, router, http_shutdown).await {

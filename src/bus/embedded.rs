@@ -131,6 +131,35 @@ impl EmbeddedBus {
         Ok(taken)
     }
 
+    /// Up to `limit` dead letters of `sink`, oldest journal id first, left in the queue.
+    pub fn dead_letters(&self, sink: &str, limit: usize) -> Result<Vec<Envelope>, Error> {
+        let txn = self.shared.db.begin_read()?;
+        let dead = txn.open_table(DEAD)?;
+        let mut found = Vec::new();
+        for item in dead.range((sink, 0)..=(sink, u64::MAX))?.take(limit) {
+            found.push(Envelope::decode(item?.1.value())?);
+        }
+        Ok(found)
+    }
+
+    /// True when journal entry `id` is among the dead letters of `sink`.
+    pub fn is_dead_letter(&self, sink: &str, id: u64) -> Result<bool, Error> {
+        let txn = self.shared.db.begin_read()?;
+        Ok(txn.open_table(DEAD)?.get((sink, id))?.is_some())
+    }
+
+    /// Removes and returns the dead letter of journal entry `id` in `sink`, if there is one.
+    pub fn take_dead_letter(&self, sink: &str, id: u64) -> Result<Option<Envelope>, Error> {
+        let txn = self.shared.db.begin_write()?;
+        let taken = {
+            let mut dead = txn.open_table(DEAD)?;
+            let removed = dead.remove((sink, id))?;
+            removed.map(|bytes| Envelope::decode(bytes.value())).transpose()?
+        };
+        txn.commit()?;
+        Ok(taken)
+    }
+
     fn head(&self, sink: &str, partition: u16) -> Result<Option<(u64, Envelope, u32)>, Error> {
         let txn = self.shared.db.begin_read()?;
         let queue = txn.open_table(QUEUE)?;

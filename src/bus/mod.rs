@@ -56,6 +56,9 @@ pub enum Error {
     /// An envelope could not be encoded or decoded.
     #[error("envelope: {0}")]
     Envelope(String),
+    /// The back-end cannot do this (e.g. browse a dead-letter queue on AMQP).
+    #[error("not supported by the {0}")]
+    Unsupported(&'static str),
     /// A sink or partition the topology does not have.
     #[error("unknown sink `{sink}` or partition {partition}")]
     Unknown {
@@ -195,6 +198,41 @@ impl Bus {
         match self {
             Bus::Amqp(bus) => bus.take_dead_letters(sink, limit).await,
             Bus::Embedded(bus) => bus.take_dead_letters(sink, limit),
+        }
+    }
+
+    /// Up to `limit` dead letters of `sink`, oldest first, left in place (embedded bus only: an AMQP queue
+    /// cannot be browsed without taking its messages).
+    pub async fn dead_letters(&self, sink: &str, limit: usize) -> Result<Vec<Envelope>, Error> {
+        match self {
+            Bus::Amqp(_) => Err(Error::Unsupported("AMQP bus: list dead letters in the RabbitMQ console")),
+            Bus::Embedded(bus) => {
+                let (bus, sink) = (bus.clone(), sink.to_owned());
+                tokio::task::spawn_blocking(move || bus.dead_letters(&sink, limit))
+                    .await
+                    .map_err(|e| Error::Envelope(format!("dead letter task: {e}")))?
+            }
+        }
+    }
+
+    /// True when journal entry `id` is a dead letter of `sink`; `None` on AMQP (cannot tell without taking).
+    pub fn is_dead_letter(&self, sink: &str, id: u64) -> Result<Option<bool>, Error> {
+        match self {
+            Bus::Amqp(_) => Ok(None),
+            Bus::Embedded(bus) => bus.is_dead_letter(sink, id).map(Some),
+        }
+    }
+
+    /// Removes and returns the dead letter of journal entry `id` in `sink` (embedded bus only).
+    pub async fn take_dead_letter(&self, sink: &str, id: u64) -> Result<Option<Envelope>, Error> {
+        match self {
+            Bus::Amqp(_) => Err(Error::Unsupported("AMQP bus: take dead letters by count, not by id")),
+            Bus::Embedded(bus) => {
+                let (bus, sink) = (bus.clone(), sink.to_owned());
+                tokio::task::spawn_blocking(move || bus.take_dead_letter(&sink, id))
+                    .await
+                    .map_err(|e| Error::Envelope(format!("dead letter task: {e}")))?
+            }
         }
     }
 

@@ -12,7 +12,7 @@ use jiff::Timestamp;
 
 use super::*;
 
-const CORPUS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/test-corpus/bench/adt_a01_fr.hl7");
+const CORPUS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/test-messages/bench/adt_a01_fr.hl7");
 
 fn body() -> Bytes {
     // The 1.6 KB French ADT^A01 bench message; a same-sized stand-in when the corpus is not there.

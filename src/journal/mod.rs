@@ -34,12 +34,15 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use jiff::Timestamp;
 use redb::Database;
 use tokio::sync::{mpsc, oneshot};
 
 pub use record::{
-    Appended, Delivery, DocumentMeta, EntryMeta, HeaderFields, NewEntry, Progress, Stage, State, Transport,
+    Appended, Delivery, DocumentMeta, EntryMeta, Event, HeaderFields, NewEntry, Progress, ReplayFrom, Stage,
+    State, Transport,
 };
+pub use store::{Filter, Pruned};
 pub use writer::CommitStats;
 
 use store::{Prepared, Update};
@@ -132,6 +135,7 @@ struct Inner {
     writer: Mutex<Option<JoinHandle<()>>>,
     counters: Arc<CommitCounters>,
     committed: tokio::sync::watch::Receiver<u64>,
+    replays: tokio::sync::watch::Sender<u64>,
 }
 
 /// An entry the pipeline has not finished with, as [`Journal::unfinished`] returns it.
@@ -173,6 +177,7 @@ impl Journal {
                 writer: Mutex::new(Some(handle)),
                 counters,
                 committed,
+                replays: tokio::sync::watch::Sender::new(0),
             }),
         })
     }
@@ -245,6 +250,55 @@ impl Journal {
     /// Metadata, newest first, optionally of one state only, at most `limit` entries.
     pub fn list(&self, state: Option<State>, limit: usize) -> Result<Vec<EntryMeta>, Error> {
         store::list(&self.inner.db, state, limit)
+    }
+
+    /// Newest first, the entries `filter` matches, at most `limit`, looking at no more than `scan` entries
+    /// (the newest ones, or of the filter's state). Blocking: call it from `spawn_blocking`.
+    pub fn search(&self, filter: &Filter, limit: usize, scan: usize) -> Result<Vec<EntryMeta>, Error> {
+        store::search(&self.inner.db, filter, limit, scan)
+    }
+
+    /// Sends entry `id` through the pipeline again from `from` (a journal update through the writer), and
+    /// wakes the pipeline, which then re-reads the journal from the start.
+    pub async fn replay(&self, id: u64, from: ReplayFrom) -> Result<(), Error> {
+        self.replay_many(&[id], from).await.remove(0)
+    }
+
+    /// As [`Journal::replay`] for several entries at once: queued together so they share group commits;
+    /// one result per id, in order.
+    pub async fn replay_many(&self, ids: &[u64], from: ReplayFrom) -> Vec<Result<(), Error>> {
+        let mut answers = Vec::with_capacity(ids.len());
+        for &id in ids {
+            answers.push(self.enqueue_update(id, vec![Stage::Replay { from }]).await);
+        }
+        let mut results = Vec::with_capacity(ids.len());
+        for answer in answers {
+            results.push(match answer {
+                Ok(answer) => answer.await.unwrap_or(Err(Error::WriterLost)),
+                Err(error) => Err(error),
+            });
+        }
+        if results.iter().any(Result::is_ok) {
+            self.inner.replays.send_modify(|count| *count += 1);
+        }
+        results
+    }
+
+    /// Bumped after every [`Journal::replay`]: the pipeline watches it to look behind its cursor.
+    pub fn replays(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.replays.subscribe()
+    }
+
+    /// One retention batch: removes at most `limit` published entries received before `meta_before`, raw
+    /// bytes received before `raw_before` (never after `meta_before`). One short write transaction, so
+    /// appends wait at most that long. Blocking: call it from `spawn_blocking`.
+    pub fn prune(
+        &self,
+        meta_before: Timestamp,
+        raw_before: Timestamp,
+        limit: usize,
+    ) -> Result<Pruned, Error> {
+        store::prune(&self.inner.db, meta_before, raw_before.min(meta_before), limit)
     }
 
     /// Metadata of entry `id`, if stored.

@@ -147,6 +147,43 @@ pub struct EntryMeta {
     /// What the stages after the journal recorded (routes, destinations, publications).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<Progress>,
+    /// Each stage recorded after `received`, oldest first, with its time (entries written before the field
+    /// existed have none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<Event>,
+}
+
+/// One recorded stage of an entry: what happened, when, and any detail (an error, destinations).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// When the stage was recorded.
+    pub at: Timestamp,
+    /// `mapped`, `failed`, `routed`, `unrouted`, `published` or `replayed`.
+    pub stage: String,
+    /// The failure reason, the destinations published, or the stage a replay starts from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// Where a replay starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplayFrom {
+    /// Map again from the raw message, then route and publish (state back to `received`).
+    Map,
+    /// Publish the stored bundle again to every destination already decided (state back to `routed`);
+    /// an entry never routed is mapped again instead.
+    Publish,
+}
+
+impl ReplayFrom {
+    /// The snake_case name used in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReplayFrom::Map => "map",
+            ReplayFrom::Publish => "publish",
+        }
+    }
 }
 
 /// What the route stage decided for an entry and what the bus confirmed since.
@@ -218,6 +255,11 @@ pub enum Stage {
         /// Sink instance names.
         destinations: Vec<String>,
     },
+    /// An operator asked for the entry to go through the pipeline again (see [`ReplayFrom`]).
+    Replay {
+        /// Where it starts again.
+        from: ReplayFrom,
+    },
 }
 
 /// The outcome of `append`, returned only once the write is durable (committed and fsynced).
@@ -260,6 +302,8 @@ pub(crate) struct StoredRecord {
     pub(crate) kind: MessageKind,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) progress: Option<Progress>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) history: Vec<Event>,
 }
 
 impl StoredRecord {
@@ -276,6 +320,7 @@ impl StoredRecord {
             reason: entry.reason,
             kind: entry.kind,
             progress: None,
+            history: Vec::new(),
         };
         (record, entry.raw)
     }
@@ -294,6 +339,7 @@ impl StoredRecord {
             reason: self.reason,
             kind: self.kind,
             progress: self.progress,
+            history: self.history,
         }
     }
 }
@@ -332,6 +378,7 @@ mod tests {
             reason: None,
             kind: MessageKind::Hl7v2,
             progress: None,
+            history: Vec::new(),
         };
         let value = serde_json::to_value(&meta).unwrap();
         assert_eq!(value["kind"], "hl7v2");

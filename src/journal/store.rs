@@ -7,7 +7,9 @@
 //! - `dedup`: sending_facility + U+001F + control_id -> (id, received_at in µs since the epoch) of the
 //!   entry that key currently points to, so the window check needs no extra read;
 //! - `counters`: state name or `"journaled"` -> count, updated in the same transaction as the entries;
-//! - `bundle`: id -> the FHIR Bundle JSON the map stage produced (state `mapped` and later).
+//! - `bundle`: id -> the FHIR Bundle JSON the map stage produced (state `mapped` and later);
+//! - `raw_kept`: id -> received_at (µs) of a pruned entry whose raw bytes are kept longer than its metadata
+//!   (`journal.raw_retention_days` > `journal.retention_days`), so [`prune`] finds them without the record.
 //!
 //! Pipeline updates ([`Update`]) rewrite an entry's record, move its `by_state` key and counters, and store
 //! its bundle, in the same group commit as appends.
@@ -21,8 +23,11 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 
-use super::record::{Appended, EntryMeta, NewEntry, Stage, State, StoredRecord};
+use jiff::Timestamp;
+
+use super::record::{Appended, EntryMeta, Event, NewEntry, ReplayFrom, Stage, State, StoredRecord};
 use super::{Error, Unfinished};
+use crate::facts::EventClass;
 
 const META: TableDefinition<u64, &[u8]> = TableDefinition::new("meta");
 const RAW: TableDefinition<u64, &[u8]> = TableDefinition::new("raw");
@@ -30,6 +35,10 @@ const BY_STATE: TableDefinition<(&str, u64), ()> = TableDefinition::new("by_stat
 const DEDUP: TableDefinition<&str, (u64, i64)> = TableDefinition::new("dedup");
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 const BUNDLE: TableDefinition<u64, &[u8]> = TableDefinition::new("bundle");
+const RAW_KEPT: TableDefinition<u64, i64> = TableDefinition::new("raw_kept");
+
+/// The `stats` key counting entries whose metadata retention removed.
+pub(crate) const PRUNED: &str = "pruned";
 
 /// The `stats` key counting every stored entry.
 pub(crate) const JOURNALED: &str = "journaled";
@@ -88,6 +97,7 @@ pub(crate) fn create_tables(db: &Database) -> Result<(), Error> {
         txn.open_table(DEDUP)?;
         txn.open_table(COUNTERS)?;
         txn.open_table(BUNDLE)?;
+        txn.open_table(RAW_KEPT)?;
     }
     txn.commit()?;
     Ok(())
@@ -182,20 +192,44 @@ fn apply(
     id: u64,
     bundles: &mut redb::Table<'_, u64, &'static [u8]>,
 ) -> Result<(), Error> {
+    let at = Timestamp::now();
+    let mut event = |stage: &str, detail: Option<String>| {
+        record.history.push(Event { at, stage: stage.to_owned(), detail });
+    };
     match stage {
         Stage::Mapped { bundle } => {
             bundles.insert(id, bundle.as_ref())?;
+            event("mapped", None);
             record.state = State::Mapped;
         }
         Stage::Failed { reason } => {
+            event("failed", Some(reason.clone()));
             record.state = State::Failed;
             record.reason = Some(reason);
         }
         Stage::Routed { progress } => {
             record.state = if progress.deliveries.is_empty() { State::Unrouted } else { State::Routed };
+            let names: Vec<&str> = progress.deliveries.iter().map(|d| d.destination.as_str()).collect();
+            let detail = (!names.is_empty()).then(|| names.join(", "));
+            event(record.state.as_str(), detail);
             record.progress = Some(progress);
         }
+        Stage::Replay { from } => {
+            event("replayed", Some(from.as_str().to_owned()));
+            record.reason = None;
+            let routed = record.progress.as_ref().is_some_and(|p| !p.deliveries.is_empty());
+            if from == ReplayFrom::Publish && routed && bundles.get(id)?.is_some() {
+                if let Some(progress) = &mut record.progress {
+                    progress.deliveries.iter_mut().for_each(|d| d.published = false);
+                }
+                record.state = State::Routed;
+            } else {
+                record.progress = None;
+                record.state = State::Received;
+            }
+        }
         Stage::Published { destinations } => {
+            event("published", Some(destinations.join(", ")));
             if let Some(progress) = &mut record.progress {
                 for delivery in &mut progress.deliveries {
                     if destinations.contains(&delivery.destination) {
@@ -332,6 +366,7 @@ pub(crate) fn stats(db: &Database) -> Result<BTreeMap<String, u64>, Error> {
     // Accepted (AA, or 202 for a document) = everything journaled but refused, whatever stage it reached since.
     let accepted = stats[JOURNALED].saturating_sub(stats[State::Rejected.as_str()]);
     stats.insert("accepted".to_owned(), accepted);
+    stats.insert(PRUNED.to_owned(), counters.get(PRUNED)?.map_or(0, |guard| guard.value()));
     Ok(stats)
 }
 
@@ -375,4 +410,160 @@ pub(crate) fn list(db: &Database, state: Option<State>, limit: usize) -> Result<
         }
     }
     Ok(entries)
+}
+
+/// What a message search matches; every criterion given must hold (an empty filter matches everything).
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// Current state.
+    pub state: Option<State>,
+    /// MSH-4 (or a document's custodian id), exact.
+    pub sender: Option<String>,
+    /// MSH-10 (or a document id), exact.
+    pub control_id: Option<String>,
+    /// Event class found by the mapping.
+    pub event_class: Option<EventClass>,
+    /// Received at or after.
+    pub since: Option<Timestamp>,
+    /// Received before.
+    pub until: Option<Timestamp>,
+    /// The patient's partition key (the hash of the patient identifier, see `bus::partition_key`).
+    pub partition_key: Option<String>,
+}
+
+impl Filter {
+    fn matches(&self, entry: &EntryMeta) -> bool {
+        let header = entry.header.as_ref();
+        let progress = entry.progress.as_ref();
+        self.state.is_none_or(|state| entry.state == state)
+            && self.sender.as_ref().is_none_or(|s| header.is_some_and(|h| &h.sending_facility == s))
+            && self.control_id.as_ref().is_none_or(|c| header.is_some_and(|h| &h.control_id == c))
+            && self.event_class.is_none_or(|e| progress.is_some_and(|p| p.event_class == Some(e)))
+            && self.since.is_none_or(|t| entry.received_at >= t)
+            && self.until.is_none_or(|t| entry.received_at < t)
+            && self.partition_key.as_ref().is_none_or(|k| progress.is_some_and(|p| &p.partition_key == k))
+    }
+}
+
+/// Newest first, the entries `filter` matches, at most `limit`, looking at no more than `scan` entries.
+pub(crate) fn search(
+    db: &Database,
+    filter: &Filter,
+    limit: usize,
+    scan: usize,
+) -> Result<Vec<EntryMeta>, Error> {
+    let txn = db.begin_read()?;
+    let meta = txn.open_table(META)?;
+    let mut entries = Vec::new();
+    let mut keep = |entry: EntryMeta| {
+        if filter.matches(&entry) {
+            entries.push(entry);
+        }
+        entries.len() < limit
+    };
+    match filter.state {
+        None => {
+            for item in meta.iter()?.rev().take(scan) {
+                let (id, bytes) = item?;
+                if !keep(decode(id.value(), bytes.value())?) {
+                    break;
+                }
+            }
+        }
+        Some(state) => {
+            let by_state = txn.open_table(BY_STATE)?;
+            let name = state.as_str();
+            for item in by_state.range((name, 0)..=(name, u64::MAX))?.rev().take(scan) {
+                let (_, id) = item?.0.value();
+                let Some(bytes) = meta.get(id)? else { continue };
+                if !keep(decode(id, bytes.value())?) {
+                    break;
+                }
+            }
+        }
+    }
+    Ok(entries)
+}
+
+/// What one [`prune`] batch removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// Entries whose metadata (and bundle) went.
+    pub entries: u64,
+    /// Raw messages that went.
+    pub raw: u64,
+}
+
+impl Pruned {
+    /// True when the batch removed nothing (the backlog is done).
+    pub fn is_empty(&self) -> bool {
+        self.entries == 0 && self.raw == 0
+    }
+}
+
+/// Removes, in one short write transaction, at most `limit` published entries received before `meta_before`
+/// (record, index key, bundle, and raw bytes when also before `raw_before`), and the raw bytes kept past
+/// their record (`raw_kept`) once before `raw_before`. `raw_before` is never after `meta_before`.
+pub(crate) fn prune(
+    db: &Database,
+    meta_before: Timestamp,
+    raw_before: Timestamp,
+    limit: usize,
+) -> Result<Pruned, Error> {
+    let mut done = Pruned::default();
+    let txn = db.begin_write()?;
+    {
+        let mut meta = txn.open_table(META)?;
+        let mut raw = txn.open_table(RAW)?;
+        let mut by_state = txn.open_table(BY_STATE)?;
+        let mut bundles = txn.open_table(BUNDLE)?;
+        let mut kept = txn.open_table(RAW_KEPT)?;
+        let name = State::Published.as_str();
+        let mut candidates = Vec::new();
+        for item in by_state.range((name, 0)..=(name, u64::MAX))? {
+            let (_, id) = item?.0.value();
+            let Some(bytes) = meta.get(id)? else { continue };
+            let entry = decode(id, bytes.value())?;
+            // Ids grow with arrival time (give or take clock steps): stop at the first one still kept.
+            if entry.received_at >= meta_before || candidates.len() >= limit {
+                break;
+            }
+            candidates.push((id, entry.received_at));
+        }
+        for (id, received_at) in candidates {
+            meta.remove(id)?;
+            by_state.remove((name, id))?;
+            bundles.remove(id)?;
+            done.entries += 1;
+            if received_at < raw_before {
+                if raw.remove(id)?.is_some() {
+                    done.raw += 1;
+                }
+            } else {
+                kept.insert(id, received_at.as_microsecond())?;
+            }
+        }
+        let mut expired = Vec::new();
+        for item in kept.iter()?.take(limit) {
+            let (id, at_us) = item?;
+            if Timestamp::from_microsecond(at_us.value()).is_ok_and(|at| at < raw_before) {
+                expired.push(id.value());
+            }
+        }
+        for id in expired {
+            kept.remove(id)?;
+            if raw.remove(id)?.is_some() {
+                done.raw += 1;
+            }
+        }
+    }
+    if done.entries > 0 {
+        let mut counters = txn.open_table(COUNTERS)?;
+        let published = counters.get(State::Published.as_str())?.map_or(0, |guard| guard.value());
+        counters.insert(State::Published.as_str(), published.saturating_sub(done.entries))?;
+        let pruned = counters.get(PRUNED)?.map_or(0, |guard| guard.value());
+        counters.insert(PRUNED, pruned.saturating_add(done.entries))?;
+    }
+    txn.commit()?;
+    Ok(done)
 }

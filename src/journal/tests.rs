@@ -174,7 +174,11 @@ async fn stats_count_every_state() {
     let dir = tempfile::tempdir().unwrap();
     let journal = Journal::open(config(&dir)).unwrap();
     let empty = journal.stats().unwrap();
-    assert_eq!(empty.len(), State::ALL.len() + 2, "every state, plus `journaled` and `accepted`");
+    assert_eq!(
+        empty.len(),
+        State::ALL.len() + 3,
+        "every state, `journaled`, `accepted` and `pruned`: {empty:?}"
+    );
     assert!(empty.values().all(|count| *count == 0), "{empty:?}");
 
     for n in 0..5 {

@@ -428,12 +428,14 @@ fn gp(ctx: &Ctx<'_, '_, '_>, field: &Field<'_>) -> Option<PractitionerData> {
     let kind = ctx.comp(&rep, 13).unwrap_or_default();
     let ident = match kind.as_str() {
         "RPPS" if number.len() == 11 && number.bytes().all(|b| b.is_ascii_digit()) => Ident {
+            use_: Some("official".into()),
             type_: Some(Code { system: FR_V2_0203.into(), code: "RPPS".into(), display: None }),
             system: RPPS_SYSTEM.into(),
             value: number,
             ..Ident::default()
         },
         "IDNPS" => Ident {
+            use_: Some("official".into()),
             type_: Some(Code { system: FR_V2_0203.into(), code: "IDNPS".into(), display: None }),
             system: IDNPS_SYSTEM.into(),
             value: number,
@@ -696,7 +698,13 @@ pub(crate) fn map(ctx: &Ctx<'_, '_, '_>, kind: BundleKind, pretty: bool) -> Resu
         unit,
         document_type: None,
         confidentiality: None,
-        flags: Vec::new(),
+        flags: ctx
+            .rules
+            .flags
+            .iter()
+            .filter(|(p, values, _)| p.text(ctx.msg, ctx.cs).is_some_and(|v| values.contains(&v)))
+            .map(|(_, _, flag)| flag.clone())
+            .collect(),
         ins_qualified: part.ins_qualified,
         dmp_opposition,
         gp_known: part.gp_known,
@@ -704,10 +712,9 @@ pub(crate) fn map(ctx: &Ctx<'_, '_, '_>, kind: BundleKind, pretty: bool) -> Resu
         undoes,
     };
 
-    // Resources.
+    // Resources (the builders take the data by value: no copies).
     let patient_put = part.data.identifiers.first().map(|i| put_url("Patient", &i.system, &i.value));
-    let patient = relais_fhir::patient(&part.data).map_err(fhir_fail)?;
-    let mut entries = Vec::new();
+    let mut entries = Vec::with_capacity(5);
     let focus = match &encounter {
         Some((e, _)) => Ref { reference: Some(format!("urn:uuid:{}", e.id)), ..Ref::default() },
         None => Ref { reference: Some(format!("urn:uuid:{patient_id}")), ..Ref::default() },
@@ -720,28 +727,28 @@ pub(crate) fn map(ctx: &Ctx<'_, '_, '_>, kind: BundleKind, pretty: bool) -> Resu
             put_url: None,
         });
     }
+    let patient = relais_fhir::patient(part.data).map_err(fhir_fail)?;
     entries.push(Entry {
         full_url: format!("urn:uuid:{patient_id}"),
         resource: patient,
         put_url: patient_put,
     });
-    if let (Some(m), Some((s, v))) = (&part.merged, &part.merged_key) {
+    if let (Some(m), Some((s, v))) = (part.merged, &part.merged_key) {
+        let full_url = format!("urn:uuid:{}", m.id);
         let built = relais_fhir::patient(m).map_err(fhir_fail)?;
-        entries.push(Entry {
-            full_url: format!("urn:uuid:{}", m.id),
-            resource: built,
-            put_url: Some(put_url("Patient", s, v)),
-        });
+        entries.push(Entry { full_url, resource: built, put_url: Some(put_url("Patient", s, v)) });
     }
-    if let Some((e, key)) = &encounter {
+    if let Some((e, key)) = encounter {
+        let full_url = format!("urn:uuid:{}", e.id);
         let built = relais_fhir::encounter(e).map_err(fhir_fail)?;
         let put = key.as_ref().map(|(s, v)| put_url("Encounter", s, v));
-        entries.push(Entry { full_url: format!("urn:uuid:{}", e.id), resource: built, put_url: put });
+        entries.push(Entry { full_url, resource: built, put_url: put });
     }
-    if let Some(g) = &part.gp {
-        let built = relais_fhir::practitioner(g).map_err(fhir_fail)?;
+    if let Some(g) = part.gp {
+        let full_url = format!("urn:uuid:{}", g.id);
         let put = g.identifiers.first().map(|i| put_url("Practitioner", &i.system, &i.value));
-        entries.push(Entry { full_url: format!("urn:uuid:{}", g.id), resource: built, put_url: put });
+        let built = relais_fhir::practitioner(g).map_err(fhir_fail)?;
+        entries.push(Entry { full_url, resource: built, put_url: put });
     }
     if kind == BundleKind::Transaction {
         // Conditional PUTs only: an entry without a business identifier cannot be replayed safely.
@@ -812,7 +819,7 @@ fn message_header(
         }),
         focus: vec![focus],
     };
-    relais_fhir::message_header(&data).map_err(fhir_fail)
+    relais_fhir::message_header(data).map_err(fhir_fail)
 }
 
 fn relais_or_empty(raw: &[u8], ctx: &Ctx<'_, '_, '_>) -> String {

@@ -206,6 +206,8 @@ pub struct Rules {
     pub source: BTreeMap<String, Vec<SourcePath>>,
     /// `dmp_opposition` fact: path and accepted values.
     pub dmp_opposition: Option<(SourcePath, Vec<String>)>,
+    /// Flags set in `facts.flags` when the field at the path equals one of the values.
+    pub flags: Vec<(SourcePath, Vec<String>, String)>,
     /// French segments kept as extensions.
     pub segment_extensions: Vec<SegmentExtension>,
     /// Event-class rules, in order.
@@ -264,6 +266,16 @@ struct RawInsOid {
 #[serde(deny_unknown_fields)]
 struct RawFacts {
     dmp_opposition: Option<Spanned<RawCondition>>,
+    #[serde(default)]
+    flags: Vec<Spanned<RawFlag>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFlag {
+    path: String,
+    equals: Vec<String>,
+    flag: String,
 }
 
 #[derive(Deserialize)]
@@ -535,6 +547,22 @@ fn check_adt(f: AdtFile, r: &mut Report<'_>) -> Rules {
             }
         }
     });
+    let mut flags = Vec::new();
+    for flag in f.facts.flags {
+        let span = flag.span();
+        let flag = flag.into_inner();
+        let upper = flag.flag.bytes().all(|b| b.is_ascii_uppercase() || b == b'_');
+        if flag.flag.is_empty() || !upper {
+            r.at(span.clone(), format!("flag `{}` must be upper case (A-Z, _)", flag.flag));
+        }
+        if flag.equals.is_empty() {
+            r.at(span.clone(), "a flag needs `equals`");
+        }
+        match SourcePath::parse(&flag.path) {
+            Ok(p) => flags.push((p, flag.equals, flag.flag)),
+            Err(why) => r.at(span, why),
+        }
+    }
     let mut segment_extensions = Vec::new();
     for se in f.segment_extension {
         let span = se.span();
@@ -592,6 +620,7 @@ fn check_adt(f: AdtFile, r: &mut Report<'_>) -> Rules {
         ins_oids,
         source,
         dmp_opposition,
+        flags,
         segment_extensions,
         classes: Vec::new(),
         tables: BTreeMap::new(),

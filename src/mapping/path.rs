@@ -69,11 +69,13 @@ impl SourcePath {
     }
 
     /// The text this path points at (decoded, unescaped, trimmed); `None` when absent, empty or HL7 null `""`.
+    /// A path without a component reads the first component of the first repetition (a TS `DTM^precision`
+    /// gives its DTM, a CWE its code).
     pub fn text(&self, msg: &Message<'_>, cs: Charset) -> Option<String> {
         let field = self.field(msg, cs)?;
         let d = msg.delimiters();
         let raw = match (self.component, self.subcomponent) {
-            (None, _) => field.raw(),
+            (None, _) => field.component(1),
             (Some(c), None) => field.component(c),
             (Some(c), Some(s)) => field.subcomponent(c, s),
         };

@@ -22,6 +22,17 @@ fn msg(trigger: &str, pid_extra: &str, pv1: &str, tail: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+/// A segment with the given fields set (1-based), the others empty.
+fn seg(id: &str, fields: &[(usize, &str)]) -> String {
+    let last = fields.iter().map(|(n, _)| *n).max().unwrap_or(0);
+    let mut parts = vec![String::new(); last + 1];
+    parts[0] = id.to_owned();
+    for (n, v) in fields {
+        parts[*n] = (*v).to_owned();
+    }
+    parts.join("|")
+}
+
 fn json(m: &Mapped) -> Value {
     serde_json::from_slice(&m.bundle).expect("bundle is JSON")
 }
@@ -59,4 +70,83 @@ fn unmapped_events_and_documents_are_refused_with_msh_9() {
     let e = m.convert(oru, BundleKind::Message, false).expect_err("refused");
     assert_eq!(e.location, "MSH-9");
     assert!(!m.handles("ORU^R01") && m.handles("ADT^A01"));
+}
+
+#[test]
+fn the_gp_comes_from_rol_odrp_or_pd1_4_and_a_deleted_one_is_not_known() {
+    let xcn = "10003456789^LEROUX^Marc^^^DR^^^ASIP-SANTE-PS&1.2.250.1.71.4.2.1&ISO^L^^^RPPS";
+    let pv1 = "PV1|1|I|CARDIO^^^CHX||||||||||||||||V1^^^CHX&1.2.250.1.1&ISO^VN";
+    let m = mapper();
+    let pd1 = msg("A01", "", pv1, &format!("PD1||||{xcn}\r"));
+    let f = m.convert(&pd1, BundleKind::Message, false).expect("maps").facts;
+    assert!(f.gp_known, "PD1-4 is the fallback");
+    let deleted = msg("A01", "", pv1, &format!("ROL||DE|ODRP|{xcn}\r"));
+    let mapped = m.convert(&deleted, BundleKind::Message, false).expect("maps");
+    assert!(!mapped.facts.gp_known);
+    assert!(resource(&json(&mapped), "Practitioner").is_none());
+    let hidden = msg("A01", "", pv1, &format!("{}\r", seg("PD1", &[(12, "Y")])));
+    let f = m.convert(&hidden, BundleKind::Message, false).expect("maps").facts;
+    assert_eq!(f.flags, ["INVISIBLE_PATIENT"]);
+    assert!(f.event_class.is_some() && !f.gp_known);
+    let other_role = msg("A01", "", pv1, &format!("ROL||UC|FHCP|{xcn}\r"));
+    assert!(!m.convert(&other_role, BundleKind::Message, false).expect("maps").facts.gp_known);
+    let adeli = msg("A01", "", pv1, "ROL||UC|ODRP|123456789^X^Y^^^^^^^L^^^ADELI\r");
+    assert!(!m.convert(&adeli, BundleKind::Message, false).expect("maps").facts.gp_known);
+}
+
+#[test]
+fn death_signals_count_only_on_the_listed_triggers() {
+    let m = mapper();
+    let pv1 = "PV1|1|I|CARDIO^^^CHX||||||||||||||||V1^^^CHX&1.2.250.1.1&ISO^VN";
+    // PID-29 on a Z99 is a death; ZFM-2 = 9 on an A02 is not (only on A03).
+    // PID-3 ends the PID of msg(): the extra text starts at PID-4.
+    let pid29 = seg("", &[(2, "DOE^J^^^^^L"), (4, "19500101"), (5, "M"), (26, "202607150310")]);
+    let z99 = msg("Z99", &pid29, pv1, "ZBE|M1^CHX|20260714102000||UPDATE|N|A01\r");
+    let f = m.convert(&z99, BundleKind::Message, false).expect("maps").facts;
+    assert_eq!((f.event_class, f.undoes.as_deref()), (Some(EventClass::Death), Some("A01")));
+    let a02 = msg("A02", "", pv1, "ZFM|8|9||\r");
+    assert_eq!(
+        m.convert(&a02, BundleKind::Message, false).expect("maps").facts.event_class,
+        Some(EventClass::Update)
+    );
+    // An A01 with PV1-2 = E is not an admission (PAM FR uses A04 for the ED).
+    let a01e = msg("A01", "", "PV1|1|E|URG^^^CHX", "");
+    assert_eq!(
+        m.convert(&a01e, BundleKind::Message, false).expect("maps").facts.event_class,
+        Some(EventClass::Update)
+    );
+}
+
+#[test]
+fn an_unknown_patient_class_and_a_bad_time_name_their_field() {
+    let m = mapper();
+    let e = m.convert(&msg("A01", "", "PV1|1|Q|X", ""), BundleKind::Message, false).expect_err("refused");
+    assert_eq!(e.location, "PV1-2");
+    let pv1 = seg("PV1", &[(1, "1"), (2, "I"), (3, "X"), (44, "2026071425")]);
+    let bad_start = msg("A01", "", &pv1, "");
+    let e = m.convert(&bad_start, BundleKind::Message, false).expect_err("refused");
+    assert_eq!(e.location, "PV1-44");
+}
+
+#[test]
+fn check_reports_file_and_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("mappings");
+    std::fs::create_dir_all(dir.path().join("tables")).expect("mkdir");
+    for entry in std::fs::read_dir(src.join("tables")).expect("tables") {
+        let p = entry.expect("entry").path();
+        std::fs::copy(&p, dir.path().join("tables").join(p.file_name().expect("name"))).expect("copy");
+    }
+    std::fs::copy(src.join("event-classes.toml"), dir.path().join("event-classes.toml")).expect("copy");
+    let adt = std::fs::read_to_string(src.join("adt.toml")).expect("adt");
+    let broken = adt.replacen("\"patient.gender\" = [\"PID-8\"]", "\"patient.sex\" = [\"PID-8\"]", 1);
+    let line = broken.lines().position(|l| l.contains("patient.sex")).expect("line") + 1;
+    std::fs::write(dir.path().join("adt.toml"), broken).expect("write");
+    let errors = Mapper::load(dir.path()).expect_err("broken").0;
+    let shown: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    assert!(
+        shown.iter().any(|e| e.contains(&format!("adt.toml:{line}: unknown element `patient.sex`"))),
+        "{shown:?}"
+    );
+    assert!(shown.iter().any(|e| e.contains("lacks `patient.gender`")), "{shown:?}");
 }

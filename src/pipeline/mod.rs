@@ -24,6 +24,7 @@ use crate::bus::{self, Bus, Envelope};
 use crate::config::Settings;
 use crate::facts::{EventClass, Mapped, Transform};
 use crate::journal::{self, Delivery, DocumentMeta, Journal, Progress, Stage, State, Unfinished};
+use crate::ops::metrics as ops_metrics;
 use crate::routing::reload::LiveRoutes;
 use crate::shutdown::Shutdown;
 
@@ -73,16 +74,23 @@ impl Pipeline {
     /// Runs until `shutdown`: first the outbox (every unfinished entry), then each newly committed entry.
     pub async fn run(self, mut shutdown: Shutdown) -> Result<(), Error> {
         let mut committed = self.journal.committed();
+        let mut replays = self.journal.replays();
         let mut cursor = 0;
         loop {
             if shutdown.is_fired() {
                 return Ok(());
+            }
+            if replays.has_changed().unwrap_or(false) {
+                // An operator sent entries back through the pipeline: look behind the cursor again.
+                replays.borrow_and_update();
+                cursor = 0;
             }
             let batch = self.read(cursor).await?;
             let Some(last) = batch.last().map(|entry| entry.meta.id) else {
                 tokio::select! {
                     _ = shutdown.recv() => return Ok(()),
                     changed = committed.changed() => if changed.is_err() { return Ok(()) },
+                    _ = replays.changed() => cursor = 0,
                 }
                 continue;
             };
@@ -112,14 +120,24 @@ impl Pipeline {
             return Ok(Some(Pass { entries, published: 0 }));
         }
         let mut backoff = Duration::from_millis(200);
+        let count = envelopes.len() as u64;
         loop {
+            let started = std::time::Instant::now();
             let attempt = tokio::select! {
                 _ = shutdown.recv() => return Ok(None),
                 result = self.bus.publish(&envelopes) => result,
             };
             match attempt {
-                Ok(()) => break,
+                Ok(()) => {
+                    metrics::histogram!(ops_metrics::BUS_CONFIRM_SECONDS)
+                        .record(started.elapsed().as_secs_f64());
+                    metrics::counter!(ops_metrics::BUS_PUBLISHED, "result" => "confirmed").increment(count);
+                    break;
+                }
                 Err(error) => {
+                    let result =
+                        if matches!(error, bus::Error::NotConfirmed { .. }) { "nacked" } else { "failed" };
+                    metrics::counter!(ops_metrics::BUS_PUBLISHED, "result" => result).increment(count);
                     tracing::warn!(%error, envelopes = envelopes.len(), "publish failed; retrying the batch");
                     tokio::select! {
                         _ = shutdown.recv() => return Ok(None),
@@ -171,7 +189,10 @@ impl Pipeline {
                         return (id, Decision::Routed(progress, Bytes::from(bundle)));
                     }
                     match transform.map(kind, &entry.raw) {
-                        Err(failure) => (id, Decision::Failed(failure.to_string())),
+                        Err(failure) => {
+                            let label = failure_label(&failure.location);
+                            (id, Decision::Failed(failure.to_string(), label))
+                        }
                         Ok(mapped) => {
                             let routing = routes.route(&mapped.facts);
                             (id, Decision::Mapped(progress_of(&mapped, &routing), Bytes::from(mapped.bundle)))
@@ -185,9 +206,13 @@ impl Pipeline {
 
         let mut answers = Vec::new();
         let mut routed = Vec::new();
+        let mut failures = Vec::new();
+        let mut unrouted = 0u64;
+        let mut already_routed = 0u64;
         for (id, decision) in decided {
             match decision {
-                Decision::Failed(reason) => {
+                Decision::Failed(reason, label) => {
+                    failures.push(label);
                     answers.push(self.journal.enqueue_update(id, vec![Stage::Failed { reason }]).await?);
                 }
                 Decision::Mapped(progress, bundle) => {
@@ -196,24 +221,57 @@ impl Pipeline {
                         Stage::Routed { progress: progress.clone() },
                     ];
                     answers.push(self.journal.enqueue_update(id, stages).await?);
-                    if !progress.deliveries.is_empty() {
+                    if progress.deliveries.is_empty() {
+                        unrouted += 1;
+                    } else {
                         routed.push((id, progress, bundle));
                     }
                 }
-                Decision::Routed(progress, bundle) => routed.push((id, progress, bundle)),
+                Decision::Routed(progress, bundle) => {
+                    already_routed += 1;
+                    routed.push((id, progress, bundle));
+                }
             }
         }
         for answer in answers {
             answer.await.unwrap_or(Err(journal::Error::WriterLost))?;
         }
+        for label in failures {
+            metrics::counter!(ops_metrics::MAPPING_FAILURES, "reason" => label).increment(1);
+        }
+        let newly_routed = routed.len() as u64 - already_routed;
+        metrics::counter!(ops_metrics::ROUTING_MESSAGES, "result" => "routed").increment(newly_routed);
+        metrics::counter!(ops_metrics::ROUTING_MESSAGES, "result" => "unrouted").increment(unrouted);
         Ok(routed)
     }
 }
 
 enum Decision {
-    Failed(String),
+    Failed(String, &'static str),
     Mapped(Progress, Bytes),
     Routed(Progress, Bytes),
+}
+
+/// A bounded metrics label for a mapping failure: the segment (`PID`) or XML root named by its location,
+/// `other` when it does not look like one.
+fn failure_label(location: &str) -> &'static str {
+    const KNOWN: [&str; 13] = [
+        "MSH",
+        "EVN",
+        "PID",
+        "PD1",
+        "PV1",
+        "PV2",
+        "ZBE",
+        "ZFA",
+        "ZFM",
+        "OBR",
+        "OBX",
+        "ROL",
+        "ClinicalDocument",
+    ];
+    let head = location.split(['-', '/', '.', ':', ' ']).next().unwrap_or_default();
+    KNOWN.into_iter().find(|k| *k == head).unwrap_or("other")
 }
 
 fn progress_of(mapped: &Mapped, routing: &crate::routing::Routing) -> Progress {

@@ -144,3 +144,39 @@ fn shipped_routes_load_against_the_example_sinks() {
     death.event_class = Some(EventClass::Death);
     assert!(set.route(&death).destinations.iter().any(|(d, _)| d == "gp-notify"));
 }
+
+#[tokio::test]
+async fn a_changed_file_is_picked_up_without_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("r.toml");
+    std::fs::write(&file, "[[route]]\nname = \"x\"\ndestinations = [\"mss\"]\n").unwrap();
+    let live = reload::LiveRoutes::load(dir.path(), sinks()).unwrap();
+    let (trigger, stop) = crate::shutdown::channel();
+    let watcher = tokio::spawn(reload::watch(std::sync::Arc::clone(&live), stop));
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+
+    std::fs::write(&file, "[[route]]\nname = \"broken\"\ndestinations = [\"nope\"]\n").unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+    assert_eq!(live.current().routes()[0].name, "x", "a bad file must keep the previous routes");
+
+    std::fs::write(&file, "[[route]]\nname = \"y\"\ndestinations = [\"dmp\"]\n").unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while live.current().routes()[0].name != "y" {
+        assert!(std::time::Instant::now() < deadline, "the change was not picked up");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    trigger.fire();
+    watcher.await.unwrap();
+}
+
+#[test]
+fn explain_renders_matches_and_failures() {
+    let set = RouteSet::from_str(Path::new("r.toml"), ROUTES, &sinks()).unwrap();
+    let text = render_verdicts(&set.explain(&admission()));
+    assert_eq!(
+        text,
+        "MATCH gp (r.toml:3) -> gp-notify\n\
+         no    dmp (r.toml:11): event_class is admission, wanted one of [document]\n\
+         MATCH adt-copy (r.toml:19) -> gp-notify, mss\n"
+    );
+}

@@ -10,9 +10,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{BufRead, BufReader};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,166 +24,9 @@ use relais::routing::RouteSet;
 use relais::routing::reload::LiveRoutes;
 use relais::shutdown;
 
-// ---------------------------------------------------------------------------------------------------------
-// A private RabbitMQ node (recipe: /work/shared/recipes/test-servers.md, copied into docs/bus.md).
-
-const RABBIT_BIN: &str = "/usr/lib/rabbitmq/bin";
-
-struct RabbitNode {
-    base: tempfile::TempDir,
-    port: u16,
-    epmd: Child,
-    broker: Option<Child>,
-}
-
-impl RabbitNode {
-    fn start() -> RabbitNode {
-        ensure_rabbitmq_installed();
-        let base = tempfile::tempdir().unwrap();
-        let port = free_port_block(10);
-        for dir in ["home", "mnesia", "log", "plugins-expand"] {
-            std::fs::create_dir_all(base.path().join(dir)).unwrap();
-        }
-        std::fs::write(base.path().join("enabled_plugins"), "[].\n").unwrap();
-        std::fs::write(
-            base.path().join("rabbitmq.conf"),
-            format!(
-                "listeners.tcp.1 = 127.0.0.1:{port}\nloopback_users.guest = true\n\
-                 disk_free_limit.absolute = 50MB\nlog.console = false\n"
-            ),
-        )
-        .unwrap();
-        let epmd = Command::new("epmd")
-            .args(["-address", "127.0.0.1", "-port", &(port + 2).to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting epmd");
-        let mut node = RabbitNode { base, port, epmd, broker: None };
-        node.start_broker();
-        node
-    }
-
-    fn env(&self) -> Vec<(String, String)> {
-        let b = self.base.path().display().to_string();
-        let p = self.port;
-        let dist = "-kernel inet_dist_use_interface {127,0,0,1}";
-        [
-            ("RABBITMQ_NODENAME", format!("rabbit-test-{p}@localhost")),
-            ("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1".into()),
-            ("RABBITMQ_NODE_PORT", p.to_string()),
-            ("RABBITMQ_DIST_PORT", (p + 1).to_string()),
-            ("ERL_EPMD_PORT", (p + 2).to_string()),
-            ("ERL_EPMD_ADDRESS", "127.0.0.1".into()),
-            ("RABBITMQ_CTL_DIST_PORT_MIN", (p + 3).to_string()),
-            ("RABBITMQ_CTL_DIST_PORT_MAX", (p + 9).to_string()),
-            ("RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS", dist.into()),
-            ("RABBITMQ_CTL_ERL_ARGS", dist.into()),
-            ("RABBITMQ_CONF_ENV_FILE", "/dev/null".into()),
-            ("RABBITMQ_CONFIG_FILE", format!("{b}/rabbitmq.conf")),
-            ("RABBITMQ_ENABLED_PLUGINS_FILE", format!("{b}/enabled_plugins")),
-            ("RABBITMQ_MNESIA_BASE", format!("{b}/mnesia")),
-            ("RABBITMQ_LOG_BASE", format!("{b}/log")),
-            ("RABBITMQ_PID_FILE", format!("{b}/rabbit.pid")),
-            ("RABBITMQ_PLUGINS_EXPAND_DIR", format!("{b}/plugins-expand")),
-            ("RABBITMQ_ALLOW_INPUT", "1".into()),
-            ("HOME", format!("{b}/home")),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect()
-    }
-
-    fn start_broker(&mut self) {
-        let broker = Command::new(format!("{RABBIT_BIN}/rabbitmq-server"))
-            .arg("-noinput")
-            .envs(self.env())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting rabbitmq-server");
-        self.broker = Some(broker);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !amqp_answers(self.port) {
-            assert!(Instant::now() < deadline, "RabbitMQ did not answer on port {} within 60 s", self.port);
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    fn stop_broker(&mut self) {
-        if let Some(mut broker) = self.broker.take() {
-            signal(broker.id(), "TERM");
-            let deadline = Instant::now() + Duration::from_secs(30);
-            loop {
-                if broker.try_wait().unwrap().is_some() {
-                    break;
-                }
-                if Instant::now() > deadline {
-                    let _ = broker.kill();
-                    let _ = broker.wait();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
-    }
-}
-
-impl Drop for RabbitNode {
-    fn drop(&mut self) {
-        self.stop_broker();
-        let _ = self.epmd.kill();
-        let _ = self.epmd.wait();
-    }
-}
-
-fn ensure_rabbitmq_installed() {
-    if Path::new(RABBIT_BIN).join("rabbitmq-server").exists() {
-        return;
-    }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/setup.d/30-rabbitmq.sh");
-    let status = Command::new("sh").arg(&script).status().expect("running 30-rabbitmq.sh");
-    assert!(
-        status.success() && Path::new(RABBIT_BIN).join("rabbitmq-server").exists(),
-        "rabbitmq-server missing"
-    );
-}
-
-fn signal(pid: u32, name: &str) {
-    let _ = Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status();
-}
-
-/// A base port P with P..P+n all free on 127.0.0.1.
-fn free_port_block(n: u16) -> u16 {
-    for _ in 0..200 {
-        let probe = TcpListener::bind("127.0.0.1:0").unwrap();
-        let base = probe.local_addr().unwrap().port();
-        drop(probe);
-        if base > 60000 {
-            continue;
-        }
-        if (0..n).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
-            return base;
-        }
-    }
-    panic!("no free block of {n} ports");
-}
-
-fn amqp_answers(port: u16) -> bool {
-    use std::io::{Read, Write};
-    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else { return false };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-    if stream.write_all(b"AMQP\x00\x00\x09\x01").is_err() {
-        return false;
-    }
-    let mut first = [0u8; 1];
-    stream.read_exact(&mut first).is_ok() && first[0] == 1
-}
+#[path = "rabbit.rs"]
+mod rabbit;
+use rabbit::RabbitNode;
 
 // ---------------------------------------------------------------------------------------------------------
 // The map stage for these tests, and journal helpers.
@@ -352,7 +194,14 @@ fn consume_all(bus: &Bus, sink: &str, seen: Arc<Mutex<Seen>>) -> Vec<tokio::task
             tokio::spawn(async move {
                 let mut consumer = bus.consume(&sink, partition).await.unwrap();
                 loop {
-                    let Ok(received) = consumer.next().await else { continue };
+                    let received = match consumer.next().await {
+                        Ok(received) => received,
+                        Err(error) => {
+                            eprintln!("consumer of {sink}.{partition}: {error}");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        }
+                    };
                     let poison =
                         std::str::from_utf8(&received.envelope().bundle).unwrap().contains("\"poison\":true");
                     seen.lock().unwrap().deliveries.push((
@@ -500,7 +349,7 @@ async fn poison_goes_to_the_dead_letter_queue(backend: Backend) {
     let tasks = consume_all(&bus, "a", Arc::clone(&seen));
     let expected = others.len() + 2;
     wait_for("every message on sink a", Duration::from_secs(30), || {
-        let seen = std::mem::take(&mut *seen.lock().unwrap());
+        let seen = seen.lock().unwrap();
         seen.distinct_ids().len() == expected
             && seen.deliveries.iter().any(|(e, _, _)| e.message_id == behind)
     })
@@ -722,4 +571,177 @@ async fn amqp_bus_suite() {
     confirm_before_published(backend.clone(), Some(&mut rabbit)).await;
     broker_outage_mid_load(&mut rabbit).await;
     tokio::task::spawn_blocking(move || drop(rabbit)).await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The real binary: `relais serve` with sinks, the shipped routes and the embedded bus.
+
+const SINKS_TOML: &str = concat!(
+    "routes_dir = \"",
+    env!("CARGO_MANIFEST_DIR"),
+    "/routes\"\n[bus]\npartitions = 4\n",
+    "[sinks.gp-notify]\nkind = \"notify\"\n[sinks.mss]\nkind = \"mss\"\n[sinks.dmp]\nkind = \"dmp\"\n"
+);
+
+fn wait_blocking(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// An admission with a known GP is published to `gp-notify` only; a cancellation without one is `unrouted`
+/// (counted in the stats); after `kill -9` and a restart everything is still there, and the embedded bus
+/// holds each published message once for its sink.
+#[test]
+fn serve_routes_and_publishes_then_survives_kill_9() {
+    use super::harness::{Relais, mllp_send, sample};
+    let mut relais = Relais::start_with_config(SINKS_TOML, &[]);
+    mllp_send(relais.mllp_addr(), &sample("adt/a01_admission.hl7"));
+    mllp_send(relais.mllp_addr(), &sample("adt/a11_cancel_admission.hl7"));
+    wait_blocking("both messages handled", || {
+        let stats = relais.stats();
+        stats["published"] == 1 && stats["unrouted"] == 1
+    });
+    let published = &relais.messages("published", 10)[0];
+    let progress = &published["progress"];
+    assert_eq!(progress["routes"], serde_json::json!(["gp-events"]));
+    assert_eq!(progress["deliveries"][0]["destination"], "gp-notify");
+    assert_eq!(progress["deliveries"][0]["published"], true);
+    assert_eq!(progress["event_class"], "admission");
+    assert_eq!(progress["partition_key"].as_str().map(str::len), Some(16));
+    let (status, body) = relais.get("/metrics");
+    let metrics = String::from_utf8_lossy(&body);
+    assert_eq!(status, 200);
+    assert!(metrics.contains("relais_routing_messages_total{result=\"unrouted\"} 1"), "{metrics}");
+    assert!(metrics.contains("relais_bus_published_total{result=\"confirmed\"} 1"), "{metrics}");
+
+    // A CDA document with a qualified INS and no opposition goes to the DMP sink.
+    let response = super::harness::http()
+        .post(format!("{}/cda", relais.http_url()))
+        .header("content-type", "application/xml")
+        .body(sample("cda/ans-testcontenucda_BIO-CR-BIO_2024.01_TSH_1.xml"))
+        .send()
+        .unwrap();
+    assert!(response.status().is_success(), "{:?}", response.status());
+    wait_blocking("the document published", || relais.stats()["published"] == 2);
+    let document = &relais.messages("published", 10)[0];
+    assert_eq!(document["progress"]["kind"], "cda");
+    assert_eq!(document["progress"]["deliveries"][0]["destination"], "dmp");
+
+    // More admissions, then kill -9 as soon as they are acknowledged: the outbox finishes after restart.
+    let a01 = String::from_utf8(sample("adt/a01_admission.hl7")).unwrap();
+    for n in 0..30 {
+        let message = a01.replacen("|P|2.5", &format!("{n}|P|2.5"), 1);
+        mllp_send(relais.mllp_addr(), message.as_bytes());
+    }
+    relais.kill();
+    relais.restart();
+    wait_blocking("every admission published after restart", || relais.stats()["published"] == 32);
+    let published: Vec<u64> = relais
+        .messages("published", 100)
+        .iter()
+        .filter(|m| m["progress"]["deliveries"][0]["destination"] == "gp-notify")
+        .map(|m| m["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(published.len(), 31);
+    relais.stop();
+
+    let bus = relais::bus::embedded::EmbeddedBus::open(
+        &relais.data_dir().join("bus.redb"),
+        BusSettings { partitions: 4, ..BusSettings::default() },
+        &["gp-notify".to_owned(), "mss".to_owned(), "dmp".to_owned()],
+    )
+    .unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let mut queued = Vec::new();
+    runtime.block_on(async {
+        for partition in 0..4 {
+            let mut consumer = bus.consume("gp-notify", partition).unwrap();
+            while let Ok(Ok(received)) =
+                tokio::time::timeout(Duration::from_millis(200), consumer.next()).await
+            {
+                queued.push(received.envelope.message_id);
+                received.ack().unwrap();
+            }
+        }
+    });
+    queued.sort_unstable();
+    let mut expected = published.clone();
+    expected.sort_unstable();
+    assert_eq!(queued, expected, "each published message is on the bus once for gp-notify");
+}
+
+#[test]
+fn check_reports_route_errors_with_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("relais.toml");
+    std::fs::write(&config, "[sinks.gp-notify]\nkind = \"notify\"\n").unwrap();
+    let routes = dir.path().join("routes");
+    std::fs::create_dir(&routes).unwrap();
+    std::fs::write(
+        routes.join("a.toml"),
+        "[[route]]\nname = \"x\"\n\ndestinations = [\"gp-notify\", \"nowhere\"]\n",
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_relais"))
+        .args(["check", "--config"])
+        .arg(&config)
+        .arg("--routes")
+        .arg(&routes)
+        .arg("--mappings")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/mappings"))
+        .env_remove("RELAIS__SINKS")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("a.toml:4: route `x`: unknown destination `nowhere`"), "{stderr}");
+
+    std::fs::write(routes.join("a.toml"), "[[route]]\nname = \"x\"\ndestinations = [\"gp-notify\"]\n")
+        .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_relais"))
+        .args(["check", "--config"])
+        .arg(&config)
+        .arg("--routes")
+        .arg(&routes)
+        .arg("--mappings")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/mappings"))
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("1 routes OK"));
+}
+
+#[test]
+fn routes_explain_names_the_matching_route_and_why_others_fail() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("relais.toml");
+    std::fs::write(&config, SINKS_TOML).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_relais"))
+        .args(["routes", "explain", "--config"])
+        .arg(&config)
+        .arg(super::harness::test_messages().join("adt/a11_cancel_admission.hl7"))
+        .env("RELAIS__MAPPINGS_DIR", concat!(env!("CARGO_MANIFEST_DIR"), "/mappings"))
+        .env("RELAIS__DOCUMENTS__TABLES", concat!(env!("CARGO_MANIFEST_DIR"), "/mappings/documents"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("no    gp-events ("), "{stdout}");
+    assert!(stdout.contains("10-gp-notify.toml:8): gp_known is false, wanted true"), "{stdout}");
+    assert!(stdout.ends_with("=> unrouted\n"), "{stdout}");
+
+    let output = Command::new(env!("CARGO_BIN_EXE_relais"))
+        .args(["routes", "explain", "--config"])
+        .arg(&config)
+        .arg(super::harness::test_messages().join("adt/a04_sau_entry.hl7"))
+        .env("RELAIS__MAPPINGS_DIR", concat!(env!("CARGO_MANIFEST_DIR"), "/mappings"))
+        .env("RELAIS__DOCUMENTS__TABLES", concat!(env!("CARGO_MANIFEST_DIR"), "/mappings/documents"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.starts_with("MATCH gp-events ("), "{stdout}");
+    assert!(stdout.lines().next().unwrap().ends_with("-> gp-notify"), "{stdout}");
 }

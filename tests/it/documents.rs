@@ -360,3 +360,41 @@ fn document_bundles_pass_the_independent_fhir_validator() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// `relais convert` takes a CDA too: a transaction Bundle whose DocumentReference carries the LOINC type; a bad
+/// document exits non-zero with one line naming the XML element, and nothing on stdout.
+#[test]
+fn convert_maps_a_cda_file_and_refuses_a_bad_one() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let run = |file: &str| {
+        Command::new(env!("CARGO_BIN_EXE_relais"))
+            .arg("convert")
+            .arg(root.join(file))
+            .current_dir(root)
+            .output()
+            .expect("relais convert")
+    };
+    let out = run("test-messages/cda/own_CR-URG_15507-7_N1.xml");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let bundle: Value = serde_json::from_slice(&out.stdout).expect("a JSON Bundle");
+    assert_eq!(bundle["type"], "transaction");
+    let reference = bundle["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["resource"])
+        .find(|r| r["resourceType"] == "DocumentReference")
+        .expect("a DocumentReference");
+    let codings = reference["type"]["coding"].as_array().unwrap();
+    assert!(
+        codings.iter().any(|c| c["system"] == "http://loinc.org" && c["code"] == "15507-7"),
+        "{codings:?}"
+    );
+
+    let bad = run("test-messages/cda/bad/no-recordtarget.xml");
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(bad.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("recordTarget"), "{stderr}");
+}

@@ -93,6 +93,13 @@ fn every_ans_pam_fr_sample_converts_to_a_message_and_a_transaction() {
             .iter()
             .find(|i| i["value"] == "279035121518989");
         assert_eq!(ins.map(|i| &i["system"]), Some(&Value::from("urn:oid:1.2.250.1.213.1.4.10")));
+        // ZFA-9 (DMP feeding opposition) reaches the routing facts: only the "OppositionAlimentation" sample.
+        let mapper = Mapper::load(&mappings_dir()).expect("mappings load");
+        let raw = std::fs::read(file).expect("read sample");
+        let f = mapper.convert(&raw, BundleKind::Message, false).expect("maps").facts;
+        let name = file.file_name().unwrap().to_string_lossy().into_owned();
+        assert_eq!(f.dmp_opposition, name.ends_with("_OppositionAlimentation.er7"), "{name}");
+        assert!(f.ins_qualified && !f.patient_key.is_empty(), "{name}");
         let (_, transaction) = convert_as(file, "transaction");
         assert_eq!(transaction["type"], "transaction");
         assert!(resources(&transaction, "MessageHeader").is_empty());
@@ -105,6 +112,10 @@ fn the_same_message_gives_the_same_bundle() {
     let (first, _) = convert_as(&file, "message");
     let (second, _) = convert_as(&file, "message");
     assert_eq!(first, second);
+    let pretty = relais(&["convert", "--pretty", file.to_str().unwrap()]);
+    assert!(pretty.status.success());
+    let pretty: Value = serde_json::from_slice(&pretty.stdout).expect("pretty JSON");
+    assert_eq!(pretty, serde_json::from_str::<Value>(&first).unwrap(), "--pretty changes only the layout");
     let (t1, _) = convert_as(&file, "transaction");
     let (t2, _) = convert_as(&file, "transaction");
     assert_eq!(t1, t2);
@@ -367,7 +378,7 @@ fn every_bundle_passes_the_independent_fhir_validator() {
         .into_iter()
         .filter(|p| p.extension().is_some_and(|x| x == "er7"))
         .chain(samples_in("adt"))
-        .chain([test_messages().join("bench/adt_a01_fr.hl7")])
+        .chain([test_messages().join("bench/adt_a01_fr_mappable.hl7")])
         .collect();
     for input in &inputs {
         for kind in ["message", "transaction"] {

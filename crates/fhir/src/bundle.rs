@@ -76,6 +76,12 @@ pub fn bundle(data: BundleData, pretty: bool) -> Result<Vec<u8>, Error> {
         b = b.timestamp(instant);
     }
     let bundle = built("Bundle", b.build())?;
-    let json = if pretty { serde_json::to_vec_pretty(&bundle) } else { serde_json::to_vec(&bundle) };
-    json.map_err(|e| Error::Json(e.to_string()))
+    let mut out = Vec::with_capacity(8 * 1024);
+    let written = if pretty {
+        serde_json::to_writer_pretty(&mut out, &bundle)
+    } else {
+        serde_json::to_writer(&mut out, &bundle)
+    };
+    written.map_err(|e| Error::Json(e.to_string()))?;
+    Ok(out)
 }

@@ -45,107 +45,107 @@ pub(crate) fn meta(profiles: &[String]) -> Result<Option<Meta>, Error> {
     built("Meta", meta).map(Some)
 }
 
-pub(crate) fn coding(c: &Code) -> Result<Coding, Error> {
-    let mut b = Coding::builder().system(c.system.clone()).code(c.code.clone());
-    if let Some(display) = &c.display {
-        b = b.display(display.clone());
+pub(crate) fn coding(c: Code) -> Result<Coding, Error> {
+    let mut b = Coding::builder().system(c.system).code(c.code);
+    if let Some(display) = c.display {
+        b = b.display(display);
     }
     built("Coding", b.build())
 }
 
-pub(crate) fn concept(c: &Code, text: Option<&String>) -> Result<CodeableConcept, Error> {
+pub(crate) fn concept(c: Code, text: Option<String>) -> Result<CodeableConcept, Error> {
     let mut b = CodeableConcept::builder().coding(vec![Some(coding(c)?)]);
     if let Some(text) = text {
-        b = b.text(text.clone());
+        b = b.text(text);
     }
     built("CodeableConcept", b.build())
 }
 
-pub(crate) fn identifier(i: &Ident) -> Result<Identifier, Error> {
-    let mut b = Identifier::builder().system(i.system.clone()).value(i.value.clone());
+pub(crate) fn identifier(i: Ident) -> Result<Identifier, Error> {
+    let mut b = Identifier::builder().system(i.system).value(i.value);
     if let Some(u) = &i.use_ {
         b = b.r#use(code::<codes::IdentifierUse>("Identifier.use", u)?);
     }
-    if let Some(t) = &i.type_ {
+    if let Some(t) = i.type_ {
         b = b.r#type(concept(t, None)?);
     }
-    if let Some(a) = &i.assigner {
-        b = b.assigner(built("Reference", Reference::builder().display(a.clone()).build())?);
+    if let Some(a) = i.assigner {
+        b = b.assigner(built("Reference", Reference::builder().display(a).build())?);
     }
     built("Identifier", b.build())
 }
 
-pub(crate) fn reference(r: &Ref) -> Result<Reference, Error> {
+pub(crate) fn reference(r: Ref) -> Result<Reference, Error> {
     let mut b = Reference::builder();
-    if let Some(v) = &r.reference {
-        b = b.reference(v.clone());
+    if let Some(v) = r.reference {
+        b = b.reference(v);
     }
-    if let Some(v) = &r.type_ {
-        b = b.r#type(v.clone());
+    if let Some(v) = r.type_ {
+        b = b.r#type(v);
     }
-    if let Some(v) = &r.identifier {
+    if let Some(v) = r.identifier {
         b = b.identifier(identifier(v)?);
     }
-    if let Some(v) = &r.display {
-        b = b.display(v.clone());
+    if let Some(v) = r.display {
+        b = b.display(v);
     }
     built("Reference", b.build())
 }
 
-pub(crate) fn human_name(n: &Name) -> Result<HumanName, Error> {
+pub(crate) fn human_name(n: Name) -> Result<HumanName, Error> {
     let mut b = HumanName::builder();
     if let Some(u) = &n.use_ {
         b = b.r#use(code::<codes::NameUse>("HumanName.use", u)?);
     }
-    if let Some(f) = &n.family {
-        b = b.family(f.clone());
+    if let Some(f) = n.family {
+        b = b.family(f);
     }
     if !n.given.is_empty() {
-        b = b.given(n.given.iter().cloned().map(Some).collect());
+        b = b.given(n.given.into_iter().map(Some).collect());
     }
-    if let Some(p) = &n.prefix {
-        b = b.prefix(vec![Some(p.clone())]);
+    if let Some(p) = n.prefix {
+        b = b.prefix(vec![Some(p)]);
     }
-    if let Some(list) = &n.birth_list_given {
-        b = b.extension(vec![extension(&Ext {
+    if let Some(list) = n.birth_list_given {
+        b = b.extension(vec![extension(Ext {
             url: "https://hl7.fr/ig/fhir/core/StructureDefinition/fr-core-birth-list-given-name".into(),
-            value: ExtValue::String(list.clone()),
+            value: ExtValue::String(list),
         })?]);
     }
     built("HumanName", b.build())
 }
 
-pub(crate) fn contact_point(t: &Telecom) -> Result<ContactPoint, Error> {
+pub(crate) fn contact_point(t: Telecom) -> Result<ContactPoint, Error> {
     let mut b = ContactPoint::builder()
         .system(code::<codes::ContactPointSystem>("ContactPoint.system", &t.system)?)
-        .value(t.value.clone());
+        .value(t.value);
     if let Some(u) = &t.use_ {
         b = b.r#use(code::<codes::ContactPointUse>("ContactPoint.use", u)?);
     }
     built("ContactPoint", b.build())
 }
 
-pub(crate) fn address(a: &Addr) -> Result<Address, Error> {
+pub(crate) fn address(a: Addr) -> Result<Address, Error> {
     let mut b = Address::builder();
     if let Some(u) = &a.use_ {
         b = b.r#use(code::<codes::AddressUse>("Address.use", u)?);
     }
     if !a.lines.is_empty() {
-        b = b.line(a.lines.iter().cloned().map(Some).collect());
+        b = b.line(a.lines.into_iter().map(Some).collect());
     }
-    if let Some(v) = &a.city {
-        b = b.city(v.clone());
+    if let Some(v) = a.city {
+        b = b.city(v);
     }
-    if let Some(v) = &a.postal_code {
-        b = b.postal_code(v.clone());
+    if let Some(v) = a.postal_code {
+        b = b.postal_code(v);
     }
-    if let Some(v) = &a.country {
-        b = b.country(v.clone());
+    if let Some(v) = a.country {
+        b = b.country(v);
     }
-    if let Some(insee) = &a.insee_code {
-        b = b.extension(vec![extension(&Ext {
+    if let Some(insee) = a.insee_code {
+        b = b.extension(vec![extension(Ext {
             url: "https://hl7.fr/ig/fhir/core/StructureDefinition/fr-core-address-insee-code".into(),
-            value: ExtValue::Coding(insee.clone()),
+            value: ExtValue::Coding(insee),
         })?]);
     }
     built("Address", b.build())
@@ -162,14 +162,14 @@ pub(crate) fn period(element: &'static str, start: Option<&str>, end: Option<&st
     built("Period", b.build())
 }
 
-pub(crate) fn extension(e: &Ext) -> Result<Extension, Error> {
-    let b = Extension::builder().url(e.url.clone());
-    let b = match &e.value {
-        ExtValue::String(s) => b.value(ExtensionValue::String(s.clone())),
-        ExtValue::Code(s) => b.value(ExtensionValue::Code(s.clone())),
-        ExtValue::Boolean(v) => b.value(ExtensionValue::Boolean(*v)),
+pub(crate) fn extension(e: Ext) -> Result<Extension, Error> {
+    let b = Extension::builder().url(e.url);
+    let b = match e.value {
+        ExtValue::String(s) => b.value(ExtensionValue::String(s)),
+        ExtValue::Code(s) => b.value(ExtensionValue::Code(s)),
+        ExtValue::Boolean(v) => b.value(ExtensionValue::Boolean(v)),
         ExtValue::Coding(c) => b.value(ExtensionValue::Coding(coding(c)?)),
-        ExtValue::DateTime(s) => b.value(ExtensionValue::DateTime(date_time("Extension.valueDateTime", s)?)),
+        ExtValue::DateTime(s) => b.value(ExtensionValue::DateTime(date_time("Extension.valueDateTime", &s)?)),
         ExtValue::Identifier(i) => b.value(ExtensionValue::Identifier(identifier(i)?)),
         ExtValue::Address(a) => b.value(ExtensionValue::Address(address(a)?)),
         ExtValue::Nested(children) => b.extension(extensions(children)?),
@@ -177,11 +177,11 @@ pub(crate) fn extension(e: &Ext) -> Result<Extension, Error> {
     built("Extension", b.build())
 }
 
-pub(crate) fn extensions(list: &[Ext]) -> Result<Vec<Extension>, Error> {
-    list.iter().map(extension).collect()
+pub(crate) fn extensions(list: Vec<Ext>) -> Result<Vec<Extension>, Error> {
+    list.into_iter().map(extension).collect()
 }
 
 /// Each item built, wrapped in `Some` (fhir-sdk's list shape).
-pub(crate) fn each<T, U>(items: &[T], f: impl Fn(&T) -> Result<U, Error>) -> Result<Vec<Option<U>>, Error> {
-    items.iter().map(|i| f(i).map(Some)).collect()
+pub(crate) fn each<T, U>(items: Vec<T>, f: impl Fn(T) -> Result<U, Error>) -> Result<Vec<Option<U>>, Error> {
+    items.into_iter().map(|i| f(i).map(Some)).collect()
 }

@@ -16,20 +16,21 @@ use crate::datatypes::{
 use crate::model::{Deceased, EncounterData, HeaderData, PatientData, PractitionerData};
 use crate::{Built, Error};
 
-fn wrap(resource: Resource, type_name: &'static str, id: &str) -> Built {
-    Built { resource, type_name, id: id.to_owned() }
+fn wrap(resource: Resource, type_name: &'static str, id: String) -> Built {
+    Built { resource, type_name, id }
 }
 
 /// Builds a Patient (FR Core shape: identity reliability and birth place are extensions in `data`).
-pub fn patient(data: &PatientData) -> Result<Built, Error> {
+pub fn patient(data: PatientData) -> Result<Built, Error> {
+    let id = data.id;
     let mut b = Patient::builder()
-        .id(data.id.clone())
-        .identifier(each(&data.identifiers, identifier)?)
-        .name(each(&data.names, human_name)?)
-        .telecom(each(&data.telecom, contact_point)?)
-        .address(each(&data.addresses, address)?)
-        .general_practitioner(each(&data.general_practitioner, reference)?)
-        .extension(extensions(&data.extensions)?);
+        .id(id.clone())
+        .identifier(each(data.identifiers, identifier)?)
+        .name(each(data.names, human_name)?)
+        .telecom(each(data.telecom, contact_point)?)
+        .address(each(data.addresses, address)?)
+        .general_practitioner(each(data.general_practitioner, reference)?)
+        .extension(extensions(data.extensions)?);
     if let Some(m) = meta(&data.profiles)? {
         b = b.meta(m);
     }
@@ -39,8 +40,8 @@ pub fn patient(data: &PatientData) -> Result<Built, Error> {
     if let Some(g) = &data.gender {
         b = b.gender(code::<codes::AdministrativeGender>("Patient.gender", g)?);
     }
-    if let Some(d) = &data.birth_date {
-        let date = Date::from_str(d).map_err(|e| Error::Value {
+    if let Some(d) = data.birth_date {
+        let date = Date::from_str(&d).map_err(|e| Error::Value {
             element: "Patient.birthDate",
             value: d.clone(),
             reason: e.to_string(),
@@ -54,36 +55,37 @@ pub fn patient(data: &PatientData) -> Result<Built, Error> {
             b = b.deceased(PatientDeceased::DateTime(date_time("Patient.deceasedDateTime", t)?))
         }
     }
-    if let Some(org) = &data.managing_organization {
+    if let Some(org) = data.managing_organization {
         b = b.managing_organization(reference(org)?);
     }
     let links = data
         .links
-        .iter()
+        .into_iter()
         .map(|l| {
             let link = PatientLink::builder()
-                .other(reference(&l.other)?)
+                .other(reference(l.other)?)
                 .r#type(code::<codes::LinkType>("Patient.link.type", &l.type_)?)
                 .build();
             built("Patient.link", link).map(Some)
         })
         .collect::<Result<Vec<_>, Error>>()?;
     let patient = built("Patient", b.link(links).build())?;
-    Ok(wrap(Resource::Patient(patient), "Patient", &data.id))
+    Ok(wrap(Resource::Patient(patient), "Patient", id))
 }
 
 /// Builds an Encounter.
-pub fn encounter(data: &EncounterData) -> Result<Built, Error> {
+pub fn encounter(data: EncounterData) -> Result<Built, Error> {
+    let id = data.id;
     let mut b = Encounter::builder()
-        .id(data.id.clone())
-        .identifier(each(&data.identifiers, identifier)?)
+        .id(id.clone())
+        .identifier(each(data.identifiers, identifier)?)
         .status(code::<codes::EncounterStatus>("Encounter.status", &data.status)?)
-        .class(coding(&data.class)?)
-        .extension(extensions(&data.extensions)?);
+        .class(coding(data.class)?)
+        .extension(extensions(data.extensions)?);
     if let Some(m) = meta(&data.profiles)? {
         b = b.meta(m);
     }
-    if let Some(s) = &data.subject {
+    if let Some(s) = data.subject {
         b = b.subject(reference(s)?);
     }
     if data.start.is_some() || data.end.is_some() {
@@ -91,19 +93,19 @@ pub fn encounter(data: &EncounterData) -> Result<Built, Error> {
     }
     if data.admit_source.is_some() || data.discharge_disposition.is_some() {
         let mut h = EncounterHospitalization::builder();
-        if let Some(c) = &data.admit_source {
-            h = h.admit_source(concept(c, data.admit_source_text.as_ref())?);
+        if let Some(c) = data.admit_source {
+            h = h.admit_source(concept(c, data.admit_source_text)?);
         }
-        if let Some(c) = &data.discharge_disposition {
-            h = h.discharge_disposition(concept(c, data.discharge_disposition_text.as_ref())?);
+        if let Some(c) = data.discharge_disposition {
+            h = h.discharge_disposition(concept(c, data.discharge_disposition_text)?);
         }
         b = b.hospitalization(built("Encounter.hospitalization", h.build())?);
     }
     let locations = data
         .locations
-        .iter()
+        .into_iter()
         .map(|l| {
-            let mut lb = EncounterLocation::builder().location(reference(&l.location)?);
+            let mut lb = EncounterLocation::builder().location(reference(l.location)?);
             if let Some(s) = &l.status {
                 lb = lb.status(code::<codes::EncounterLocationStatus>("Encounter.location.status", s)?);
             }
@@ -114,57 +116,102 @@ pub fn encounter(data: &EncounterData) -> Result<Built, Error> {
         })
         .collect::<Result<Vec<_>, Error>>()?;
     b = b.location(locations);
-    if let Some(sp) = &data.service_provider {
+    if let Some(sp) = data.service_provider {
         b = b.service_provider(reference(sp)?);
     }
-    if let Some(p) = &data.part_of {
+    if let Some(p) = data.part_of {
         b = b.part_of(reference(p)?);
     }
     let encounter = built("Encounter", b.build())?;
-    Ok(wrap(Resource::Encounter(encounter), "Encounter", &data.id))
+    Ok(wrap(Resource::Encounter(encounter), "Encounter", id))
 }
 
 /// Builds a Practitioner.
-pub fn practitioner(data: &PractitionerData) -> Result<Built, Error> {
+pub fn practitioner(data: PractitionerData) -> Result<Built, Error> {
+    let id = data.id;
     let mut b = Practitioner::builder()
-        .id(data.id.clone())
-        .identifier(each(&data.identifiers, identifier)?)
-        .name(each(&data.names, human_name)?)
-        .telecom(each(&data.telecom, contact_point)?)
-        .address(each(&data.addresses, address)?);
+        .id(id.clone())
+        .identifier(each(data.identifiers, identifier)?)
+        .name(each(data.names, human_name)?)
+        .telecom(each(data.telecom, contact_point)?)
+        .address(each(data.addresses, address)?);
     if let Some(m) = meta(&data.profiles)? {
         b = b.meta(m);
     }
     let practitioner = built("Practitioner", b.build())?;
-    Ok(wrap(Resource::Practitioner(practitioner), "Practitioner", &data.id))
+    Ok(wrap(Resource::Practitioner(practitioner), "Practitioner", id))
 }
 
 /// Builds a MessageHeader.
-pub fn message_header(data: &HeaderData) -> Result<Built, Error> {
-    let mut source = MessageHeaderSource::builder().endpoint(data.source.endpoint.clone());
-    if let Some(n) = &data.source.name {
-        source = source.name(n.clone());
+pub fn message_header(data: HeaderData) -> Result<Built, Error> {
+    let id = data.id;
+    let mut source = MessageHeaderSource::builder().endpoint(data.source.endpoint);
+    if let Some(n) = data.source.name {
+        source = source.name(n);
     }
     let destinations = data
         .destinations
-        .iter()
+        .into_iter()
         .map(|d| {
-            let mut db = MessageHeaderDestination::builder().endpoint(d.endpoint.clone());
-            if let Some(n) = &d.name {
-                db = db.name(n.clone());
+            let mut db = MessageHeaderDestination::builder().endpoint(d.endpoint);
+            if let Some(n) = d.name {
+                db = db.name(n);
             }
             built("MessageHeader.destination", db.build()).map(Some)
         })
         .collect::<Result<Vec<_>, Error>>()?;
     let mut b = MessageHeader::builder()
-        .id(data.id.clone())
-        .event(MessageHeaderEvent::Coding(coding(&data.event)?))
+        .id(id.clone())
+        .event(MessageHeaderEvent::Coding(coding(data.event)?))
         .source(built("MessageHeader.source", source.build())?)
         .destination(destinations)
-        .focus(each(&data.focus, reference)?);
-    if let Some(s) = &data.sender {
+        .focus(each(data.focus, reference)?);
+    if let Some(s) = data.sender {
         b = b.sender(reference(s)?);
     }
     let header = built("MessageHeader", b.build())?;
-    Ok(wrap(Resource::MessageHeader(header), "MessageHeader", &data.id))
+    Ok(wrap(Resource::MessageHeader(header), "MessageHeader", id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Code, Ident, Ref};
+
+    fn patient_data() -> PatientData {
+        PatientData {
+            id: "p1".into(),
+            identifiers: vec![Ident { system: "urn:oid:1.2".into(), value: "42".into(), ..Ident::default() }],
+            gender: Some("female".into()),
+            birth_date: Some("1979-03".into()),
+            deceased: Deceased::At("2026-07-18T03:10:00+02:00".into()),
+            ..PatientData::default()
+        }
+    }
+
+    #[test]
+    fn a_patient_serializes_with_its_precision_and_offset() {
+        let built = patient(patient_data()).expect("builds");
+        let json: serde_json::Value = serde_json::from_slice(&built.to_json().expect("json")).expect("parse");
+        assert_eq!(json["resourceType"], "Patient");
+        assert_eq!(json["birthDate"], "1979-03");
+        assert_eq!(json["deceasedDateTime"], "2026-07-18T03:10:00+02:00");
+        assert_eq!(format!("{built:?}"), "Built { type: \"Patient\" }", "Debug shows no field value");
+    }
+
+    #[test]
+    fn codes_and_dates_outside_the_fhir_model_are_errors() {
+        let bad_gender = PatientData { gender: Some("bogus".into()), ..patient_data() };
+        assert!(matches!(patient(bad_gender), Err(Error::Value { element: "Patient.gender", .. })));
+        let bad_date = PatientData { birth_date: Some("1979-13-01".into()), ..patient_data() };
+        assert!(patient(bad_date).is_err());
+        let bad_status = EncounterData {
+            id: "e1".into(),
+            status: "admitted".into(),
+            class: Code { system: "s".into(), code: "IMP".into(), display: None },
+            subject: Some(Ref { reference: Some("urn:uuid:p1".into()), ..Ref::default() }),
+            ..EncounterData::default()
+        };
+        assert!(matches!(encounter(bad_status), Err(Error::Value { element: "Encounter.status", .. })));
+    }
 }
