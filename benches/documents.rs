@@ -74,7 +74,7 @@ fn measure(case: &str, bytes: &[u8], tables: &XdsTables) {
 
 fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let tables = XdsTables::load(&root.join("mappings/documents")).unwrap();
+    let tables = XdsTables::load(&root.join("mappings/tables/xds")).unwrap();
     let template = std::fs::read_to_string(root.join("test-messages/cda/own_CR-URG_15507-7_N1.xml")).unwrap();
     let doc_200k = document_of_size(&template, 200 * 1024);
     measure("cda header+metadata (200 KB, embedded PDF)", doc_200k.as_bytes(), &tables);

@@ -77,7 +77,7 @@ pub struct FolderSettings {
 pub struct DocumentSettings {
     /// Largest accepted CDA document in bytes (20 MiB), by `POST /cda` and the drop folder.
     pub max_size: usize,
-    /// Where `xds-types.toml` and `xds-codes.toml` are (`mappings/documents`).
+    /// Where `xds-types.toml` and `xds-codes.toml` are (`mappings/tables/xds`).
     pub tables: PathBuf,
 }
 
@@ -220,7 +220,7 @@ impl Default for FolderSettings {
 
 impl Default for DocumentSettings {
     fn default() -> Self {
-        DocumentSettings { max_size: 20 * 1024 * 1024, tables: PathBuf::from("mappings/documents") }
+        DocumentSettings { max_size: 20 * 1024 * 1024, tables: PathBuf::from("mappings/tables/xds") }
     }
 }
 

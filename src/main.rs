@@ -418,7 +418,7 @@ fn convert(
     let message_kind = relais::documents::sniff_kind(&raw);
     let converted =
         if message_kind == relais::facts::MessageKind::Cda || relais::documents::oru::is_oru_r01(&raw) {
-            convert_document(&mappings.join("documents"), message_kind, &raw, pretty)
+            convert_document(&mappings.join("tables").join("xds"), message_kind, &raw, pretty)
         } else {
             mapper.convert(&raw, kind, pretty)
         };

@@ -185,7 +185,7 @@ pub fn build(
     let entry = tables.types.get(type_code).ok_or_else(|| MapFailure {
         location: "ClinicalDocument/code".into(),
         reason: format!(
-            "document type `{type_code}` is not in mappings/documents/xds-types.toml (unknown LOINC type for XDS)"
+            "document type `{type_code}` is not in mappings/tables/xds/xds-types.toml (unknown LOINC type for XDS)"
         ),
     })?;
     let systems = &tables.systems;

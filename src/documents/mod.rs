@@ -3,7 +3,7 @@
 //!
 //! Receives journaled bytes from the pipeline (through [`facts::Transform`], implemented by
 //! [`DocumentMapper`]); reads the header with [`crate::cda`], the ORU^R01 wrapping with [`oru`], builds the
-//! [`metadata::DocumentMetadata`] from the XDS tables of `mappings/documents/xds-*.toml` (loaded once at start)
+//! [`metadata::DocumentMetadata`] from the XDS tables of `mappings/tables/xds/xds-*.toml` (loaded once at start)
 //! and the Bundle with `relais_fhir::document_reference`. Hands on a [`MappedDocument`]: the shared
 //! [`Mapped`] plus the metadata and ORU details, all serde-serializable for the bus envelope.
 //!
@@ -75,7 +75,7 @@ fn cda_failure(e: cda::CdaError) -> MapFailure {
 }
 
 impl DocumentMapper {
-    /// Loads the XDS tables from `dir` (usually `mappings/documents`).
+    /// Loads the XDS tables from `dir` (usually `mappings/tables/xds`).
     pub fn load(dir: &Path) -> Result<DocumentMapper, TableError> {
         Ok(DocumentMapper { tables: XdsTables::load(dir)? })
     }

@@ -1,4 +1,4 @@
-//! The XDS code tables of `mappings/documents/xds-*.toml`: files an integrator edits, read once at start.
+//! The XDS code tables of `mappings/tables/xds/xds-*.toml`: files an integrator edits, read once at start.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -105,7 +105,7 @@ pub struct XdsTables {
 }
 
 impl XdsTables {
-    /// Reads `xds-types.toml` and `xds-codes.toml` from `dir` (usually `mappings/documents`).
+    /// Reads `xds-types.toml` and `xds-codes.toml` from `dir` (usually `mappings/tables/xds`).
     pub fn load(dir: &Path) -> Result<XdsTables, TableError> {
         let types_path = dir.join("xds-types.toml");
         let codes_path = dir.join("xds-codes.toml");

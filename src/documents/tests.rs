@@ -9,7 +9,7 @@ fn root() -> PathBuf {
 }
 
 fn mapper() -> DocumentMapper {
-    DocumentMapper::load(&root().join("mappings/documents")).expect("XDS tables")
+    DocumentMapper::load(&root().join("mappings/tables/xds")).expect("XDS tables")
 }
 
 fn read(rel: &str) -> Vec<u8> {
@@ -306,7 +306,7 @@ fn zam_acknowledgements_match_the_ans_samples() {
 #[test]
 fn tables_name_the_file_on_error() {
     let dir = tempfile::tempdir().unwrap();
-    let tables = root().join("mappings/documents");
+    let tables = root().join("mappings/tables/xds");
     std::fs::copy(tables.join("xds-codes.toml"), dir.path().join("xds-codes.toml")).unwrap();
     std::fs::write(
         dir.path().join("xds-types.toml"),

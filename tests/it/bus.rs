@@ -724,7 +724,7 @@ fn routes_explain_names_the_matching_route_and_why_others_fail() {
         .arg(&config)
         .arg(super::harness::test_messages().join("adt/a11_cancel_admission.hl7"))
         .env("RELAIS__MAPPINGS_DIR", concat!(env!("CARGO_MANIFEST_DIR"), "/mappings"))
-        .env("RELAIS__DOCUMENTS__TABLES", concat!(env!("CARGO_MANIFEST_DIR"), "/mappings/documents"))
+        .env("RELAIS__DOCUMENTS__TABLES", concat!(env!("CARGO_MANIFEST_DIR"), "/mappings/tables/xds"))
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -738,7 +738,7 @@ fn routes_explain_names_the_matching_route_and_why_others_fail() {
         .arg(&config)
         .arg(super::harness::test_messages().join("adt/a04_sau_entry.hl7"))
         .env("RELAIS__MAPPINGS_DIR", concat!(env!("CARGO_MANIFEST_DIR"), "/mappings"))
-        .env("RELAIS__DOCUMENTS__TABLES", concat!(env!("CARGO_MANIFEST_DIR"), "/mappings/documents"))
+        .env("RELAIS__DOCUMENTS__TABLES", concat!(env!("CARGO_MANIFEST_DIR"), "/mappings/tables/xds"))
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);

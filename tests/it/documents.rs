@@ -337,7 +337,7 @@ fn document_bundles_pass_the_independent_fhir_validator() {
         return;
     };
     let mapper = relais::documents::DocumentMapper::load(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings/documents"),
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings/tables/xds"),
     )
     .unwrap();
     let dir = tempfile::tempdir().unwrap();

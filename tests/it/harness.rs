@@ -210,7 +210,7 @@ impl Relais {
         // The server runs in its temp dir: point it at the repository's mapping rules and tables.
         command
             .env("RELAIS__MAPPINGS_DIR", concat!(env!("CARGO_MANIFEST_DIR"), "/mappings"))
-            .env("RELAIS__DOCUMENTS__TABLES", concat!(env!("CARGO_MANIFEST_DIR"), "/mappings/documents"))
+            .env("RELAIS__DOCUMENTS__TABLES", concat!(env!("CARGO_MANIFEST_DIR"), "/mappings/tables/xds"))
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .current_dir(self.dir.path())
             .stdin(Stdio::null())

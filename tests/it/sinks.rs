@@ -168,7 +168,7 @@ fn documents_stage_metadata_gives_valid_iti41_bodies() {
     use relais::documents::DocumentMapper;
     use relais::sinks::iti41::{VihfConfig, build_request};
 
-    let mapper = DocumentMapper::load(&root().join("mappings/documents")).unwrap();
+    let mapper = DocumentMapper::load(&root().join("mappings/tables/xds")).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut checked = 0;
     for name in ["own_CR-OP_34874-8_N1.xml", "own_CR-OP_34874-8_N1_RPLC.xml", "own_CR-URG_15507-7_N1.xml"] {
@@ -224,7 +224,7 @@ fn oru_samples_become_mail_and_dmp_jobs() {
     use relais::sinks::job::DocumentJob;
     use relais::sinks::mail::{self, Addressee, MssConfig};
 
-    let mapper = DocumentMapper::load(&root().join("mappings/documents")).unwrap();
+    let mapper = DocumentMapper::load(&root().join("mappings/tables/xds")).unwrap();
     let cfg =
         MssConfig { from: "documents@ch-test.mssante.fr".into(), nil: "NIL".into(), ..MssConfig::default() };
     let read = |name: &str| {
