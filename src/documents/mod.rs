@@ -10,7 +10,7 @@
 //! Identity rule (as for ADT): the INS is used only when the identity is qualified — for a CDA, an INS with
 //! its OID and the four INS traits; for an ORU^R01, PID-32 = `VALI` as well. Otherwise the INS appears
 //! nowhere in the output (not in the metadata, not in the Bundle, not in the partition key) and the document
-//! is marked for identity review.
+//! is marked for identity review. The rule itself lives in [`crate::identity`], shared with the ADT mapping.
 
 pub mod metadata;
 pub mod oru;
@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cda::{self, CdaHeader, Person};
 use crate::facts::{self, EventClass, Facts, MapFailure, Mapped, MessageKind};
+use crate::identity;
 pub use metadata::DocumentMetadata;
 pub use oru::OruInfo;
 pub use tables::{TableError, XdsTables};
@@ -211,7 +212,7 @@ pub fn sniff_kind(raw: &[u8]) -> MessageKind {
 /// The INS when qualified; else the IPP: PID-3's `<assigner>|<IPP>` for an ORU^R01 (the ADT mapping's form, so
 /// a patient's ADT and documents share a partition), else the CDA's `<root>|<IPP>`.
 fn patient_key(header: &CdaHeader, qualified: bool, oru_ipp: Option<&str>) -> String {
-    if qualified && let Some(ins) = &header.patient.ins {
+    if let Some(ins) = identity::ins_if_qualified(header.patient.ins.as_ref(), qualified) {
         return ins.value.clone();
     }
     if let Some(ipp) = oru_ipp {
@@ -292,7 +293,7 @@ fn fhir_input(header: &CdaHeader, document: &[u8], meta: &DocumentMetadata) -> D
     let qualified = !meta.identity_review;
     let p = &header.patient;
     let mut identifiers = Vec::new();
-    if qualified && let Some(ins) = &p.ins {
+    if let Some(ins) = identity::ins_if_qualified(p.ins.as_ref(), qualified) {
         let code_value = if ins.kind == cda::InsKind::Nir { "INS-NIR" } else { "INS-NIR-TEST" };
         let type_ = code("https://hl7.fr/ig/fhir/core/CodeSystem/fr-core-cs-v2-0203", code_value);
         identifiers.push(ident(oid_system(&ins.oid), ins.value.clone(), Some(type_)));

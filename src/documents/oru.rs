@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::cda::InsKind;
 use crate::facts::MapFailure;
 use crate::hl7v2::{Charset, Message};
+use crate::identity;
 
 /// The coding system of the OBX flags of the volet.
 pub const FLAG_SYSTEM: &str = "MetaDMPMSS";
@@ -205,7 +206,9 @@ pub fn read(raw: &[u8]) -> Result<OruDocument, MapFailure> {
             info.ipp = Some(format!("{assigner}|{id}"));
         }
     }
-    info.ins_qualified = info.ins.is_some() && msg.text("PID-32(1)").as_deref() == Some("VALI");
+    // PAM FR's rule on the first PID-32 repetition (no `never_with` attributes for an ORU^R01).
+    let status: Vec<String> = msg.text("PID-32(1)").into_iter().collect();
+    info.ins_qualified = info.ins.is_some() && identity::pid32_qualified(&status, &[identity::VALI], &[]);
 
     let mut cda: Option<(Vec<u8>, String)> = None;
     for (n, _) in msg.segments_named("OBX").enumerate() {
