@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use crate::cda::{self, CdaHeader, Person};
 use crate::facts::{self, EventClass, Facts, MapFailure, Mapped, MessageKind};
 use crate::identity;
+use crate::mapping;
 pub use metadata::DocumentMetadata;
 pub use oru::OruInfo;
 pub use tables::{TableError, XdsTables};
@@ -319,7 +320,7 @@ fn fhir_input(header: &CdaHeader, document: &[u8], meta: &DocumentMetadata) -> D
         class_code: coding(&entry.class_code),
         format_code: code(&oid_system(&entry.format_code.scheme), &entry.format_code.code),
         security_labels: entry.confidentiality.iter().map(coding).collect(),
-        date: header.effective_time.as_deref().and_then(time::fhir).filter(|t| t.contains('T')),
+        date: header.effective_time.as_deref().and_then(time::fhir).filter(|t| mapping::time::is_instant(t)),
         description: header.title.clone(),
         start: start.and_then(time::fhir),
         end: stop.and_then(time::fhir),
