@@ -728,28 +728,24 @@ fn routes_explain_names_the_matching_route_and_why_others_fail() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("relais.toml");
     std::fs::write(&config, SINKS_TOML).unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_relais"))
-        .args(["routes", "explain", "--config"])
-        .arg(&config)
-        .arg(super::harness::test_messages().join("adt/a11_cancel_admission.hl7"))
-        .env("RELAIS__MAPPINGS_DIR", concat!(env!("CARGO_MANIFEST_DIR"), "/mappings"))
-        .env("RELAIS__DOCUMENTS__TABLES", concat!(env!("CARGO_MANIFEST_DIR"), "/mappings/documents"))
-        .output()
-        .unwrap();
+    let explain = |sample: &str| {
+        Command::new(env!("CARGO_BIN_EXE_relais"))
+            .args(["routes", "explain", "--config"])
+            .arg(&config)
+            .arg(super::harness::test_messages().join(sample))
+            .env("RELAIS__MAPPINGS_DIR", concat!(env!("CARGO_MANIFEST_DIR"), "/mappings"))
+            .env("RELAIS__DOCUMENTS__TABLES", concat!(env!("CARGO_MANIFEST_DIR"), "/mappings/documents"))
+            .output()
+            .unwrap()
+    };
+    let output = explain("adt/a11_cancel_admission.hl7");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     assert!(stdout.contains("no    gp-events ("), "{stdout}");
     assert!(stdout.contains("10-gp-notify.toml:8): gp_known is false, wanted true"), "{stdout}");
     assert!(stdout.ends_with("=> unrouted\n"), "{stdout}");
 
-    let output = Command::new(env!("CARGO_BIN_EXE_relais"))
-        .args(["routes", "explain", "--config"])
-        .arg(&config)
-        .arg(super::harness::test_messages().join("adt/a04_sau_entry.hl7"))
-        .env("RELAIS__MAPPINGS_DIR", concat!(env!("CARGO_MANIFEST_DIR"), "/mappings"))
-        .env("RELAIS__DOCUMENTS__TABLES", concat!(env!("CARGO_MANIFEST_DIR"), "/mappings/documents"))
-        .output()
-        .unwrap();
+    let output = explain("adt/a04_sau_entry.hl7");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.starts_with("MATCH gp-events ("), "{stdout}");
     assert!(stdout.lines().next().unwrap().ends_with("-> gp-notify"), "{stdout}");
