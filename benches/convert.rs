@@ -6,45 +6,23 @@
 
 use std::hint::black_box;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use relais::mapping::{BundleKind, Mapper};
 
-const ADT_A01_FR: &[u8] = include_bytes!("../test-messages/bench/adt_a01_fr_mappable.hl7");
+mod common;
 
-/// CPU time this thread has run (user + system), from `/proc/thread-self/stat`; `None` off Linux.
-fn thread_cpu_time() -> Option<Duration> {
-    let stat = std::fs::read_to_string("/proc/thread-self/stat").ok()?;
-    let after_name = stat.rsplit_once(')')?.1;
-    let mut fields = after_name.split_whitespace().skip(11);
-    let user: u64 = fields.next()?.parse().ok()?;
-    let system: u64 = fields.next()?.parse().ok()?;
-    Some(Duration::from_millis((user + system) * 10))
-}
+const ADT_A01_FR: &[u8] = include_bytes!("../test-messages/bench/adt_a01_fr_mappable.hl7");
 
 fn measure(case: &str, budget: Duration, mut work: impl FnMut() -> usize) {
     let mut bytes = 0usize;
-    for _ in 0..2_000 {
-        bytes = work();
-    }
-    let mut iterations: u64 = 0;
-    let cpu_started = thread_cpu_time();
-    let started = Instant::now();
-    while started.elapsed() < budget {
-        for _ in 0..500 {
-            bytes = black_box(work());
-        }
-        iterations += 500;
-    }
-    let wall = started.elapsed();
-    let cpu = cpu_started.zip(thread_cpu_time()).map(|(b, a)| a.saturating_sub(b)).filter(|c| !c.is_zero());
-    let per = |t: Duration| t.as_nanos() as f64 / iterations as f64;
-    let wall_ns = per(wall);
-    match cpu {
+    let m = common::run(2_000, 500, budget, || bytes = black_box(work()));
+    let wall_ns = m.ns_per_run(m.wall);
+    match m.cpu {
         Some(cpu) => println!(
             "{case}: {:.0} bundles/s ({:.0} ns/bundle, {bytes} B) [CPU time; wall clock: {:.0} bundles/s]",
-            1e9 / per(cpu),
-            per(cpu),
+            1e9 / m.ns_per_run(cpu),
+            m.ns_per_run(cpu),
             1e9 / wall_ns
         ),
         None => println!(

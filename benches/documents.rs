@@ -15,14 +15,7 @@ use relais::cda;
 use relais::documents::XdsTables;
 use relais::documents::metadata::{self, Context};
 
-fn thread_cpu_time() -> Option<Duration> {
-    let stat = std::fs::read_to_string("/proc/thread-self/stat").ok()?;
-    let after_name = stat.rsplit_once(')')?.1;
-    let mut fields = after_name.split_whitespace().skip(11);
-    let user: u64 = fields.next()?.parse().ok()?;
-    let system: u64 = fields.next()?.parse().ok()?;
-    Some(Duration::from_millis((user + system) * 10))
-}
+mod common;
 
 /// `VmHWM` (peak resident set) of this process, in KiB.
 fn peak_rss_kib() -> Option<u64> {
@@ -48,25 +41,13 @@ fn measure(case: &str, bytes: &[u8], tables: &XdsTables) {
         let header = cda::extract(black_box(bytes)).unwrap();
         black_box(metadata::build(&header, bytes, tables, &Context::default()).unwrap());
     };
-    for _ in 0..200 {
-        run();
-    }
-    let budget = Duration::from_secs(3);
-    let cpu = thread_cpu_time();
-    let started = Instant::now();
-    let mut n: u64 = 0;
-    while started.elapsed() < budget {
-        for _ in 0..100 {
-            run();
-        }
-        n += 100;
-    }
-    let wall = started.elapsed();
-    let cpu = thread_cpu_time().zip(cpu).map(|(b, a)| b - a).filter(|d| !d.is_zero()).unwrap_or(wall);
+    let m = common::run(200, 100, Duration::from_secs(3), run);
+    let (n, wall) = (m.iterations, m.wall);
+    let cpu = m.cpu.unwrap_or(wall);
     println!(
         "{case}: {:.0} documents/s per core ({:.1} µs/doc, {:.0} MB/s; wall {:.0}/s)",
         n as f64 / cpu.as_secs_f64(),
-        cpu.as_secs_f64() * 1e6 / n as f64,
+        m.ns_per_run(cpu) / 1e3,
         (n as f64 * bytes.len() as f64) / cpu.as_secs_f64() / 1e6,
         n as f64 / wall.as_secs_f64(),
     );

@@ -4,47 +4,22 @@
 //! Run: `cargo bench --bench parse`. One line per case: `<case>: <N> msg/s (<ns> ns/msg)`.
 
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use relais::hl7v2::{Header, Message};
 
-const ADT_A01_FR: &[u8] = include_bytes!("../test-messages/bench/adt_a01_fr.hl7");
+mod common;
 
-/// CPU time this thread has run (user + system), from `/proc/thread-self/stat`; `None` off Linux.
-/// Used so that figures stay single-core figures on a busy machine (10 ms resolution, hence long runs).
-fn thread_cpu_time() -> Option<Duration> {
-    let stat = std::fs::read_to_string("/proc/thread-self/stat").ok()?;
-    // Fields after the command name (which may hold spaces) start at field 3; utime and stime are 14 and 15.
-    let after_name = stat.rsplit_once(')')?.1;
-    let mut fields = after_name.split_whitespace().skip(11);
-    let user: u64 = fields.next()?.parse().ok()?;
-    let system: u64 = fields.next()?.parse().ok()?;
-    // USER_HZ is 100 on every Linux platform Relais targets.
-    Some(Duration::from_millis((user + system) * 10))
-}
+const ADT_A01_FR: &[u8] = include_bytes!("../test-messages/bench/adt_a01_fr.hl7");
 
 /// Runs `work` repeatedly for about `budget` (after a short warm-up) and prints its throughput, computed on
 /// the thread's CPU time when available (wall-clock time shown too).
-fn measure(case: &str, budget: Duration, mut work: impl FnMut()) {
-    for _ in 0..10_000 {
-        work();
-    }
-    let mut iterations: u64 = 0;
-    let cpu_started = thread_cpu_time();
-    let started = Instant::now();
-    while started.elapsed() < budget {
-        for _ in 0..1_000 {
-            work();
-        }
-        iterations += 1_000;
-    }
-    let wall = started.elapsed();
-    let cpu = cpu_started.zip(thread_cpu_time()).map(|(before, after)| after.saturating_sub(before));
-    let per_message = |time: Duration| time.as_nanos() as f64 / iterations as f64;
-    let wall_ns = per_message(wall);
-    match cpu.filter(|cpu| !cpu.is_zero()) {
+fn measure(case: &str, budget: Duration, work: impl FnMut()) {
+    let m = common::run(10_000, 1_000, budget, work);
+    let wall_ns = m.ns_per_run(m.wall);
+    match m.cpu {
         Some(cpu) => {
-            let cpu_ns = per_message(cpu);
+            let cpu_ns = m.ns_per_run(cpu);
             println!(
                 "{case}: {:.0} msg/s ({cpu_ns:.0} ns/msg) [CPU time; wall clock: {:.0} msg/s]",
                 1e9 / cpu_ns,

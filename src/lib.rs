@@ -22,6 +22,7 @@ pub mod config;
 pub mod documents;
 pub mod facts;
 pub mod hl7v2;
+pub mod identity;
 pub mod ingest;
 pub mod journal;
 pub mod mapping;

@@ -121,12 +121,13 @@ impl Patient {
     /// INS traits — birth family name, first given name, birth date, sex `M` or `F`. A CI-SIS sender only
     /// puts the INS in the document once the identity is qualified; the traits are what a receiver can check.
     pub fn ins_qualified(&self) -> bool {
-        let has = |v: &Option<String>| v.as_deref().is_some_and(|s| !s.trim().is_empty());
-        self.ins.as_ref().is_some_and(|ins| ins.value.len() == 15)
-            && has(&self.birth_family)
-            && has(&self.first_given)
-            && self.birth_time.as_deref().is_some_and(|t| t.len() >= 8)
-            && matches!(self.gender.as_deref(), Some("M" | "F"))
+        crate::identity::cda_traits_complete(
+            self.ins.as_ref().map(|ins| ins.value.as_str()),
+            self.birth_family.as_deref(),
+            self.first_given.as_deref(),
+            self.birth_time.as_deref(),
+            self.gender.as_deref(),
+        )
     }
 }
 

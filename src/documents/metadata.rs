@@ -9,6 +9,7 @@ use super::tables::XdsTables;
 use super::time;
 use crate::cda::{Body, CdaHeader, Code, Organization, Person};
 use crate::facts::MapFailure;
+use crate::identity;
 
 /// An XDS coded value: code, coding scheme (OID) and display name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -210,7 +211,7 @@ pub fn build(
     }
     let qualified = ctx.ins_qualified.unwrap_or(true) && header.patient.ins_qualified();
     let ins_cx = header.patient.ins.as_ref().map(|ins| format!("{}^^^&{}&ISO^NH", ins.value, ins.oid));
-    let patient_id = if qualified { ins_cx.clone() } else { None };
+    let patient_id = identity::ins_if_qualified(ins_cx.clone(), qualified);
     let ipp_cx = header.patient.ipp.as_ref().map(|ipp| format!("{}^^^&{}&ISO^PI", ipp.extension, ipp.root));
     // Without an IPP, the INS is the only source id; it is never given unless qualified.
     let source_patient_id = ipp_cx.or_else(|| patient_id.clone()).unwrap_or_default();

@@ -10,7 +10,7 @@
 //! Identity rule (as for ADT): the INS is used only when the identity is qualified — for a CDA, an INS with
 //! its OID and the four INS traits; for an ORU^R01, PID-32 = `VALI` as well. Otherwise the INS appears
 //! nowhere in the output (not in the metadata, not in the Bundle, not in the partition key) and the document
-//! is marked for identity review.
+//! is marked for identity review. The rule itself lives in [`crate::identity`], shared with the ADT mapping.
 
 pub mod metadata;
 pub mod oru;
@@ -23,13 +23,14 @@ mod tests;
 
 use std::path::Path;
 
-use relais_fhir::document_reference::{
-    CodingInput, DocumentInput, IdInput, OrganizationInput, PatientInput, PractitionerInput, document_bundle,
-};
+use relais_fhir::document_bundle;
+use relais_fhir::model::{Code, DocumentData, Ident, Name, PatientData, PractitionerData, Ref};
 use serde::{Deserialize, Serialize};
 
 use crate::cda::{self, CdaHeader, Person};
 use crate::facts::{self, EventClass, Facts, MapFailure, Mapped, MessageKind};
+use crate::identity;
+use crate::mapping;
 pub use metadata::DocumentMetadata;
 pub use oru::OruInfo;
 pub use tables::{TableError, XdsTables};
@@ -184,8 +185,8 @@ impl DocumentMapper {
         oru: Option<OruInfo>,
     ) -> Result<MappedDocument, MapFailure> {
         let input = fhir_input(&header, document, &metadata);
-        let bundle = document_bundle(&input)
-            .map_err(|e| MapFailure { location: e.element.to_string(), reason: e.reason })?;
+        let bundle = document_bundle(input)
+            .map_err(|e| MapFailure { location: e.element().to_string(), reason: e.reason() })?;
         Ok(MappedDocument {
             mapped: Mapped { bundle, facts },
             details: DocumentDetails { metadata, header, oru },
@@ -212,7 +213,7 @@ pub fn sniff_kind(raw: &[u8]) -> MessageKind {
 /// The INS when qualified; else the IPP: PID-3's `<assigner>|<IPP>` for an ORU^R01 (the ADT mapping's form, so
 /// a patient's ADT and documents share a partition), else the CDA's `<root>|<IPP>`.
 fn patient_key(header: &CdaHeader, qualified: bool, oru_ipp: Option<&str>) -> String {
-    if qualified && let Some(ins) = &header.patient.ins {
+    if let Some(ins) = identity::ins_if_qualified(header.patient.ins.as_ref(), qualified) {
         return ins.value.clone();
     }
     if let Some(ipp) = oru_ipp {
@@ -233,64 +234,74 @@ fn code_system(scheme: &str) -> String {
     }
 }
 
-fn coding(code: &metadata::XdsCode) -> CodingInput {
-    CodingInput { system: code_system(&code.scheme), code: code.code.clone(), display: code.display.clone() }
+fn coding(code: &metadata::XdsCode) -> Code {
+    let display = Some(code.display.clone()).filter(|d| !d.is_empty());
+    Code { system: code_system(&code.scheme), code: code.code.clone(), display }
+}
+
+/// A code without display.
+fn code(system: &str, code: &str) -> Code {
+    Code { system: system.into(), code: code.into(), display: None }
+}
+
+/// An identifier with its type, when known.
+fn ident(system: String, value: String, type_: Option<Code>) -> Ident {
+    Ident { system, value, type_, ..Ident::default() }
+}
+
+/// The HL7 AdministrativeGender code of a CDA as a FHIR gender code.
+fn fhir_gender(g: &str) -> String {
+    match g {
+        "M" | "male" => "male",
+        "F" | "female" => "female",
+        "O" | "other" => "other",
+        _ => "unknown",
+    }
+    .to_string()
 }
 
 fn uuid_of(name: &str) -> String {
     metadata::urn_uuid(name).trim_start_matches("urn:uuid:").to_string()
 }
 
-fn practitioner(person: &Person) -> PractitionerInput {
+fn practitioner(person: &Person) -> PractitionerData {
     let key =
         person.id.as_ref().map_or_else(|| format!("{:?}{:?}", person.family, person.given), |i| i.to_xds());
-    PractitionerInput {
-        id: uuid_of(&format!("Practitioner/{key}")),
-        identifier: person.id.as_ref().map(|id| match person.rpps() {
-            Some(rpps) => IdInput {
-                system: "urn:oid:1.2.250.1.71.4.2.1".into(),
-                value: format!("8{rpps}"),
-                type_coding: Some(CodingInput {
-                    system: "http://interopsante.org/CodeSystem/fr-v2-0203".into(),
-                    code: "IDNPS".into(),
-                    display: String::new(),
-                }),
-            },
-            None => IdInput { system: oid_system(&id.root), value: id.extension.clone(), type_coding: None },
-        }),
+    let identifier = person.id.as_ref().map(|id| match person.rpps() {
+        Some(rpps) => ident(
+            "urn:oid:1.2.250.1.71.4.2.1".into(),
+            format!("8{rpps}"),
+            Some(code("http://interopsante.org/CodeSystem/fr-v2-0203", "IDNPS")),
+        ),
+        None => ident(oid_system(&id.root), id.extension.clone(), None),
+    });
+    let name = Name {
         family: person.family.clone(),
-        given: person.given.clone(),
+        given: person.given.iter().cloned().collect(),
         prefix: person.prefix.clone(),
+        ..Name::default()
+    };
+    PractitionerData {
+        id: uuid_of(&format!("Practitioner/{key}")),
+        identifiers: identifier.into_iter().collect(),
+        names: vec![name],
+        ..PractitionerData::default()
     }
 }
 
-fn fhir_input(header: &CdaHeader, document: &[u8], meta: &DocumentMetadata) -> DocumentInput {
+fn fhir_input(header: &CdaHeader, document: &[u8], meta: &DocumentMetadata) -> DocumentData {
     let entry = &meta.entry;
     let qualified = !meta.identity_review;
     let p = &header.patient;
     let mut identifiers = Vec::new();
-    if qualified && let Some(ins) = &p.ins {
-        let code = if ins.kind == cda::InsKind::Nir { "INS-NIR" } else { "INS-NIR-TEST" };
-        identifiers.push(IdInput {
-            system: oid_system(&ins.oid),
-            value: ins.value.clone(),
-            type_coding: Some(CodingInput {
-                system: "https://hl7.fr/ig/fhir/core/CodeSystem/fr-core-cs-v2-0203".into(),
-                code: code.into(),
-                display: String::new(),
-            }),
-        });
+    if let Some(ins) = identity::ins_if_qualified(p.ins.as_ref(), qualified) {
+        let code_value = if ins.kind == cda::InsKind::Nir { "INS-NIR" } else { "INS-NIR-TEST" };
+        let type_ = code("https://hl7.fr/ig/fhir/core/CodeSystem/fr-core-cs-v2-0203", code_value);
+        identifiers.push(ident(oid_system(&ins.oid), ins.value.clone(), Some(type_)));
     }
     if let Some(ipp) = &p.ipp {
-        identifiers.push(IdInput {
-            system: oid_system(&ipp.root),
-            value: ipp.extension.clone(),
-            type_coding: Some(CodingInput {
-                system: "http://terminology.hl7.org/CodeSystem/v2-0203".into(),
-                code: "PI".into(),
-                display: String::new(),
-            }),
-        });
+        let type_ = code("http://terminology.hl7.org/CodeSystem/v2-0203", "PI");
+        identifiers.push(ident(oid_system(&ipp.root), ipp.extension.clone(), Some(type_)));
     }
     let patient_key =
         identifiers.first().map_or_else(|| entry.unique_id.clone(), |i| format!("{}|{}", i.system, i.value));
@@ -300,64 +311,55 @@ fn fhir_input(header: &CdaHeader, document: &[u8], meta: &DocumentMetadata) -> D
         .or(p.first_given.as_deref())
         .map(|g| g.split_whitespace().map(str::to_string).collect())
         .unwrap_or_default();
-    let master = IdInput {
-        system: "urn:ietf:rfc:3986".into(),
-        value: if header.id.extension.is_empty() {
-            oid_system(&header.id.root)
-        } else {
-            format!("{}^{}", oid_system(&header.id.root), header.id.extension)
-        },
-        type_coding: None,
-    };
+    let master = ident("urn:ietf:rfc:3986".into(), document_uid(&header.id), None);
     let (start, stop) = header.service_period();
-    DocumentInput {
+    DocumentData {
         id: uuid_of(&format!("DocumentReference/{}", entry.unique_id)),
         master_identifier: master,
         type_code: coding(&entry.type_code),
         class_code: coding(&entry.class_code),
-        format_code: CodingInput {
-            system: oid_system(&entry.format_code.scheme),
-            code: entry.format_code.code.clone(),
-            display: String::new(),
-        },
+        format_code: code(&oid_system(&entry.format_code.scheme), &entry.format_code.code),
         security_labels: entry.confidentiality.iter().map(coding).collect(),
-        date: header.effective_time.as_deref().and_then(time::fhir).filter(|t| t.contains('T')),
+        date: header.effective_time.as_deref().and_then(time::fhir).filter(|t| mapping::time::is_instant(t)),
         description: header.title.clone(),
-        period: (start.and_then(time::fhir), stop.and_then(time::fhir)),
+        start: start.and_then(time::fhir),
+        end: stop.and_then(time::fhir),
         events: entry.event_codes.iter().map(coding).collect(),
         facility_type: entry.healthcare_facility_type.as_ref().map(coding),
         practice_setting: entry.practice_setting.as_ref().map(coding),
-        replaces: header.replaces.as_ref().map(|id| IdInput {
-            system: "urn:ietf:rfc:3986".into(),
-            value: if id.extension.is_empty() {
-                oid_system(&id.root)
-            } else {
-                format!("{}^{}", oid_system(&id.root), id.extension)
-            },
-            type_coding: None,
-        }),
+        replaces: header
+            .replaces
+            .as_ref()
+            .map(|id| ident("urn:ietf:rfc:3986".into(), document_uid(id), None)),
         content_type: entry.mime_type.clone(),
         language: Some(entry.language.clone()),
         data: document.to_vec(),
         sha1: hex_bytes(&entry.hash),
-        patient: PatientInput {
+        patient: PatientData {
             id: uuid_of(&format!("Patient/{patient_key}")),
             identifiers,
-            family: p.birth_family.clone(),
-            given,
-            gender: p.gender.clone(),
+            names: vec![Name { family: p.birth_family.clone(), given, ..Name::default() }],
+            gender: p.gender.as_deref().map(fhir_gender),
             birth_date: p.birth_time.as_deref().and_then(time::fhir),
+            ..PatientData::default()
         },
         authors: header.authors.iter().map(practitioner).collect(),
         authenticator: header.legal_authenticator.as_ref().map(practitioner),
-        custodian: header.custodian.as_ref().map(|c| OrganizationInput {
-            identifier: c.id.as_ref().map(|id| IdInput {
-                system: oid_system(&id.root),
-                value: id.extension.clone(),
-                type_coding: None,
-            }),
-            name: c.name.clone(),
+        custodian: header.custodian.as_ref().map(|c| Ref {
+            type_: Some("Organization".into()),
+            identifier: c.id.as_ref().map(|id| ident(oid_system(&id.root), id.extension.clone(), None)),
+            display: c.name.clone(),
+            ..Ref::default()
         }),
+    }
+}
+
+/// A document id as a URI: `urn:oid:<root>`, with `^<extension>` when there is one.
+fn document_uid(id: &cda::InstanceId) -> String {
+    if id.extension.is_empty() {
+        oid_system(&id.root)
+    } else {
+        format!("{}^{}", oid_system(&id.root), id.extension)
     }
 }
 

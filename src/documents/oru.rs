@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::cda::InsKind;
 use crate::facts::MapFailure;
 use crate::hl7v2::{Charset, Message};
+use crate::identity;
 
 /// The coding system of the OBX flags of the volet.
 pub const FLAG_SYSTEM: &str = "MetaDMPMSS";
@@ -205,7 +206,13 @@ pub fn read(raw: &[u8]) -> Result<OruDocument, MapFailure> {
             info.ipp = Some(format!("{assigner}|{id}"));
         }
     }
-    info.ins_qualified = info.ins.is_some() && msg.text("PID-32(1)").as_deref() == Some("VALI");
+    // The ADT mapping's rule: the first PID-32 repetition is VALI and no repetition is DOUT or FICT.
+    let statuses: Vec<String> = msg
+        .segment("PID")
+        .map(|pid| pid.field(32).repetitions().map(|r| r.text(msg.charset()).trim().to_owned()).collect())
+        .unwrap_or_default();
+    info.ins_qualified =
+        info.ins.is_some() && identity::pid32_qualified(&statuses, &[identity::VALI], &identity::NEVER_WITH);
 
     let mut cda: Option<(Vec<u8>, String)> = None;
     for (n, _) in msg.segments_named("OBX").enumerate() {

@@ -252,6 +252,20 @@ fn oru_r01_without_vali_holds_the_document_and_drops_the_ins() {
 }
 
 #[test]
+fn oru_r01_with_a_doubtful_identity_drops_the_ins_like_the_adt_mapping() {
+    let text = String::from_utf8(read("oru/own_ORU_R01_CR-URG_DMP-MSS.hl7")).unwrap();
+    assert!(
+        text.contains("|VALI\r") || text.contains("|VALI\n") || text.contains("|VALI|"),
+        "sample has VALI"
+    );
+    let doubtful = text.replacen("|VALI", "|VALI~DOUT", 1);
+    let doc = mapper().map_document(MessageKind::Hl7v2, doubtful.as_bytes()).unwrap();
+    assert!(!doc.mapped.facts.ins_qualified);
+    assert!(doc.details.metadata.identity_review);
+    assert!(!String::from_utf8_lossy(&doc.mapped.bundle).contains("248098765432174"));
+}
+
+#[test]
 fn oru_r01_with_another_patient_in_pid_is_refused() {
     let text = String::from_utf8(read("oru/own_ORU_R01_CR-URG_DMP-MSS.hl7")).unwrap();
     let other = text.replacen("248098765432174^^^ASIP", "279035121518989^^^ASIP", 1);

@@ -1,7 +1,9 @@
 //! HL7 timestamps (`YYYYMMDD[HHMM[SS]][±ZZZZ]`) to XDS (UTC `YYYYMMDDhhmmss`) and FHIR (`dateTime`) forms.
 
 use jiff::civil::DateTime;
-use jiff::tz::Offset;
+use jiff::tz::{Offset, TimeZone};
+
+use crate::mapping;
 
 /// The parts of an HL7 TS: the digits (8, 10, 12 or 14 of them, fractions dropped) and the offset if any.
 fn parse(ts: &str) -> Option<(&str, Option<Offset>)> {
@@ -49,20 +51,21 @@ pub fn xds(ts: &str) -> Option<String> {
 }
 
 /// FHIR `dateTime`: `YYYY-MM-DD` for a date, `YYYY-MM-DDThh:mm:ss±hh:mm` when the time and offset are known
-/// (a time without an offset is cut to the date: FHIR requires the offset with a time).
+/// (a time without an offset is cut to the date: FHIR requires the offset with a time, and a CDA names no
+/// sender time zone). The text itself is written by the HL7v2 mapping's converter, [`mapping::time::to_fhir`],
+/// once the digits are cut to a precision it takes (a year, a month, a date, or a time to the minute or second).
 pub fn fhir(ts: &str) -> Option<String> {
     let (digits, offset) = parse(ts)?;
-    let dt = civil(digits)?;
+    let precision = match digits.len() {
+        4..=5 => 4,
+        6..=7 => 6,
+        8..=9 => 8,
+        n => n.min(14) & !1,
+    };
+    let digits = &digits[..precision];
     match offset {
-        Some(offset) if digits.len() >= 10 => {
-            let zoned = dt.to_zoned(offset.to_time_zone()).ok()?;
-            Some(zoned.strftime("%Y-%m-%dT%H:%M:%S%:z").to_string())
-        }
-        _ => Some(match digits.len() {
-            4..=5 => dt.strftime("%Y").to_string(),
-            6..=7 => dt.strftime("%Y-%m").to_string(),
-            _ => dt.strftime("%Y-%m-%d").to_string(),
-        }),
+        Some(offset) if digits.len() >= 10 => mapping::time::to_fhir(digits, &offset.to_time_zone()).ok(),
+        _ => mapping::time::to_fhir(&digits[..digits.len().min(8)], &TimeZone::UTC).ok(),
     }
 }
 
@@ -83,5 +86,9 @@ mod tests {
         assert_eq!(fhir("20210401171000+0100").as_deref(), Some("2021-04-01T17:10:00+01:00"));
         assert_eq!(fhir("19790328").as_deref(), Some("1979-03-28"));
         assert_eq!(fhir("20210401171000").as_deref(), Some("2021-04-01"));
+        assert_eq!(fhir("20210401171000.5+0100").as_deref(), Some("2021-04-01T17:10:00+01:00"));
+        assert_eq!(fhir("2021040117+0100").as_deref(), Some("2021-04-01T17:00:00+01:00"));
+        assert_eq!(fhir("2021040").as_deref(), Some("2021-04"));
+        assert_eq!(fhir("20211340"), None);
     }
 }

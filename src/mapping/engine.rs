@@ -17,6 +17,7 @@ use super::path::{SourcePath, component};
 use super::time;
 use crate::facts::{EventClass, Facts, MapFailure, Mapped, MessageKind};
 use crate::hl7v2::{Charset, Delimiters, Field, Message};
+use crate::identity;
 
 const V2_0203: &str = "http://terminology.hl7.org/CodeSystem/v2-0203";
 const V2_0003: &str = "http://terminology.hl7.org/CodeSystem/v2-0003";
@@ -199,10 +200,10 @@ fn patient_part(ctx: &Ctx<'_, '_, '_>, class: Option<EventClass>) -> Result<Pati
         .map(|f| f.repetitions().filter_map(|r| ctx.comp(&r, 1)).collect())
         .unwrap_or_default();
     let first_status = statuses.first().cloned();
-    let qualified_status = first_status.as_ref().is_some_and(|s| rules.ins_qualified_when.contains(s))
-        && !statuses.iter().any(|s| rules.ins_never_with.contains(s));
+    let qualified_status =
+        identity::pid32_qualified(&statuses, &rules.ins_qualified_when, &rules.ins_never_with);
     // The INS is kept only for a qualified identity; otherwise it is dropped here and never seen again.
-    let ins = if qualified_status { ins } else { None };
+    let ins = identity::ins_if_qualified(ins, qualified_status);
     let ins_qualified = ins.is_some();
     if ipp.is_none() && ins.is_none() {
         return Err(fail("PID-3", "no patient identifier: neither an IPP (CX-5 = PI) nor a qualified INS"));

@@ -5,7 +5,7 @@
 //! how codes translate is data: `mappings/adt.toml`, `mappings/event-classes.toml` and `mappings/tables/*.toml`,
 //! read once by [`Mapper::load`] (the same checks as `relais check`). The FHIR shape is code, built with
 //! relais-fhir's typed builders. It never does I/O after loading, never logs field values, and never lets an
-//! INS through unless the identity is qualified (PID-32 = VALI).
+//! INS through unless the identity is qualified (PID-32 = VALI; the rule is [`crate::identity`]).
 //!
 //! Files: [`file`] (mapping files, checks with file:line), [`path`] (source paths), [`time`] (HL7 times →
 //! FHIR with real offsets), [`ids`] (UUID v5 ids), `engine` (the mapping itself), [`check`] (`relais check`).

@@ -431,20 +431,9 @@ async fn kill_9_then_restart(backend: Backend) {
     let running = tokio::spawn(pipeline(&journal, &bus).run(stop));
     let seen = Arc::new(Mutex::new(Seen::default()));
     let tasks = consume_all(&bus, "a", Arc::clone(&seen));
-    wait_for("every message after restart", Duration::from_secs(60), || {
-        seen.lock().unwrap().distinct_ids().len() == total
-    })
-    .await;
-    wait_for("all published", Duration::from_secs(30), || {
-        states(&journal, &ids).iter().all(|s| *s == State::Published)
-    })
-    .await;
-    trigger.fire();
-    running.await.unwrap().unwrap();
-    tasks.iter().for_each(|t| t.abort());
-    let seen = std::mem::take(&mut *seen.lock().unwrap());
-    assert_eq!(seen.distinct_ids(), ids.iter().copied().collect());
-    assert_per_patient_order(&seen, &journal);
+    let run = Run { trigger, running, tasks };
+    drain_then_check("every message after restart", Duration::from_secs(60), &journal, &ids, &seen, run)
+        .await;
     bus.close().await;
     journal.close().await.unwrap();
 }
@@ -498,6 +487,37 @@ fn assert_per_patient_order(seen: &Seen, journal: &Journal) {
     }
 }
 
+/// A running pipeline with its stop trigger and the consumer tasks of [`consume_all`].
+struct Run<E> {
+    trigger: shutdown::Trigger,
+    running: tokio::task::JoinHandle<Result<(), E>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Waits (up to `timeout`) until the consumers have seen every one of `ids` and (up to 30 s) until the journal
+/// marks them all published, stops the pipeline and the consumers, then checks that none was lost and that no
+/// patient's messages were reordered.
+async fn drain_then_check<E: std::fmt::Debug>(
+    what: &str,
+    timeout: Duration,
+    journal: &Journal,
+    ids: &[u64],
+    seen: &Mutex<Seen>,
+    run: Run<E>,
+) {
+    wait_for(what, timeout, || seen.lock().unwrap().distinct_ids().len() == ids.len()).await;
+    wait_for("all published", Duration::from_secs(30), || {
+        states(journal, ids).iter().all(|s| *s == State::Published)
+    })
+    .await;
+    run.trigger.fire();
+    run.running.await.unwrap().unwrap();
+    run.tasks.iter().for_each(|t| t.abort());
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
+    assert_eq!(seen.distinct_ids(), ids.iter().copied().collect::<BTreeSet<_>>());
+    assert_per_patient_order(&seen, journal);
+}
+
 /// RabbitMQ stopped for 30 s and restarted while messages keep arriving: none lost, none reordered within
 /// a patient, every entry ends `published`.
 async fn broker_outage_mid_load(rabbit: &mut RabbitNode) {
@@ -530,20 +550,9 @@ async fn broker_outage_mid_load(rabbit: &mut RabbitNode) {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
-    wait_for("every message after the outage", Duration::from_secs(120), || {
-        seen.lock().unwrap().distinct_ids().len() == total
-    })
-    .await;
-    wait_for("all published", Duration::from_secs(30), || {
-        states(&journal, &ids).iter().all(|s| *s == State::Published)
-    })
-    .await;
-    trigger.fire();
-    running.await.unwrap().unwrap();
-    tasks.iter().for_each(|t| t.abort());
-    let seen = std::mem::take(&mut *seen.lock().unwrap());
-    assert_eq!(seen.distinct_ids(), ids.iter().copied().collect::<BTreeSet<_>>());
-    assert_per_patient_order(&seen, &journal);
+    let run = Run { trigger, running, tasks };
+    drain_then_check("every message after the outage", Duration::from_secs(120), &journal, &ids, &seen, run)
+        .await;
     let stats: BTreeMap<String, u64> = journal.stats().unwrap();
     assert_eq!(stats["published"], total as u64);
     bus.close().await;
@@ -719,28 +728,24 @@ fn routes_explain_names_the_matching_route_and_why_others_fail() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("relais.toml");
     std::fs::write(&config, SINKS_TOML).unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_relais"))
-        .args(["routes", "explain", "--config"])
-        .arg(&config)
-        .arg(super::harness::test_messages().join("adt/a11_cancel_admission.hl7"))
-        .env("RELAIS__MAPPINGS_DIR", concat!(env!("CARGO_MANIFEST_DIR"), "/mappings"))
-        .env("RELAIS__DOCUMENTS__TABLES", concat!(env!("CARGO_MANIFEST_DIR"), "/mappings/tables/xds"))
-        .output()
-        .unwrap();
+    let explain = |sample: &str| {
+        Command::new(env!("CARGO_BIN_EXE_relais"))
+            .args(["routes", "explain", "--config"])
+            .arg(&config)
+            .arg(super::harness::test_messages().join(sample))
+            .env("RELAIS__MAPPINGS_DIR", concat!(env!("CARGO_MANIFEST_DIR"), "/mappings"))
+            .env("RELAIS__DOCUMENTS__TABLES", concat!(env!("CARGO_MANIFEST_DIR"), "/mappings/tables/xds"))
+            .output()
+            .unwrap()
+    };
+    let output = explain("adt/a11_cancel_admission.hl7");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     assert!(stdout.contains("no    gp-events ("), "{stdout}");
     assert!(stdout.contains("10-gp-notify.toml:8): gp_known is false, wanted true"), "{stdout}");
     assert!(stdout.ends_with("=> unrouted\n"), "{stdout}");
 
-    let output = Command::new(env!("CARGO_BIN_EXE_relais"))
-        .args(["routes", "explain", "--config"])
-        .arg(&config)
-        .arg(super::harness::test_messages().join("adt/a04_sau_entry.hl7"))
-        .env("RELAIS__MAPPINGS_DIR", concat!(env!("CARGO_MANIFEST_DIR"), "/mappings"))
-        .env("RELAIS__DOCUMENTS__TABLES", concat!(env!("CARGO_MANIFEST_DIR"), "/mappings/tables/xds"))
-        .output()
-        .unwrap();
+    let output = explain("adt/a04_sau_entry.hl7");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.starts_with("MATCH gp-events ("), "{stdout}");
     assert!(stdout.lines().next().unwrap().ends_with("-> gp-notify"), "{stdout}");

@@ -1,100 +1,42 @@
 //! Documents end to end with the real binary: `POST /cda`, the drop folder, ORU^R01 over MLLP.
 //!
-//! A small local start helper runs `relais serve` (until the shared harness lands on main): private data dir,
-//! listeners on `127.0.0.1:0`, addresses read from `listeners.json`, killed on drop.
+//! Servers come from the shared harness ([`Relais`]); the HTTP calls here are async (the tests run on tokio),
+//! so they are small functions over the harness's addresses rather than its blocking helpers.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-const TIMEOUT: Duration = Duration::from_secs(30);
+use super::harness::{Relais, TIMEOUT, mllp_send, sample};
 
-struct Server {
-    dir: tempfile::TempDir,
-    child: Child,
-    http: SocketAddr,
-    mllp: SocketAddr,
+/// The drop folder (`<data_dir>/inbox`).
+fn inbox(relais: &Relais) -> PathBuf {
+    relais.data_dir().join("inbox")
 }
 
-impl Server {
-    fn start(env: &[(&str, &str)]) -> Server {
-        let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("data");
-        let log = std::fs::File::create(dir.path().join("relais.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_relais"))
-            .args(["serve", "--data"])
-            .arg(&data)
-            .env("RELAIS__MLLP__LISTEN", "127.0.0.1:0")
-            .env("RELAIS__HTTP__LISTEN", "127.0.0.1:0")
-            .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("relais serve");
-        let file = data.join("listeners.json");
-        let deadline = Instant::now() + TIMEOUT;
-        let listeners: Value = loop {
-            if let Ok(text) = std::fs::read_to_string(&file)
-                && let Ok(value) = serde_json::from_str(&text)
-            {
-                break value;
-            }
-            assert!(Instant::now() < deadline, "relais did not start: {}", log_of(dir.path()));
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        let addr = |k: &str| listeners[k].as_str().unwrap().parse().unwrap();
-        Server { http: addr("http"), mllp: addr("mllp"), child, dir }
-    }
-
-    fn inbox(&self) -> PathBuf {
-        self.dir.path().join("data/inbox")
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.http)
-    }
-
-    async fn post_cda(&self, body: Vec<u8>, content_type: &str) -> (u16, Value) {
-        let response = reqwest::Client::new()
-            .post(self.url("/cda"))
-            .header("content-type", content_type)
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn messages(&self) -> Vec<Value> {
-        let value: Value =
-            reqwest::get(self.url("/api/messages?limit=1000")).await.unwrap().json().await.unwrap();
-        value.as_array().unwrap().clone()
-    }
-
-    async fn message(&self, id: u64) -> Value {
-        self.messages().await.into_iter().find(|m| m["id"] == id).unwrap_or_else(|| panic!("no entry #{id}"))
-    }
+async fn post_cda(relais: &Relais, body: Vec<u8>, content_type: &str) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .post(format!("{}/cda", relais.http_url()))
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+async fn messages(relais: &Relais) -> Vec<Value> {
+    let url = format!("{}/api/messages?limit=1000", relais.http_url());
+    let value: Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+    value.as_array().unwrap().clone()
 }
 
-fn log_of(dir: &Path) -> String {
-    std::fs::read_to_string(dir.join("relais.log")).unwrap_or_default()
-}
-
-fn sample(rel: &str) -> Vec<u8> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("test-messages").join(rel);
-    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+async fn message(relais: &Relais, id: u64) -> Value {
+    messages(relais).await.into_iter().find(|m| m["id"] == id).unwrap_or_else(|| panic!("no entry #{id}"))
 }
 
 const GOOD: [&str; 8] = [
@@ -110,12 +52,12 @@ const GOOD: [&str; 8] = [
 
 #[tokio::test]
 async fn post_cda_journals_each_document_before_answering_202() {
-    let server = Server::start(&[]);
+    let server = Relais::start_with(&[]);
     for file in GOOD {
-        let (status, body) = server.post_cda(sample(file), "application/hl7-cda+xml").await;
+        let (status, body) = post_cda(&server, sample(file), "application/hl7-cda+xml").await;
         assert_eq!(status, 202, "{file}: {body}");
         let id = body["id"].as_u64().expect("id");
-        let entry = server.message(id).await;
+        let entry = message(&server, id).await;
         assert_ne!(entry["state"], "rejected", "{file}");
         assert_eq!(entry["kind"], "cda", "{file}");
         assert_eq!(entry["transport"], "http", "{file}");
@@ -123,15 +65,15 @@ async fn post_cda_journals_each_document_before_answering_202() {
         assert!(entry["message_type"].as_str().unwrap().starts_with("CDA^"), "{file}: {entry}");
     }
     // Sent again: the same entry, nothing new.
-    let (status, body) = server.post_cda(sample(GOOD[0]), "application/xml").await;
+    let (status, body) = post_cda(&server, sample(GOOD[0]), "application/xml").await;
     assert_eq!(status, 202);
     assert_eq!(body["duplicate"], true);
-    assert_eq!(server.messages().await.len(), GOOD.len());
+    assert_eq!(messages(&server).await.len(), GOOD.len());
 }
 
 #[tokio::test]
 async fn bad_documents_get_a_4xx_with_the_reason_and_are_kept_as_rejected() {
-    let server = Server::start(&[("RELAIS__DOCUMENTS__MAX_SIZE", "200000")]);
+    let server = Relais::start_with(&[("RELAIS__DOCUMENTS__MAX_SIZE", "200000")]);
     let cases = [
         ("cda/bad/not-xml.xml", 400, "not XML"),
         ("cda/bad/wrong-root.xml", 400, "not a CDA R2 document"),
@@ -146,31 +88,31 @@ async fn bad_documents_get_a_4xx_with_the_reason_and_are_kept_as_rejected() {
         ("cda/ans-testcontenucda_eP-MED-DM_2024.01_PosoStruct.xml", 413, "too large"),
     ];
     for (file, expected, words) in cases {
-        let (status, body) = server.post_cda(sample(file), "application/xml").await;
+        let (status, body) = post_cda(&server, sample(file), "application/xml").await;
         assert_eq!(status, expected, "{file}: {body}");
         let reason = body["error"].as_str().unwrap();
         assert!(reason.contains(words), "{file}: {reason}");
-        let entry = server.message(body["id"].as_u64().expect("rejected documents are journaled")).await;
+        let entry = message(&server, body["id"].as_u64().expect("rejected documents are journaled")).await;
         assert_eq!(entry["state"], "rejected", "{file}");
         assert_eq!(entry["reason"].as_str(), Some(reason), "{file}");
         assert_eq!(entry["kind"], "cda");
     }
-    let (status, body) = server.post_cda(sample(GOOD[4]), "application/pdf").await;
+    let (status, body) = post_cda(&server, sample(GOOD[4]), "application/pdf").await;
     assert_eq!(status, 415, "{body}");
-    assert_eq!(server.message(body["id"].as_u64().unwrap()).await["state"], "rejected");
+    assert_eq!(message(&server, body["id"].as_u64().unwrap()).await["state"], "rejected");
 
     // A different document reusing an accepted document's id is kept for review, not accepted.
-    let (status, _) = server.post_cda(sample(GOOD[4]), "application/xml").await;
+    let (status, _) = post_cda(&server, sample(GOOD[4]), "application/xml").await;
     assert_eq!(status, 202);
     let changed = String::from_utf8(sample(GOOD[4])).unwrap().replace("<title>Compte rendu", "<title>CR");
-    let (status, body) = server.post_cda(changed.into_bytes(), "application/xml").await;
+    let (status, body) = post_cda(&server, changed.into_bytes(), "application/xml").await;
     assert_eq!(status, 409, "{body}");
 }
 
-async fn wait_for(what: &str, server: &Server, mut done: impl FnMut() -> bool) {
+async fn wait_for(what: &str, server: &Relais, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + TIMEOUT;
     while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}: {}", log_of(server.dir.path()));
+        assert!(Instant::now() < deadline, "timed out waiting for {what}: {}", server.log());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -184,8 +126,8 @@ fn drop_file(inbox: &Path, name: &str, bytes: &[u8]) {
 
 #[tokio::test]
 async fn drop_folder_takes_settled_files_and_sorts_them() {
-    let server = Server::start(&[("RELAIS__FOLDER__SETTLE_SECS", "1")]);
-    let inbox = server.inbox();
+    let server = Relais::start_with(&[("RELAIS__FOLDER__SETTLE_SECS", "1")]);
+    let inbox = inbox(&server);
     wait_for("the inbox", &server, || inbox.join(".done").is_dir()).await;
 
     for (n, file) in GOOD.iter().enumerate() {
@@ -210,7 +152,7 @@ async fn drop_folder_takes_settled_files_and_sorts_them() {
     assert!(inbox.join("notes.pdf").exists(), "files of other kinds are left in place");
     assert_eq!(std::fs::read(done.join("doc0.xml")).unwrap(), sample(GOOD[0]));
 
-    let messages = server.messages().await;
+    let messages = messages(&server).await;
     let from_folder: Vec<&Value> = messages.iter().filter(|m| m["transport"] == "folder").collect();
     assert_eq!(from_folder.len(), GOOD.len() + 3, "{messages:?}");
     let by_peer =
@@ -228,8 +170,8 @@ async fn drop_folder_takes_settled_files_and_sorts_them() {
 
 #[tokio::test]
 async fn drop_folder_never_takes_a_growing_file() {
-    let server = Server::start(&[("RELAIS__FOLDER__SETTLE_SECS", "2")]);
-    let inbox = server.inbox();
+    let server = Relais::start_with(&[("RELAIS__FOLDER__SETTLE_SECS", "2")]);
+    let inbox = inbox(&server);
     wait_for("the inbox", &server, || inbox.join(".done").is_dir()).await;
     let document = sample(GOOD[1]);
     let path = inbox.join("en-cours.xml");
@@ -241,46 +183,30 @@ async fn drop_folder_never_takes_a_growing_file() {
         file.flush().unwrap();
         tokio::time::sleep(Duration::from_millis(400)).await;
         assert!(path.exists(), "the file was taken while still being written");
-        assert!(server.messages().await.is_empty(), "a half-written file was journaled");
+        assert!(messages(&server).await.is_empty(), "a half-written file was journaled");
     }
     drop(file);
     let done = inbox.join(".done/en-cours.xml");
     wait_for("the finished file", &server, || done.exists()).await;
     assert_eq!(std::fs::read(&done).unwrap(), document);
-    let messages = server.messages().await;
+    let messages = messages(&server).await;
     assert_eq!(messages.len(), 1);
     assert_ne!(messages[0]["state"], "rejected");
     assert_eq!(messages[0]["size"], document.len());
 }
 
-fn mllp_exchange(addr: SocketAddr, message: &[u8]) -> String {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-    let mut frame = vec![0x0B];
-    frame.extend_from_slice(message);
-    frame.extend_from_slice(&[0x1C, 0x0D]);
-    stream.write_all(&frame).unwrap();
-    let mut answer = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !answer.ends_with(&[0x1C, 0x0D]) {
-        let n = stream.read(&mut buf).unwrap();
-        assert!(n > 0, "connection closed before the ACK");
-        answer.extend_from_slice(&buf[..n]);
-    }
-    String::from_utf8_lossy(&answer).into_owned()
-}
-
 #[tokio::test]
 async fn oru_r01_over_mllp_is_acknowledged_aa_once_journaled() {
-    let server = Server::start(&[]);
+    let server = Relais::start_with(&[]);
     for file in ["oru/ans-transdoc_ORU_R01_CR-BIO_DMP-MSS.hl7", "oru/own_ORU_R01_CR-URG_DMP-MSS.hl7"] {
         let message = String::from_utf8(sample(file)).unwrap().replace("\r\n", "\r").replace('\n', "\r");
-        let addr = server.mllp;
-        let ack = tokio::task::spawn_blocking(move || mllp_exchange(addr, message.as_bytes())).await.unwrap();
+        let addr = server.mllp_addr();
+        let ack = tokio::task::spawn_blocking(move || mllp_send(addr, message.as_bytes())).await.unwrap();
+        let ack = String::from_utf8_lossy(&ack).into_owned();
         let msa = ack.split('\r').find(|s| s.starts_with("MSA|")).unwrap_or_else(|| panic!("{file}: {ack}"));
         assert!(msa.starts_with("MSA|AA|"), "{file}: {ack}");
     }
-    let messages = server.messages().await;
+    let messages = messages(&server).await;
     assert_eq!(messages.len(), 2);
     for entry in &messages {
         assert_eq!(entry["kind"], "hl7v2");

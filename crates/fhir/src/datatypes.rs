@@ -45,8 +45,12 @@ pub(crate) fn meta(profiles: &[String]) -> Result<Option<Meta>, Error> {
     built("Meta", meta).map(Some)
 }
 
+/// A Coding; an empty system is left out (FHIR has no empty strings).
 pub(crate) fn coding(c: Code) -> Result<Coding, Error> {
-    let mut b = Coding::builder().system(c.system).code(c.code);
+    let mut b = Coding::builder().code(c.code);
+    if !c.system.is_empty() {
+        b = b.system(c.system);
+    }
     if let Some(display) = c.display {
         b = b.display(display);
     }

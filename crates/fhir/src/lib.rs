@@ -14,6 +14,7 @@ pub mod model;
 mod resources;
 
 pub use bundle::{BundleData, BundleKind, Entry, bundle};
+pub use document_reference::document_bundle;
 pub use resources::{encounter, message_header, patient, practitioner};
 
 /// The FHIR release whose JSON this crate emits (fhir-sdk's `r4b` models, JSON-compatible with R4
@@ -44,6 +45,24 @@ pub enum Error {
     /// Serialization failed.
     #[error("FHIR JSON: {0}")]
     Json(String),
+}
+
+impl Error {
+    /// The element the error is about (`Bundle` for a serialization failure).
+    pub fn element(&self) -> &'static str {
+        match self {
+            Error::Builder { element, .. } | Error::Value { element, .. } => element,
+            Error::Json(_) => "Bundle",
+        }
+    }
+
+    /// Why, without the element.
+    pub fn reason(&self) -> String {
+        match self {
+            Error::Builder { reason, .. } | Error::Json(reason) => reason.clone(),
+            Error::Value { value, reason, .. } => format!("`{value}`: {reason}"),
+        }
+    }
 }
 
 /// A built resource, ready to go into a Bundle. Its `Debug` shows the resource type only.

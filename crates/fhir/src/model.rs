@@ -262,3 +262,58 @@ pub struct HeaderData {
     /// The resources the message is about.
     pub focus: Vec<Ref>,
 }
+
+/// Everything a document's DocumentReference (MHD / PDSm shape) and its transaction Bundle are built from.
+#[derive(Clone, PartialEq, Default)]
+pub struct DocumentData {
+    /// The DocumentReference id (a UUID).
+    pub id: String,
+    /// masterIdentifier: the document's unique id (`urn:oid:…` value with system `urn:ietf:rfc:3986`).
+    pub master_identifier: Ident,
+    /// type: the LOINC document type.
+    pub type_code: Code,
+    /// category: the XDS classCode.
+    pub class_code: Code,
+    /// content.format: the XDS formatCode.
+    pub format_code: Code,
+    /// securityLabel: confidentiality and masking codes.
+    pub security_labels: Vec<Code>,
+    /// date: the document's creation as a FHIR instant (`2021-04-01T17:10:00+01:00`).
+    pub date: Option<String>,
+    /// description: the title (also the attachment's title).
+    pub description: Option<String>,
+    /// context.period start (FHIR dateTime).
+    pub start: Option<String>,
+    /// context.period end.
+    pub end: Option<String>,
+    /// context.event.
+    pub events: Vec<Code>,
+    /// context.facilityType.
+    pub facility_type: Option<Code>,
+    /// context.practiceSetting.
+    pub practice_setting: Option<Code>,
+    /// relatesTo replaces: the master identifier of the replaced document.
+    pub replaces: Option<Ident>,
+    /// content.attachment.contentType (`text/xml`).
+    pub content_type: String,
+    /// content.attachment.language (`fr-FR`).
+    pub language: Option<String>,
+    /// content.attachment.data: the document bytes.
+    pub data: Vec<u8>,
+    /// content.attachment.hash: SHA-1 of the bytes.
+    pub sha1: Vec<u8>,
+    /// The patient (identifiers already filtered by the identity rule: INS only when qualified).
+    pub patient: PatientData,
+    /// Authors.
+    pub authors: Vec<PractitionerData>,
+    /// Legal authenticator.
+    pub authenticator: Option<PractitionerData>,
+    /// Custodian: a logical reference (type `Organization`, identifier, display).
+    pub custodian: Option<Ref>,
+}
+
+impl std::fmt::Debug for DocumentData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DocumentData").field("type", &self.type_code.code).finish_non_exhaustive()
+    }
+}
