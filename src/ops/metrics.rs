@@ -125,7 +125,7 @@ const DELIVERY_BUCKETS: &[f64] = &[0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10
 const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0];
 
 /// Every metric Relais exports or will export once its stage records it: the single list behind the
-/// `# HELP` lines, docs/ops.md and the deploy checks.
+/// `# HELP` lines, the README and the deploy checks.
 pub const CATALOG: &[MetricSpec] = &[
     spec(
         INGEST_RECEIVED,

@@ -39,7 +39,7 @@ pub use consume::{journal_key, run_partition, run_sink};
 use crate::config::{SinkKind, SinkSettings};
 
 /// One sink instance's settings, by kind: `[sinks.<name>]` with `kind = "notify" | "mss" | "dmp"` and the
-/// keys of that kind (see docs/sinks.md).
+/// keys of that kind (see the README, section Sinks).
 #[derive(Debug, Clone, PartialEq)]
 pub enum SinkConfig {
     /// The GP notification.

@@ -656,14 +656,19 @@ fn dashboard_and_alerts_use_only_metrics_relais_exports() {
 
 #[test]
 fn ops_doc_lists_every_metric_and_alert() {
-    let doc = std::fs::read_to_string("docs/ops.md").expect("docs/ops.md");
+    let doc = std::fs::read_to_string("README.md").expect("README.md");
     for spec in CATALOG {
         let row = format!("| `{}` | {} |", spec.name, spec.kind.as_str());
-        assert!(doc.contains(&row), "docs/ops.md has no row for {} ({})", spec.name, spec.kind.as_str());
+        assert!(
+            doc.contains(&row),
+            "the README has no metrics row for {} ({})",
+            spec.name,
+            spec.kind.as_str()
+        );
     }
     let rules = std::fs::read_to_string("deploy/prometheus/relais.rules.yml").expect("rules");
     for alert in rules.lines().filter_map(|l| l.trim().strip_prefix("- alert: ")) {
-        assert!(doc.contains(&format!("| `{alert}` |")), "docs/ops.md does not describe {alert}");
+        assert!(doc.contains(&format!("| `{alert}` |")), "the README does not describe {alert}");
     }
 }
 
