@@ -489,21 +489,14 @@ pub async fn require_token(
     next: middleware::Next,
 ) -> Response {
     if !admin.token.is_empty() && !authorized(&admin.token, request.headers()) {
-        return (
-            StatusCode::UNAUTHORIZED,
-            [(header::WWW_AUTHENTICATE, "Bearer")],
-            Json(serde_json::json!({ "error": "missing or wrong bearer token" })),
-        )
-            .into_response();
+        return crate::ingest::http::unauthorized();
     }
     next.run(request).await
 }
 
 /// True when the headers carry `token` as a bearer token or as the `relais_admin` cookie.
 pub fn authorized(token: &str, headers: &HeaderMap) -> bool {
-    let expected = format!("Bearer {token}");
-    let bearer = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or("");
-    if crate::ingest::http::constant_time_eq(bearer.as_bytes(), expected.as_bytes()) {
+    if crate::ingest::http::bearer_matches(token, headers) {
         return true;
     }
     headers

@@ -222,19 +222,27 @@ async fn require_token(
     request: axum::extract::Request,
     next: middleware::Next,
 ) -> Response {
-    if !state.admin_token.is_empty() {
-        let expected = format!("Bearer {}", state.admin_token);
-        let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or("");
-        if !constant_time_eq(given.as_bytes(), expected.as_bytes()) {
-            return (
-                StatusCode::UNAUTHORIZED,
-                [(header::WWW_AUTHENTICATE, "Bearer")],
-                Json(serde_json::json!({ "error": "missing or wrong bearer token" })),
-            )
-                .into_response();
-        }
+    if !state.admin_token.is_empty() && !bearer_matches(&state.admin_token, &headers) {
+        return unauthorized();
     }
     next.run(request).await
+}
+
+/// True when `Authorization: Bearer <token>` is present (compared in constant time).
+pub(crate) fn bearer_matches(token: &str, headers: &HeaderMap) -> bool {
+    let expected = format!("Bearer {token}");
+    let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or("");
+    constant_time_eq(given.as_bytes(), expected.as_bytes())
+}
+
+/// The 401 every admin route answers without the right token.
+pub(crate) fn unauthorized() -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Bearer")],
+        Json(serde_json::json!({ "error": "missing or wrong bearer token" })),
+    )
+        .into_response()
 }
 
 pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
