@@ -21,7 +21,7 @@ use metrics::{Unit, counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::hl7v2::{AckCode, ErrorCode};
-use crate::journal::{HeaderFields, Journal, Transport};
+use crate::journal::{HeaderFields, Journal, State, Transport};
 use crate::shutdown::Shutdown;
 
 /// Messages read from any listener, before any check (`transport`, `sender`, `event`).
@@ -366,10 +366,10 @@ pub fn render(journal: Option<&Journal>) -> String {
     if let Some(journal) = journal
         && let Ok(stats) = journal.stats()
     {
-        for (state, count) in
-            stats.into_iter().filter(|(state, _)| state != "journaled" && state != "accepted")
-        {
-            gauge!(JOURNAL_ENTRIES, "state" => state).set(count as f64);
+        // One series per journal state; the stats' totals (`journaled`, `accepted`, `pruned`) are not states.
+        for state in State::ALL {
+            let count = stats.get(state.as_str()).copied().unwrap_or(0);
+            gauge!(JOURNAL_ENTRIES, "state" => state.as_str()).set(count as f64);
         }
     }
     registry.handle.render()
