@@ -16,10 +16,12 @@
 //! - [`tls`], [`https`]: rustls client configurations and the one-request HTTPS client (DMP, webhook).
 //!
 //! The business acknowledgements (ZAM^Z01/Z02/Z03) are built by [`crate::documents::zam`] from what these
-//! report ([`iti41::RegistryResponse::first_error`], SMTP outcomes).
+//! report ([`iti41::RegistryResponse::first_error`], SMTP outcomes, MDNs read back by [`mdn`]) and sent to
+//! the DPI by [`acks`] (durable outbox, MLLP, retried until AA).
 //!
 //! Their settings are [`SinkConfig`]: `[sinks.<name>]` tables of `relais.toml` with a `kind`, each with `retry.*`.
 
+pub mod acks;
 mod consume;
 pub mod directory;
 pub mod ebrim;
@@ -28,6 +30,7 @@ pub mod iti41;
 pub mod job;
 pub mod ledger;
 pub mod mail;
+pub mod mdn;
 pub mod notify;
 pub mod retry;
 pub mod start;
