@@ -249,10 +249,16 @@ impl Handler for Collector {
         Ok(())
     }
 
+    /// A refusal closes the connection: mailin would otherwise stay in its DATA state and take the client's
+    /// next command (QUIT) for message text.
     fn data_end(&mut self) -> Response {
+        let closing = |mut response: Response| {
+            response.action = Action::Close;
+            response
+        };
         if self.too_big {
             metrics::counter!(ACKS_MDN, "result" => "rejected").increment(1);
-            return mailin::response::NO_STORAGE;
+            return closing(mailin::response::NO_STORAGE);
         }
         let verdict = self.inbox.accept(&self.data);
         self.data.clear();
@@ -265,11 +271,11 @@ impl Handler for Collector {
             Verdict::Rejected(reason) => {
                 metrics::counter!(ACKS_MDN, "result" => "rejected").increment(1);
                 tracing::info!(%reason, "MDN port: mail refused");
-                Response::custom(550, format!("5.6.0 {reason}"))
+                closing(Response::custom(550, format!("5.6.0 {reason}")))
             }
             Verdict::Unavailable(reason) => {
                 tracing::warn!(%reason, "MDN port: mail not taken, the sender will retry");
-                Response::custom(451, "4.3.0 try again later".into())
+                closing(Response::custom(451, "4.3.0 try again later".into()))
             }
         }
     }

@@ -265,4 +265,5 @@ fn oru_samples_become_mail_and_dmp_jobs() {
     assert_eq!(err.as_str(), "failed");
     assert!(err.reason().unwrap().contains("MASQUE_PS=Y"));
 }
+mod acks;
 mod e2e;

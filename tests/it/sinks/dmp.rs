@@ -27,19 +27,19 @@ enum Answer {
 
 /// What the endpoint saw.
 #[derive(Default)]
-struct Seen {
-    requests: usize,
+pub(super) struct Seen {
+    pub(super) requests: usize,
     /// The SOAP body child, reassembled (xop:Include replaced by base64), for each request.
     bodies: Vec<String>,
     /// xmllint's verdict for each request.
-    verdicts: Vec<Result<String, String>>,
+    pub(super) verdicts: Vec<Result<String, String>>,
     envelopes: Vec<String>,
 }
 
 #[derive(Clone)]
-struct Endpoint {
+pub(super) struct Endpoint {
     answer: Arc<Mutex<Answer>>,
-    seen: Arc<Mutex<Seen>>,
+    pub(super) seen: Arc<Mutex<Seen>>,
 }
 
 /// Splits a multipart/related body into (Content-ID, bytes) parts.
@@ -118,7 +118,7 @@ async fn iti41(State(ep): State<Endpoint>, headers: HeaderMap, body: Bytes) -> i
     }
 }
 
-async fn start_endpoint(pki: &Pki) -> (String, Endpoint) {
+pub(super) async fn start_endpoint(pki: &Pki) -> (String, Endpoint) {
     let ep = Endpoint { answer: Arc::new(Mutex::new(Answer::Success)), seen: Arc::default() };
     let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = tcp.local_addr().unwrap();
