@@ -385,3 +385,27 @@ pub fn event_from_adt(raw: &[u8], env: &Envelope) -> Result<NotificationEvent, O
         opposition: t("PD1-12").as_deref() == Some("Y"),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_zam_follows_only_a_final_outcome() {
+        let policy = RetryPolicy { max_attempts: 3, ..RetryPolicy::default() };
+        assert!(is_final(&Outcome::Delivered, &policy, 1));
+        assert!(is_final(&Outcome::failed("SMTP 550"), &policy, 1));
+        assert!(!is_final(&Outcome::retry("SMTP 421"), &policy, 2), "retried: no ZAM yet");
+        assert!(is_final(&Outcome::retry("SMTP 421"), &policy, 3), "the last attempt gives up");
+    }
+
+    #[test]
+    fn the_smtp_code_of_a_failed_mail_goes_to_err_5() {
+        assert_eq!(smtp_error(&Outcome::Delivered), None);
+        let (code, text) =
+            smtp_error(&Outcome::failed("SMTP: permanent error (550): 5.1.1 mailbox unknown")).unwrap();
+        assert_eq!(code, "550");
+        assert!(text.contains("mailbox unknown"));
+        assert_eq!(smtp_error(&Outcome::retry("network: connection refused")).unwrap().0, "554");
+    }
+}

@@ -28,9 +28,8 @@ struct Dpi {
 }
 
 impl Dpi {
-    fn start() -> Dpi {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
+    fn start_on(port: u16) -> Dpi {
+        let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
         let received = Arc::new(Mutex::new(Vec::new()));
         let seen = received.clone();
         std::thread::spawn(move || {
@@ -199,7 +198,7 @@ fn an_oru_by_mllp_gets_zam_z02_and_z01_back_then_z03_once_the_mdn_comes() {
     let smtp = Smtp::start(smtp_port, &pki.server_cert, &pki.server_key, &work.path().join("Maildir"));
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let (endpoint, dmp) = runtime.block_on(super::dmp::start_endpoint(&pki));
-    let dpi = Dpi::start();
+    let dpi_port = free_port();
     let mdn_port = free_port();
     let routes = work.path().join("routes");
     std::fs::create_dir_all(&routes).unwrap();
@@ -210,17 +209,18 @@ fn an_oru_by_mllp_gets_zam_z02_and_z01_back_then_z03_once_the_mdn_comes() {
     .unwrap();
     let toml = format!(
         "routes_dir = {routes:?}\n[bus]\nretry_delay_ms = 100\n\
-         [senders.labo]\nbusiness_ack_to = \"127.0.0.1:{dpi}\"\n\
+         [senders.labo]\nbusiness_ack_to = \"127.0.0.1:{dpi_port}\"\n\
          [sinks.mss]\nkind = \"mss\"\nhost = \"127.0.0.1\"\nport = {smtp_port}\ntls_name = \"localhost\"\nca = {ca:?}\n\
          from = \"documents@ch-test.mssante.fr\"\nnil = \"NIL-RELAIS-TEST\"\nsource_id = \"1.2.250.1.999.3\"\n\
-         mdn_listen = \"127.0.0.1:{mdn_port}\"\n\
+         mdn_listen = \"127.0.0.1:{mdn_port}\"\n{retry}\
          [sinks.dmp]\nkind = \"dmp\"\nendpoint = \"{endpoint}\"\nca = {ca:?}\nclient_cert = {cert:?}\n\
          client_key = {key:?}\nsource_id = \"1.2.250.1.999.3\"\nunique_id_root = \"1.2.250.1.999.3.1\"\n\
          [sinks.dmp.vihf]\nissuer = \"CN=relais-client,O=CH Test\"\nsubject_id = \"801234567897\"\n\
          subject_name = \"Plateforme documentaire CH Test\"\nstructure_id = \"1530000000\"\n\
-         roles = [\"10^1.2.250.1.213.1.1.5.5^Médecin\"]\nhomologation = \"HOMOLOGATION-TEST\"\n",
+         roles = [\"10^1.2.250.1.213.1.1.5.5^Médecin\"]\nhomologation = \"HOMOLOGATION-TEST\"\n\
+         [sinks.dmp.retry]\ninitial_delay_ms = 200\nmax_delay_ms = 400\n",
+        retry = "[sinks.mss.retry]\ninitial_delay_ms = 200\nmax_delay_ms = 400\n",
         routes = routes.display().to_string(),
-        dpi = dpi.port,
         ca = pki.ca.display().to_string(),
         cert = pki.client_cert.display().to_string(),
         key = pki.client_key.display().to_string(),
@@ -230,6 +230,20 @@ fn an_oru_by_mllp_gets_zam_z02_and_z01_back_then_z03_once_the_mdn_comes() {
     let oru = sample("oru_r01_cr-urg_dmp-mss_vali.hl7");
     let ack = String::from_utf8_lossy(&mllp_send(relais.mllp_addr(), &oru)).into_owned();
     assert!(ack.contains("MSA|AA"), "{ack}");
+
+    // The DPI's listener is down: the ZAMs wait in the outbox, tried again, and survive a restart.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let retried = |relais: &Relais| {
+        let metrics = String::from_utf8(relais.get("/metrics").1).unwrap();
+        ["Z01", "Z02"].iter().all(|t| metrics.contains(&format!("trigger=\"{t}\",outcome=\"retried\"")))
+    };
+    while !retried(&relais) {
+        assert!(Instant::now() < deadline, "no ZAM attempt; relais log:\n{}", relais.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    relais.stop();
+    relais.restart();
+    let dpi = Dpi::start_on(dpi_port);
 
     // ZAM^Z02 for each recipient (the professional, the patient) and ZAM^Z01 for the DMP.
     let zams = dpi.wait_for(3, &relais);
