@@ -23,7 +23,6 @@ fn sample(name: &str) -> Vec<u8> {
 
 /// A DPI's business-ack listener: takes MLLP frames, keeps each message, answers AA. Runs until the test ends.
 struct Dpi {
-    port: u16,
     received: Arc<Mutex<Vec<String>>>,
 }
 
@@ -65,7 +64,7 @@ impl Dpi {
                 });
             }
         });
-        Dpi { port, received }
+        Dpi { received }
     }
 
     /// Waits until `n` messages came, then returns them all.
