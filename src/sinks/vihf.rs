@@ -180,6 +180,12 @@ impl Signer {
         if cert.public_key().subject_public_key.data.as_ref() != key.public().as_ref() {
             return Err(cert_err("its public key does not match vihf.signing_key".into()));
         }
+        if !cert.validity().is_valid() {
+            tracing::warn!(
+                not_after = %cert.validity().not_after,
+                "vihf.signing_cert is outside its validity period: the DMP will refuse the VIHF"
+            );
+        }
         Ok(Signer { key, cert_der, rng: ring::rand::SystemRandom::new() })
     }
 
@@ -377,8 +383,9 @@ impl Canonical {
                         .iter()
                         .find(|(p, _)| *p == prefix)
                         .map(|(_, u)| *u)
-                        .or_else(|| self.bound(prefix))
-                        .unwrap_or(prefix);
+                        .or_else(|| self.bound(prefix));
+                    debug_assert!(uri.is_some(), "attribute prefix `{prefix}` of `{name}` is not declared");
+                    let uri = uri.unwrap_or(prefix);
                     (uri, local, *qname, *value)
                 }
                 None => ("", *qname, *qname, *value),
