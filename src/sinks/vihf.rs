@@ -490,6 +490,38 @@ mod tests {
     }
 
     #[test]
+    fn signing_files_come_from_the_config_file_or_the_environment() {
+        use crate::config::Settings;
+        use crate::sinks::SinkConfig;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("relais.toml");
+        std::fs::write(
+            &file,
+            "[sinks.dmp-ght]\nkind = \"dmp\"\nendpoint = \"https://dmp.test/repository\"\nca = \"ca.pem\"\n\
+             source_id = \"1.2.250.1.999.3\"\n[sinks.dmp-ght.vihf]\nstructure_id = \"1530000000\"\n\
+             signing_key = \"/etc/relais/cachet.key\"\n",
+        )
+        .unwrap();
+        // The key alone is refused, naming the missing key.
+        let err = Settings::load_from(Some(&file), Some(Default::default())).unwrap().check().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "configuration key `sinks.dmp-ght.vihf.signing_cert`: required with signing_key"
+        );
+        // The certificate from the environment completes it.
+        let env =
+            [("RELAIS__SINKS__DMP-GHT__VIHF__SIGNING_CERT".to_string(), "/etc/relais/cachet.pem".into())];
+        let settings = Settings::load_from(Some(&file), Some(env.into_iter().collect())).unwrap();
+        settings.check().unwrap();
+        let SinkConfig::Dmp(dmp) = SinkConfig::from_settings("dmp-ght", &settings.sinks["dmp-ght"]).unwrap()
+        else {
+            panic!("not a dmp sink")
+        };
+        assert_eq!(dmp.vihf.signing_key.as_deref(), Some(Path::new("/etc/relais/cachet.key")));
+        assert_eq!(dmp.vihf.signing_cert.as_deref(), Some(Path::new("/etc/relais/cachet.pem")));
+    }
+
+    #[test]
     fn unsigned_assertion_is_written_in_exclusive_canonical_form() {
         let vihf = Vihf::new(&config()).unwrap();
         assert!(!vihf.is_signed());
