@@ -196,7 +196,7 @@ fn an_oru_by_mllp_gets_zam_z02_and_z01_back_then_z03_once_the_mdn_comes() {
     let smtp_port = free_port();
     let smtp = Smtp::start(smtp_port, &pki.server_cert, &pki.server_key, &work.path().join("Maildir"));
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let (endpoint, dmp) = runtime.block_on(super::dmp::start_endpoint(&pki));
+    let (endpoint, dmp) = runtime.block_on(super::dmp::start_endpoint(&pki, None));
     let dpi_port = free_port();
     let mdn_port = free_port();
     let routes = work.path().join("routes");
