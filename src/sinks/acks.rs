@@ -181,8 +181,8 @@ impl AckOutbox {
 /// Turns a sink's outcome about a journaled ORU^R01 into a queued ZAM for its sender.
 #[derive(Debug, Clone)]
 pub struct AckRouter {
-    /// `senders.<MSH-4>.business_ack_to`, facility names in lower case.
-    destinations: BTreeMap<String, String>,
+    /// `senders.<MSH-4>.business_ack_to` and the sender's time zone, facility names in lower case.
+    destinations: BTreeMap<String, (String, jiff::tz::TimeZone)>,
     outbox: Arc<AckOutbox>,
 }
 
@@ -192,7 +192,11 @@ impl AckRouter {
         let destinations = settings
             .senders
             .iter()
-            .filter_map(|(name, s)| Some((name.to_ascii_lowercase(), s.business_ack_to.clone()?)))
+            .filter_map(|(name, s)| {
+                let tz = s.timezone.as_deref().unwrap_or("Europe/Paris");
+                let tz = jiff::tz::TimeZone::get(tz).unwrap_or(jiff::tz::TimeZone::UTC);
+                Some((name.to_ascii_lowercase(), (s.business_ack_to.clone()?, tz)))
+            })
             .collect();
         AckRouter { destinations, outbox }
     }
@@ -219,7 +223,7 @@ impl AckRouter {
         if !crate::documents::oru::is_oru_r01(raw) {
             return Ok(false);
         }
-        let Some(to) = self.destinations.get(&first(4).to_ascii_lowercase()) else { return Ok(false) };
+        let Some((to, tz)) = self.destinations.get(&first(4).to_ascii_lowercase()) else { return Ok(false) };
         let trigger = match ack {
             BusinessAck::DmpReception { .. } => "Z01",
             BusinessAck::MssReception { .. } => "Z02",
@@ -230,7 +234,8 @@ impl AckRouter {
         } else {
             format!("{sink}:{journal_id}:{trigger}:{}", about.to_ascii_lowercase())
         };
-        let now = jiff::Zoned::now().strftime("%Y%m%d%H%M%S").to_string();
+        // HL7 local time of the DPI (`senders.<MSH-4>.timezone`, Europe/Paris by default).
+        let now = jiff::Timestamp::now().to_zoned(tz.clone()).strftime("%Y%m%d%H%M%S").to_string();
         let envelope = ZamEnvelope {
             sending: (first(5), first(6)),
             receiving: (first(3), first(4)),
