@@ -7,7 +7,7 @@
 //! MLLP destination, and writes it to the outbox; nothing is queued for a bare CDA (no HL7 sender to answer)
 //! or a sender without that key. [`run`] sends each queued ZAM with the client of `relais send`
 //! ([`crate::send::send_all`]), one connection per ZAM, and retries with the producing sink's retry policy
-//! until the DPI answers AA; past the policy's bounds the ZAM is kept as `failed` with the reason.
+//! until the DPI answers AA (or CA, enhanced mode); past the policy's bounds the ZAM is kept as `failed` with the reason.
 //!
 //! On disk: `<data_dir>/acks.redb`, table `pending` (key → [`QueuedAck`] as JSON) and table `done` (key →
 //! `sent` | `failed: <reason>`). A key (`<sink>:<journal id>:<trigger>[:<recipient>]`) is queued at most
@@ -315,7 +315,8 @@ async fn attempt(outbox: &AckOutbox, key: &str, ack: &mut QueuedAck, policy: &Re
     let outgoing = [Outgoing { file: Default::default(), bytes: ack.message.clone().into_bytes() }];
     let sent = tokio::time::timeout(Duration::from_secs(30), send_all(&options, &outgoing, |_| {})).await;
     let error = match sent {
-        Ok(Ok(answers)) if answers.first().is_some_and(|a| a.code == "AA") => None,
+        // AA, or CA (enhanced mode: committed to the DPI's safe storage).
+        Ok(Ok(answers)) if answers.first().is_some_and(|a| a.code == "AA" || a.code == "CA") => None,
         Ok(Ok(answers)) => Some(match answers.first() {
             Some(a) => match &a.error_text {
                 Some(text) => format!("answered {}: {text}", a.code),
