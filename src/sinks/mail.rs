@@ -79,6 +79,10 @@ pub struct MssConfig {
     pub retry: RetryPolicy,
     /// Inbound SMTP address (`127.0.0.1:2526`) where MDNs come back, each one becoming a ZAM^Z03; unset: none.
     pub mdn_listen: Option<String>,
+    /// PEM certificate chain of the MDN port; with `mdn_tls_key`, STARTTLS is offered and required.
+    pub mdn_tls_cert: Option<PathBuf>,
+    /// PEM private key of the MDN port.
+    pub mdn_tls_key: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for MssConfig {
@@ -110,6 +114,8 @@ impl Default for MssConfig {
             source_id: String::new(),
             retry: RetryPolicy::default(),
             mdn_listen: None,
+            mdn_tls_cert: None,
+            mdn_tls_key: None,
         }
     }
 }
@@ -137,6 +143,9 @@ impl MssConfig {
             && addr.parse::<std::net::SocketAddr>().is_err()
         {
             return Err(("sinks.mss.mdn_listen".into(), "expected ip:port".into()));
+        }
+        if self.mdn_tls_cert.is_some() != self.mdn_tls_key.is_some() {
+            return Err(("sinks.mss.mdn_tls_key".into(), "mdn_tls_cert and mdn_tls_key go together".into()));
         }
         Ok(())
     }

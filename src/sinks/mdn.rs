@@ -10,16 +10,22 @@
 //! outbox before the mail is answered 250 (a storage failure answers 451, so the sender retries). A mail that
 //! is not an MDN is refused (550); an MDN of another disposition (deleted, denied…) or about a mail Relais did
 //! not send is accepted and only counted (`relais_acks_mdn_total{result}`). It never answers with patient data
-//! and logs no address.
+//! and logs no address. With a certificate (`mdn_tls_cert`, `mdn_tls_key`) the port offers STARTTLS and refuses
+//! `MAIL` before it (530); without, bind it to a loopback or private address.
 
 use std::net::IpAddr;
+use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use mail_parser::{MessageParser, MimeHeaders};
 use mailin::{Action, Handler, Response, SessionBuilder};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
 
 use crate::documents::zam::BusinessAck;
 use crate::journal::Journal;
@@ -202,8 +208,32 @@ fn reader_id(oru: &[u8], address: &str) -> String {
     })
 }
 
-/// Serves SMTP on `listener` until `stop` fires, handing each mail to `inbox`.
-pub async fn serve(listener: TcpListener, inbox: Arc<MdnInbox>, mut stop: Shutdown) {
+/// The STARTTLS acceptor of the MDN port from PEM files; the error names the file.
+pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
+    let named = |path: &Path, e: &dyn std::fmt::Display| format!("`{}`: {e}", path.display());
+    let chain = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| named(cert, &e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| named(cert, &e))?;
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| named(key, &e))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(chain, key_der)
+        .map_err(|e| named(cert, &e))?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Serves SMTP on `listener` until `stop` fires, handing each mail to `inbox`; with `tls`, STARTTLS is
+/// offered and required before `MAIL`.
+pub async fn serve(
+    listener: TcpListener,
+    inbox: Arc<MdnInbox>,
+    tls: Option<TlsAcceptor>,
+    mut stop: Shutdown,
+) {
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -216,10 +246,9 @@ pub async fn serve(listener: TcpListener, inbox: Arc<MdnInbox>, mut stop: Shutdo
             },
             () = stop.recv() => return,
         };
-        let inbox = inbox.clone();
-        let stop = stop.clone();
+        let (inbox, tls, stop) = (inbox.clone(), tls.clone(), stop.clone());
         tokio::spawn(async move {
-            if let Err(error) = session(stream, peer.ip(), inbox, stop).await {
+            if let Err(error) = session(stream, peer.ip(), inbox, tls, stop).await {
                 tracing::debug!(%error, "MDN port: session ended");
             }
         });
@@ -231,9 +260,18 @@ struct Collector {
     inbox: Arc<MdnInbox>,
     data: Vec<u8>,
     too_big: bool,
+    /// STARTTLS is offered and not done yet: `MAIL` is refused.
+    tls_pending: Arc<AtomicBool>,
 }
 
 impl Handler for Collector {
+    fn mail(&mut self, _ip: IpAddr, _domain: &str, _from: &str) -> Response {
+        if self.tls_pending.load(Ordering::Relaxed) {
+            return Response::custom(530, "5.7.0 Must issue a STARTTLS command first".into());
+        }
+        mailin::response::OK
+    }
+
     fn data_start(&mut self, _domain: &str, _from: &str, _is8bit: bool, _to: &[String]) -> Response {
         self.data.clear();
         self.too_big = false;
@@ -285,32 +323,58 @@ async fn session(
     stream: TcpStream,
     peer: IpAddr,
     inbox: Arc<MdnInbox>,
+    tls: Option<TlsAcceptor>,
     mut stop: Shutdown,
 ) -> std::io::Result<()> {
-    let (read, mut write) = stream.into_split();
-    let mut reader = BufReader::new(read);
-    let handler = Collector { inbox, data: Vec::new(), too_big: false };
-    let mut session = SessionBuilder::new("relais").build(peer, handler);
-    write.write_all(&session.greeting().buffer()?).await?;
+    let tls_pending = Arc::new(AtomicBool::new(tls.is_some()));
+    let handler = Collector { inbox, data: Vec::new(), too_big: false, tls_pending: tls_pending.clone() };
+    let mut builder = SessionBuilder::new("relais");
+    if tls.is_some() {
+        builder.enable_start_tls();
+    }
+    let mut session = builder.build(peer, handler);
+    let mut stream = stream;
+    stream.write_all(&session.greeting().buffer()?).await?;
+    let Some(plain) = converse(stream, &mut session, &mut stop).await? else { return Ok(()) };
+    let Some(acceptor) = tls else { return Ok(()) };
+    let secured = acceptor.accept(plain).await?;
+    session.tls_active();
+    tls_pending.store(false, Ordering::Relaxed);
+    converse(secured, &mut session, &mut stop).await?;
+    Ok(())
+}
+
+/// Moves lines between `stream` and the SMTP state machine until the client leaves (`None`) or asks for
+/// STARTTLS (`Some(stream)`, to be upgraded).
+async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    session: &mut mailin::Session<Collector>,
+    stop: &mut Shutdown,
+) -> std::io::Result<Option<S>> {
+    let mut reader = BufReader::new(stream);
     let mut line = Vec::with_capacity(128);
     loop {
         line.clear();
         let mut limited = (&mut reader).take(MAX_LINE);
         let read = tokio::select! {
             r = tokio::time::timeout(IDLE, limited.read_until(b'\n', &mut line)) => r,
-            () = stop.recv() => return Ok(()),
+            () = stop.recv() => return Ok(None),
         };
         match read {
-            Ok(Ok(0)) | Err(_) => return Ok(()),
+            Ok(Ok(0)) | Err(_) => return Ok(None),
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return Err(e),
         }
         let response = session.process(&line);
         match response.action {
-            Action::Reply => write.write_all(&response.buffer()?).await?,
-            Action::Close | Action::UpgradeTls => {
-                write.write_all(&response.buffer()?).await?;
-                return Ok(());
+            Action::Reply => reader.get_mut().write_all(&response.buffer()?).await?,
+            Action::Close => {
+                reader.get_mut().write_all(&response.buffer()?).await?;
+                return Ok(None);
+            }
+            Action::UpgradeTls => {
+                reader.get_mut().write_all(&response.buffer()?).await?;
+                return Ok(Some(reader.into_inner()));
             }
             Action::NoReply => {}
         }

@@ -129,8 +129,15 @@ pub fn start(
                         .and_then(|l| l.set_nonblocking(true).map(|()| l))
                         .and_then(tokio::net::TcpListener::from_std)
                         .map_err(|e| fail(name, format!("sinks.{name}.mdn_listen `{listen}`: {e}")))?;
+                    let tls = match (&cfg.mdn_tls_cert, &cfg.mdn_tls_key) {
+                        (Some(cert), Some(key)) => Some(
+                            mdn::tls_acceptor(cert, key)
+                                .map_err(|e| fail(name, format!("sinks.{name}.mdn_tls_cert: {e}")))?,
+                        ),
+                        _ => None,
+                    };
                     let inbox = Arc::new(MdnInbox::new(journal.clone(), router.clone(), name.clone()));
-                    tasks.spawn(mdn::serve(listener, inbox, stop.clone()));
+                    tasks.spawn(mdn::serve(listener, inbox, tls, stop.clone()));
                 }
                 if cfg.host.is_empty() {
                     tracing::warn!(sink = %name, "no host: documents wait on the bus");

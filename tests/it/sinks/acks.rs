@@ -9,8 +9,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use lettre::Transport;
 use lettre::address::Envelope;
+use lettre::transport::smtp::client::{Certificate, CertificateStore, Tls, TlsParameters};
+use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use mail_parser::MimeHeaders;
 
 use super::mail::{Smtp, free_port, parse, recipients};
@@ -180,13 +181,30 @@ fn mdn(original: &str, reader: &str) -> String {
     )
 }
 
-/// Posts `raw` to the MDN port over plain SMTP (lettre's client).
-fn post_mail(port: u16, from: &str, raw: &str) -> Result<(), lettre::transport::smtp::Error> {
-    let transport = lettre::SmtpTransport::builder_dangerous("127.0.0.1").port(port).build();
+/// Posts `raw` to the MDN port with lettre's client: over STARTTLS when `ca` (the port's CA) is given.
+fn post_mail(
+    runtime: &tokio::runtime::Runtime,
+    port: u16,
+    ca: Option<&Path>,
+    from: &str,
+    raw: &str,
+) -> Result<(), lettre::transport::smtp::Error> {
+    let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous("127.0.0.1")
+        .port(port)
+        .timeout(Some(Duration::from_secs(10)));
+    if let Some(ca) = ca {
+        let params = TlsParameters::builder("localhost".into())
+            .certificate_store(CertificateStore::None)
+            .add_root_certificate(Certificate::from_pem(&std::fs::read(ca).unwrap()).unwrap())
+            .build_rustls()
+            .unwrap();
+        builder = builder.tls(Tls::Required(params));
+    }
+    let transport = builder.build();
     let envelope =
         Envelope::new(Some(from.parse().unwrap()), vec!["documents@ch-test.mssante.fr".parse().unwrap()])
             .unwrap();
-    transport.send_raw(&envelope, raw.as_bytes()).map(|_| ())
+    runtime.block_on(transport.send_raw(&envelope, raw.as_bytes())).map(|_| ())
 }
 
 #[test]
@@ -211,7 +229,7 @@ fn an_oru_by_mllp_gets_zam_z02_and_z01_back_then_z03_once_the_mdn_comes() {
          [senders.labo]\nbusiness_ack_to = \"127.0.0.1:{dpi_port}\"\n\
          [sinks.mss]\nkind = \"mss\"\nhost = \"127.0.0.1\"\nport = {smtp_port}\ntls_name = \"localhost\"\nca = {ca:?}\n\
          from = \"documents@ch-test.mssante.fr\"\nnil = \"NIL-RELAIS-TEST\"\nsource_id = \"1.2.250.1.999.3\"\n\
-         mdn_listen = \"127.0.0.1:{mdn_port}\"\n{retry}\
+         mdn_listen = \"127.0.0.1:{mdn_port}\"\nmdn_tls_cert = {server_cert:?}\nmdn_tls_key = {server_key:?}\n{retry}\
          [sinks.dmp]\nkind = \"dmp\"\nendpoint = \"{endpoint}\"\nca = {ca:?}\nclient_cert = {cert:?}\n\
          client_key = {key:?}\nsource_id = \"1.2.250.1.999.3\"\nunique_id_root = \"1.2.250.1.999.3.1\"\n\
          [sinks.dmp.vihf]\nissuer = \"CN=relais-client,O=CH Test\"\nsubject_id = \"801234567897\"\n\
@@ -222,6 +240,8 @@ fn an_oru_by_mllp_gets_zam_z02_and_z01_back_then_z03_once_the_mdn_comes() {
         routes = routes.display().to_string(),
         ca = pki.ca.display().to_string(),
         cert = pki.client_cert.display().to_string(),
+        server_cert = pki.server_cert.display().to_string(),
+        server_key = pki.server_key.display().to_string(),
         key = pki.client_key.display().to_string(),
     );
     let mut relais = Relais::start_with_config(&toml, &[]);
@@ -295,19 +315,19 @@ fn an_oru_by_mllp_gets_zam_z02_and_z01_back_then_z03_once_the_mdn_comes() {
     assert!(professional.header_raw("Disposition-Notification-To").is_some());
     let message_id = format!("<{}>", professional.message_id().unwrap());
 
-    // Not an MDN: refused for good; an MDN about a mail Relais did not send: taken, nothing sent.
-    let refused =
-        post_mail(mdn_port, "x@test.fr", "From: x@test.fr\r\nSubject: hi\r\n\r\nhello\r\n").unwrap_err();
+    // Not an MDN: refused for good; an MDN about a mail Relais did not send: taken, nothing sent; without
+    // STARTTLS: refused before MAIL.
+    let ca = Some(pki.ca.as_path());
+    let post = |from: &str, raw: &str| post_mail(&runtime, mdn_port, ca, from, raw);
+    let refused = post("x@test.fr", "From: x@test.fr\r\nSubject: hi\r\n\r\nhello\r\n").unwrap_err();
     assert!(refused.is_permanent(), "{refused}");
-    post_mail(mdn_port, "x@test.fr", &mdn("<unknown@elsewhere.fr>", "x@test.fr")).unwrap();
+    post("x@test.fr", &mdn("<unknown@elsewhere.fr>", "x@test.fr")).unwrap();
+    let reader = "adam.hoda@test-ci-sis.mssante.fr";
+    let plain = post_mail(&runtime, mdn_port, None, reader, &mdn(&message_id, reader)).unwrap_err();
+    assert!(plain.to_string().contains("530"), "{plain}");
 
     // The professional reads the mail: ZAM^Z03 naming the reader.
-    post_mail(
-        mdn_port,
-        "adam.hoda@test-ci-sis.mssante.fr",
-        &mdn(&message_id, "adam.hoda@test-ci-sis.mssante.fr"),
-    )
-    .unwrap();
+    post(reader, &mdn(&message_id, reader)).unwrap();
     let zams = dpi.wait_for(4, &relais);
     let z03 = &zams[3];
     assert_eq!(field(z03, "MSH", 9), "ZAM^Z03^ZAM_Z01");
@@ -316,12 +336,7 @@ fn an_oru_by_mllp_gets_zam_z02_and_z01_back_then_z03_once_the_mdn_comes() {
     assert_eq!(obx(z03)[1][4], "801234567897");
     assert_eq!(obx(z03)[1][5], "^^X.400^adam.hoda@test-ci-sis.mssante.fr");
     // The same MDN again (the sender retried): no second ZAM^Z03.
-    post_mail(
-        mdn_port,
-        "adam.hoda@test-ci-sis.mssante.fr",
-        &mdn(&message_id, "adam.hoda@test-ci-sis.mssante.fr"),
-    )
-    .unwrap();
+    post(reader, &mdn(&message_id, reader)).unwrap();
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(dpi.received.lock().unwrap().len(), 4);
 
