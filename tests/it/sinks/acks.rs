@@ -16,7 +16,7 @@ use mail_parser::MimeHeaders;
 
 use super::mail::{Smtp, free_port, parse, recipients};
 use super::pki::Pki;
-use crate::harness::{Relais, mllp_send};
+use crate::harness::{Relais, mllp_send, with_msh_field};
 
 fn sample(name: &str) -> Vec<u8> {
     std::fs::read(super::root().join("test-messages/acks").join(name)).unwrap()
@@ -340,8 +340,20 @@ fn an_oru_by_mllp_gets_zam_z02_and_z01_back_then_z03_once_the_mdn_comes() {
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(dpi.received.lock().unwrap().len(), 4);
 
+    // A DMP refusal: ZAM^Z01 N with the DMP's code in ERR-5 (the mails of this second ORU go as before).
+    *dmp.answer.lock().unwrap() = super::dmp::Answer::Failure;
+    let second = with_msh_field(&oru, 10, "R-ACKS-0002");
+    let ack = String::from_utf8_lossy(&mllp_send(relais.mllp_addr(), &second)).into_owned();
+    assert!(ack.contains("MSA|AA"), "{ack}");
+    let zams = dpi.wait_for(7, &relais);
+    let z01 = zams[4..].iter().find(|z| field(z, "MSH", 9) == "ZAM^Z01^ZAM_Z01").expect("a second ZAM^Z01");
+    assert_eq!(obx(z01)[0][4], "R-ACKS-0002");
+    assert_eq!(obx(z01)[0][5], "N^^expandedYes-NoIndicator");
+    assert_eq!(field(z01, "ERR", 5), "DMPClosed^DMP ferme^DMPERRORCODE");
+
     let metrics = String::from_utf8(relais.get("/metrics").1).unwrap();
-    assert!(metrics.contains("relais_acks_sent_total{trigger=\"Z02\",outcome=\"delivered\"} 2"), "{metrics}");
+    assert!(metrics.contains("relais_acks_sent_total{trigger=\"Z02\",outcome=\"delivered\"} 4"), "{metrics}");
+    assert!(metrics.contains("relais_acks_sent_total{trigger=\"Z01\",outcome=\"delivered\"} 2"));
     assert!(metrics.contains("relais_acks_mdn_total{result=\"correlated\"} 2"));
     assert!(metrics.contains("relais_acks_mdn_total{result=\"uncorrelated\"} 1"));
     assert!(metrics.contains("relais_acks_mdn_total{result=\"rejected\"} 1"));

@@ -21,7 +21,7 @@ use super::vihf::Cachet;
 
 /// What the endpoint answers.
 #[derive(Clone, Copy, PartialEq)]
-enum Answer {
+pub(super) enum Answer {
     Success,
     Failure,
     Unavailable,
@@ -42,7 +42,7 @@ pub(super) struct Seen {
 
 #[derive(Clone)]
 pub(super) struct Endpoint {
-    answer: Arc<Mutex<Answer>>,
+    pub(super) answer: Arc<Mutex<Answer>>,
     pub(super) seen: Arc<Mutex<Seen>>,
     /// The CA of the VIHF signing certificate, when requests are expected signed.
     vihf_ca: Option<std::path::PathBuf>,
