@@ -246,7 +246,7 @@ fn an_oru_by_mllp_gets_zam_z02_and_z01_back_then_z03_once_the_mdn_comes() {
     );
     let mut relais = Relais::start_with_config(&toml, &[]);
 
-    let oru = sample("oru_r01_cr-urg_dmp-mss_vali.hl7");
+    let oru = sample("oru_r01_cr-urg_dmp-mss.hl7");
     let ack = String::from_utf8_lossy(&mllp_send(relais.mllp_addr(), &oru)).into_owned();
     assert!(ack.contains("MSA|AA"), "{ack}");
 
