@@ -90,6 +90,8 @@ pub async fn run(settings: Settings, stop: impl std::future::Future<Output = ()>
             path: journal_path.clone(),
             dedup_window: settings.dedup_window(),
             max_batch: settings.journal.max_batch,
+            wal_segment_bytes: settings.journal.wal_segment_mb << 20,
+            checkpoint_interval: std::time::Duration::from_millis(settings.journal.checkpoint_ms),
         };
         move || Journal::open(cfg)
     })
