@@ -96,6 +96,7 @@ async fn run_pipeline(case: &str, settings: BusSettings) {
         routes: LiveRoutes::fixed(set),
         bus: bus.clone(),
         batch: 2048,
+        sinks: Arc::new(sink_set.clone()),
     };
     let (trigger, stop) = relais::shutdown::channel();
     let started = Instant::now();
