@@ -272,7 +272,7 @@ impl Consumer {
     pub async fn next(&mut self) -> Result<Received, Error> {
         match self {
             Consumer::Amqp(consumer) => consumer.next().await.map(|d| Received::Amqp(Box::new(d))),
-            Consumer::Embedded(consumer) => consumer.next().await.map(Received::Embedded),
+            Consumer::Embedded(consumer) => consumer.next().await.map(|d| Received::Embedded(Box::new(d))),
         }
     }
 }
@@ -282,7 +282,7 @@ pub enum Received {
     /// From RabbitMQ.
     Amqp(Box<amqp::AmqpDelivery>),
     /// From the embedded bus.
-    Embedded(embedded::EmbeddedDelivery),
+    Embedded(Box<embedded::EmbeddedDelivery>),
 }
 
 impl Received {

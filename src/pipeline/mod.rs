@@ -23,6 +23,7 @@ use bytes::Bytes;
 
 use crate::bus::{self, Bus, Envelope};
 use crate::config::Settings;
+use crate::documents::DocumentMetadata;
 use crate::facts::{EventClass, Mapped, Transform};
 use crate::journal::{self, Delivery, DocumentMeta, Journal, Progress, Stage, State, Unfinished};
 use crate::ops::metrics as ops_metrics;
@@ -71,6 +72,8 @@ struct Routed {
     id: u64,
     progress: Progress,
     bundle: Bytes,
+    /// A document's XDS metadata.
+    xds: Option<DocumentMetadata>,
 }
 
 /// What one pass did (for tests and logs).
@@ -297,16 +300,24 @@ impl Pipeline {
                         && let (Some(progress), Some(bundle)) =
                             (entry.meta.progress.take(), entry.bundle.take())
                     {
-                        return (id, Decision::Routed(progress, Bytes::from(bundle)));
+                        // A document's XDS metadata is not journaled: read it again for its envelopes.
+                        let xds = match progress.document {
+                            Some(_) => {
+                                transform.map_with_metadata(kind, &entry.raw).ok().and_then(|(_, m)| m)
+                            }
+                            None => None,
+                        };
+                        return (id, Decision::Routed(progress, Bytes::from(bundle), xds));
                     }
-                    match transform.map(kind, &entry.raw) {
+                    match transform.map_with_metadata(kind, &entry.raw) {
                         Err(failure) => {
                             let label = failure_label(&failure.location);
                             (id, Decision::Failed(failure.to_string(), label))
                         }
-                        Ok(mapped) => {
+                        Ok((mapped, xds)) => {
                             let routing = routes.route(&mapped.facts);
-                            (id, Decision::Mapped(progress_of(&mapped, &routing), Bytes::from(mapped.bundle)))
+                            let progress = progress_of(&mapped, &routing);
+                            (id, Decision::Mapped(progress, Bytes::from(mapped.bundle), xds))
                         }
                     }
                 })
@@ -326,7 +337,7 @@ impl Pipeline {
                     failures.push(label);
                     answers.push(self.journal.enqueue_update(id, vec![Stage::Failed { reason }]).await?);
                 }
-                Decision::Mapped(progress, bundle) => {
+                Decision::Mapped(progress, bundle, xds) => {
                     let stages = vec![
                         Stage::Mapped { bundle: bundle.clone() },
                         Stage::Routed { progress: progress.clone() },
@@ -335,12 +346,12 @@ impl Pipeline {
                     if progress.deliveries.is_empty() {
                         unrouted += 1;
                     } else {
-                        routed.push(Routed { id, progress, bundle });
+                        routed.push(Routed { id, progress, bundle, xds });
                     }
                 }
-                Decision::Routed(progress, bundle) => {
+                Decision::Routed(progress, bundle, xds) => {
                     already_routed += 1;
-                    routed.push(Routed { id, progress, bundle });
+                    routed.push(Routed { id, progress, bundle, xds });
                 }
             }
         }
@@ -370,8 +381,8 @@ async fn await_all(answers: Vec<Answer>) -> Result<(), Error> {
 
 enum Decision {
     Failed(String, &'static str),
-    Mapped(Progress, Bytes),
-    Routed(Progress, Bytes),
+    Mapped(Progress, Bytes, Option<DocumentMetadata>),
+    Routed(Progress, Bytes, Option<DocumentMetadata>),
 }
 
 /// A bounded metrics label for a mapping failure: the segment (`PID`) or XML root named by its location,
@@ -431,6 +442,7 @@ fn envelope(routed: &Routed, delivery: &Delivery) -> Envelope {
         partition_key: progress.partition_key.clone(),
         document: progress.document.clone(),
         document_ref: progress.document.as_ref().map(|_| format!("journal:{id}")),
+        xds: routed.xds.clone().map(Box::new),
         bundle: routed.bundle.clone(),
     }
 }

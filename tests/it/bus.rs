@@ -561,6 +561,86 @@ async fn broker_outage_mid_load(rabbit: &mut RabbitNode) {
     journal.close().await.unwrap();
 }
 
+/// A CDA document's envelope carries its XDS metadata (type, hash and size of the bytes, patient id) and the
+/// reference to the journaled bytes, also when it is re-published from the outbox after a restart (the
+/// metadata is not journaled: the pipeline reads it again).
+async fn document_envelope_carries_the_xds_metadata(backend: Backend) {
+    use sha1::Digest;
+    let dir = tempfile::tempdir().unwrap();
+    let journal = open_journal(dir.path());
+    let cda = std::fs::read(
+        super::harness::test_messages().join("cda/ans-testcontenucda_BIO-CR-BIO_2024.01_TSH_1.xml"),
+    )
+    .unwrap();
+    let entry = NewEntry {
+        received_at: jiff::Timestamp::now(),
+        transport: Transport::Http,
+        peer: "test".into(),
+        raw: Bytes::from(cda.clone()),
+        charset: None,
+        header: None,
+        state: State::Received,
+        reason: None,
+        kind: MessageKind::Cda,
+    };
+    let Appended::Stored { id } = journal.append(entry).await.unwrap() else { panic!("not stored") };
+    let mut config = relais::config::Settings {
+        mappings_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/mappings").into(),
+        ..relais::config::Settings::default()
+    };
+    config.documents.tables = concat!(env!("CARGO_MANIFEST_DIR"), "/mappings/tables/xds").into();
+    let sink_names: BTreeSet<String> = sinks().into_iter().collect();
+    let routes =
+        "[[route]]\nname = \"docs\"\ndestinations = [\"a\"]\n[route.when]\nevent_class = \"document\"\n";
+    let pipeline = |bus: &Bus| Pipeline {
+        journal: journal.clone(),
+        transform: relais::pipeline::transform_for(&config).unwrap(),
+        routes: LiveRoutes::fixed(RouteSet::from_str(Path::new("docs.toml"), routes, &sink_names).unwrap()),
+        bus: bus.clone(),
+        batch: 8,
+        sinks: Arc::new(sink_names.clone()),
+    };
+    // First run: the bus cannot take it (an embedded bus without the sinks), the entry stays `routed`.
+    let unavailable = tempfile::tempdir().unwrap();
+    let nowhere = Bus::open(&settings(&Backend::Embedded, "docs"), unavailable.path(), &[]).await.unwrap();
+    let (trigger, mut stop) = shutdown::channel();
+    let stopper = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        trigger.fire();
+    });
+    let pass = pipeline(&nowhere).process(journal.unfinished(0, 10).unwrap(), &mut stop).await.unwrap();
+    stopper.await.unwrap();
+    assert_eq!(pass, None);
+    assert_eq!(journal.get(id).unwrap().unwrap().state, State::Routed);
+
+    // Restart: the outbox publishes it with its metadata.
+    let bus = Bus::open(&settings(&backend, &unique("docs")), dir.path(), &sinks()).await.unwrap();
+    let (_trigger, mut stop) = shutdown::channel();
+    let pass = pipeline(&bus).process(journal.unfinished(0, 10).unwrap(), &mut stop).await.unwrap();
+    assert_eq!(pass.map(|p| p.published), Some(1));
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let tasks = consume_all(&bus, "a", Arc::clone(&seen));
+    wait_for("the document envelope", Duration::from_secs(20), || {
+        !seen.lock().unwrap().deliveries.is_empty()
+    })
+    .await;
+    tasks.iter().for_each(|t| t.abort());
+    let envelope = seen.lock().unwrap().deliveries[0].0.clone();
+    assert_eq!(envelope.message_id, id);
+    assert_eq!(envelope.document_ref.as_deref(), Some(format!("journal:{id}").as_str()));
+    let journaled = journal.get(id).unwrap().unwrap().progress.unwrap().document.unwrap();
+    let xds = envelope.xds.expect("the envelope carries the XDS metadata");
+    assert_eq!(Some(&xds.entry.type_code.code), journaled.document_type.as_ref());
+    let sha1: String = sha1::Sha1::digest(&cda).iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(xds.entry.hash, sha1);
+    assert_eq!(xds.entry.size, cda.len() as u64);
+    assert_eq!(xds.entry.mime_type, "text/xml");
+    // The sample's recordTarget INS (test NIR OID), qualified: the DMP patientId.
+    assert_eq!(xds.entry.patient_id.as_deref(), Some("279035121518989^^^&1.2.250.1.213.1.4.10&ISO^NH"));
+    bus.close().await;
+    journal.close().await.unwrap();
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // The suites: one broker for the whole AMQP suite, stopped at its end.
 
@@ -569,6 +649,7 @@ async fn embedded_bus_suite() {
     fan_out_to_three_sinks(Backend::Embedded).await;
     confirm_before_published(Backend::Embedded, None).await;
     poison_goes_to_the_dead_letter_queue(Backend::Embedded).await;
+    document_envelope_carries_the_xds_metadata(Backend::Embedded).await;
     kill_9_then_restart(Backend::Embedded).await;
 }
 
@@ -577,6 +658,7 @@ async fn amqp_bus_suite() {
     let mut rabbit = tokio::task::spawn_blocking(RabbitNode::start).await.unwrap();
     let backend = Backend::Amqp(rabbit.url());
     fan_out_to_three_sinks(backend.clone()).await;
+    document_envelope_carries_the_xds_metadata(backend.clone()).await;
     poison_goes_to_the_dead_letter_queue(backend.clone()).await;
     kill_9_then_restart(backend.clone()).await;
     confirm_before_published(backend.clone(), Some(&mut rabbit)).await;
