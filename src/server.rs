@@ -124,6 +124,7 @@ pub async fn run(settings: Settings, stop: impl std::future::Future<Output = ()>
         routes: Arc::clone(&routes),
         bus: bus.clone(),
         batch: 1024,
+        sinks: Arc::new(sinks.iter().cloned().collect()),
     };
     let mut stages = tokio::task::JoinSet::new();
     crate::sinks::start::start(&settings, &bus, &journal, &shutdown, &mut stages)?;

@@ -40,7 +40,7 @@ pub struct AmqpBus {
 struct Shared {
     url: String,
     settings: BusSettings,
-    publisher: Mutex<Option<(Connection, Channel)>>,
+    publisher: Mutex<Option<(Connection, Vec<Channel>)>>,
 }
 
 impl AmqpBus {
@@ -48,9 +48,9 @@ impl AmqpBus {
     pub async fn open(url: &str, settings: BusSettings, sinks: &[String]) -> Result<AmqpBus, Error> {
         let bus =
             AmqpBus { shared: Arc::new(Shared { url: url.into(), settings, publisher: Mutex::new(None) }) };
-        let (connection, channel) = bus.connect_confirming().await?;
-        bus.declare(&channel, sinks).await?;
-        *bus.shared.publisher.lock().await = Some((connection, channel));
+        let (connection, channels) = bus.connect_confirming().await?;
+        bus.declare(&channels[0], sinks).await?;
+        *bus.shared.publisher.lock().await = Some((connection, channels));
         Ok(bus)
     }
 
@@ -75,11 +75,16 @@ impl AmqpBus {
         Ok(Connection::connect(&self.shared.url, properties).await?)
     }
 
-    async fn connect_confirming(&self) -> Result<(Connection, Channel), Error> {
+    /// One connection with `publish_channels` channels in confirm mode.
+    async fn connect_confirming(&self) -> Result<(Connection, Vec<Channel>), Error> {
         let connection = self.connect().await?;
-        let channel = connection.create_channel().await?;
-        channel.confirm_select(ConfirmSelectOptions::default()).await?;
-        Ok((connection, channel))
+        let mut channels = Vec::new();
+        for _ in 0..self.shared.settings.publish_channels.max(1) {
+            let channel = connection.create_channel().await?;
+            channel.confirm_select(ConfirmSelectOptions::default()).await?;
+            channels.push(channel);
+        }
+        Ok((connection, channels))
     }
 
     async fn declare(&self, channel: &Channel, sinks: &[String]) -> Result<(), Error> {
@@ -128,15 +133,27 @@ impl AmqpBus {
         Ok(())
     }
 
-    /// Publishes the batch on the confirm channel; `Ok` once the broker acked every message.
+    /// Publishes the batch; `Ok` once the broker acked every message. Partition `p` goes on channel
+    /// `p % publish_channels`, in batch order, so one partition's messages keep their order while the
+    /// channels publish side by side.
     pub async fn publish(&self, batch: &[Envelope]) -> Result<(), Error> {
         let mut publisher = self.shared.publisher.lock().await;
         let result = async {
             if publisher.as_ref().is_none_or(|(connection, _)| !connection.status().connected()) {
                 *publisher = Some(self.connect_confirming().await?);
             }
-            let Some((_, channel)) = publisher.as_ref() else { unreachable!("set just above") };
-            self.publish_on(channel, batch).await
+            let Some((_, channels)) = publisher.as_ref() else { unreachable!("set just above") };
+            let partitions = self.shared.settings.partitions;
+            let mut lanes: Vec<Vec<&Envelope>> = vec![Vec::new(); channels.len()];
+            for envelope in batch {
+                lanes[usize::from(envelope.partition(partitions)) % channels.len()].push(envelope);
+            }
+            let publishing = channels
+                .iter()
+                .zip(&lanes)
+                .filter(|(_, lane)| !lane.is_empty())
+                .map(|(channel, lane)| self.publish_on(channel, lane));
+            futures_util::future::try_join_all(publishing).await.map(|_| ())
         }
         .await;
         if result.is_err() {
@@ -148,10 +165,10 @@ impl AmqpBus {
         result
     }
 
-    async fn publish_on(&self, channel: &Channel, batch: &[Envelope]) -> Result<(), Error> {
+    async fn publish_on(&self, channel: &Channel, batch: &[&Envelope]) -> Result<(), Error> {
         let exchange: ShortString = self.shared.settings.exchange.as_str().into();
         let mut confirms = Vec::with_capacity(batch.len());
-        for envelope in batch {
+        for &envelope in batch {
             let partition = envelope.partition(self.shared.settings.partitions);
             let routing_key = format!("{}.{partition}", envelope.sink);
             let mut headers = FieldTable::default();

@@ -104,6 +104,9 @@ pub struct BusSettings {
     pub retry_delay_ms: u64,
     /// Longest delay between attempts, in milliseconds (300000).
     pub max_retry_delay_ms: u64,
+    /// AMQP channels publishing side by side (4); partition `p` always uses channel `p % publish_channels`,
+    /// so a partition's order holds.
+    pub publish_channels: u16,
 }
 
 impl Default for BusSettings {
@@ -115,6 +118,7 @@ impl Default for BusSettings {
             max_attempts: 5,
             retry_delay_ms: 1000,
             max_retry_delay_ms: 300_000,
+            publish_channels: 4,
         }
     }
 }
@@ -124,6 +128,9 @@ impl BusSettings {
     pub fn check(&self) -> Result<(), (String, String)> {
         if self.partitions == 0 {
             return Err(("bus.partitions".into(), "must be at least 1".into()));
+        }
+        if self.publish_channels == 0 {
+            return Err(("bus.publish_channels".into(), "must be at least 1".into()));
         }
         if self.max_attempts == 0 {
             return Err(("bus.max_attempts".into(), "must be at least 1".into()));
@@ -265,7 +272,7 @@ impl Consumer {
     pub async fn next(&mut self) -> Result<Received, Error> {
         match self {
             Consumer::Amqp(consumer) => consumer.next().await.map(|d| Received::Amqp(Box::new(d))),
-            Consumer::Embedded(consumer) => consumer.next().await.map(Received::Embedded),
+            Consumer::Embedded(consumer) => consumer.next().await.map(|d| Received::Embedded(Box::new(d))),
         }
     }
 }
@@ -275,7 +282,7 @@ pub enum Received {
     /// From RabbitMQ.
     Amqp(Box<amqp::AmqpDelivery>),
     /// From the embedded bus.
-    Embedded(embedded::EmbeddedDelivery),
+    Embedded(Box<embedded::EmbeddedDelivery>),
 }
 
 impl Received {

@@ -67,7 +67,8 @@ pub const PROCESS_START_TIME: &str = "process_start_time_seconds";
 pub const MAPPING_FAILURES: &str = "relais_mapping_failures_total";
 /// Messages routed to at least one sink, or to none (`result` = routed | unrouted). Recorded by routing.
 pub const ROUTING_MESSAGES: &str = "relais_routing_messages_total";
-/// Messages published on the bus (`result` = confirmed | nacked | failed). Recorded by the bus.
+/// Envelopes published on the bus (`result` = confirmed | nacked | failed | undeliverable: the destination is no
+/// longer a configured sink). Recorded by the pipeline.
 pub const BUS_PUBLISHED: &str = "relais_bus_published_total";
 /// Time from publish to the broker's confirm. Recorded by the bus.
 pub const BUS_CONFIRM_SECONDS: &str = "relais_bus_confirm_seconds";
@@ -238,7 +239,7 @@ pub const CATALOG: &[MetricSpec] = &[
         Kind::Counter,
         &["result"],
         "bus",
-        "Messages published on the bus, by broker answer.",
+        "Envelopes published on the bus, by broker answer, or undeliverable (sink no longer configured).",
     ),
     spec(
         BUS_CONFIRM_SECONDS,
