@@ -14,8 +14,13 @@
 //! that each arrived once. Run: `cargo bench --bench sinks` (aiosmtpd from scripts/setup.d/50-aiosmtpd.sh,
 //! run here when missing). Environment: `BENCH_PATIENTS` (3 events each, 4000), `BENCH_GPS` (500),
 //! `BENCH_SMTP_PROCS` (2), `BENCH_DOCS` (5000), `BENCH_CONNS` (MLLP connections and HTTP clients, 8),
-//! `BENCH_CEILING_MAILS` (4000), `BENCH_ONLY` (`notify` or `docs`), `BENCH_KEEP=1` keeps the data directory,
-//! `BENCH_RELAIS_LOG` (the server's `RELAIS_LOG`, `warn`).
+//! `BENCH_CEILING_MAILS` (4000), `BENCH_ONLY` (`notify` or `docs`), `BENCH_DIR` (parent of the work
+//! directory, on the disk under test: the system temp dir by default; `/dev/shm` shows the figures without
+//! fsync cost), `BENCH_KEEP=1` keeps it, `BENCH_RELAIS_LOG` (the server's `RELAIS_LOG`, `warn`),
+//! `BENCH_RELAIS_BIN` runs another build of the server (A/B comparisons).
+//!
+//! The sinks make their ledger and bus writes durable one by one, so the disk's `fdatasync` rate (printed
+//! first) bounds both figures: compare it with the rates.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -52,6 +57,7 @@ struct Options {
     conns: usize,
     ceiling_mails: usize,
     only: Option<String>,
+    dir: Option<PathBuf>,
     keep: bool,
 }
 
@@ -68,6 +74,7 @@ impl Options {
             conns: var("BENCH_CONNS", 8).max(1),
             ceiling_mails: var("BENCH_CEILING_MAILS", 4_000).max(1),
             only: std::env::var("BENCH_ONLY").ok(),
+            dir: std::env::var_os("BENCH_DIR").map(PathBuf::from),
             keep: var("BENCH_KEEP", 0) != 0,
         }
     }
@@ -89,6 +96,24 @@ fn cpu_time(pid: &str) -> Option<Duration> {
     let user: u64 = fields.next()?.parse().ok()?;
     let system: u64 = fields.next()?.parse().ok()?;
     Some(Duration::from_millis((user + system) * 10))
+}
+
+/// Rate of `write 4 KiB in place + fdatasync` on a file in `dir`, for about a second.
+fn fdatasync_rate(dir: &Path) -> Result<f64> {
+    use std::os::unix::fs::FileExt;
+    let path = dir.join("fdatasync.probe");
+    let file = std::fs::File::create(&path)?;
+    let block = [b'x'; 4096];
+    let started = Instant::now();
+    let mut n = 0u64;
+    while started.elapsed() < Duration::from_secs(1) {
+        file.write_all_at(&block, (n % 16) * 4096)?;
+        file.sync_data()?;
+        n += 1;
+    }
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    std::fs::remove_file(path)?;
+    Ok(rate)
 }
 
 fn cpu_of(pids: &[String]) -> Duration {
@@ -153,7 +178,8 @@ fn start_relais(data_dir: &Path, config: &str) -> Result<(Server, Listeners)> {
     let config_path = data_dir.join("relais.toml");
     std::fs::write(&config_path, config)?;
     let log = std::fs::File::create(data_dir.join("relais.log"))?;
-    let child = Command::new(env!("CARGO_BIN_EXE_relais"))
+    let binary = std::env::var_os("BENCH_RELAIS_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_relais").into());
+    let child = Command::new(binary)
         .arg("serve")
         .arg("--data")
         .arg(data_dir)
@@ -695,13 +721,19 @@ fn documents(opts: &Options, runtime: &tokio::runtime::Runtime, work: &Path) -> 
 
 fn main() -> Result<()> {
     let opts = Options::from_env();
-    let work = tempfile::Builder::new().prefix("relais-sinkbench-").disable_cleanup(opts.keep).tempdir()?;
+    let mut builder = tempfile::Builder::new();
+    builder.prefix("relais-sinkbench-").disable_cleanup(opts.keep);
+    let work = match &opts.dir {
+        Some(parent) => builder.tempdir_in(parent)?,
+        None => builder.tempdir()?,
+    };
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!(
         "sinks bench: {cores} cores, load average {} (before), work dir {}",
         load_average(),
         work.path().display()
     );
+    println!("disk: write 4 KiB in place + fdatasync: {:.0}/s in the work dir", fdatasync_rate(work.path())?);
     // The load generators, the ITI-41 endpoint and the ceiling clients: 2 worker threads.
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     if opts.runs("notify") {
