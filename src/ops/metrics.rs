@@ -80,6 +80,8 @@ pub const SINK_DELIVERY_SECONDS: &str = "relais_sink_delivery_seconds";
 pub const SINK_QUEUE_DEPTH: &str = "relais_sink_queue_depth";
 /// Age of the oldest message waiting for a sink (`sink`). Recorded by the bus/sinks.
 pub const SINK_OLDEST_AGE_SECONDS: &str = "relais_sink_oldest_message_age_seconds";
+/// 1 while an operator has paused the sink, else 0 (`sink`). Recorded by the sinks' pause control.
+pub const SINK_PAUSED: &str = "relais_sink_paused";
 
 /// Prometheus metric type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -263,6 +265,7 @@ pub const CATALOG: &[MetricSpec] = &[
         "sinks",
         "Age of the oldest message waiting for a sink, in seconds.",
     ),
+    spec(SINK_PAUSED, Kind::Gauge, &["sink"], "sinks", "1 while an operator has paused the sink, else 0."),
 ];
 
 const fn spec(
