@@ -222,6 +222,8 @@ fn pause_resume_by_cli_across_a_restart_then_undeliverable_in_timeline_and_listi
     assert!(metrics.contains("relais_sink_paused{sink=\"mss\"} 0"), "{metrics}");
     let listed = cli(&relais, &["sinks", "list"]);
     assert!(listed.lines().any(|l| l.starts_with(SINK) && l.contains("paused")), "{listed}");
+    let console = String::from_utf8(relais.get("/console").1).unwrap();
+    assert!(console.contains(&format!("id=\"resume-{SINK}\"")), "the console offers Resume");
 
     let a01 = std::fs::read(
         test_messages().join("ans/ans-consent_A01_ConsentementConsultation_NonOppositionAlimentation.er7"),
@@ -251,8 +253,13 @@ fn pause_resume_by_cli_across_a_restart_then_undeliverable_in_timeline_and_listi
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(timeline(&relais)["sinks"][0]["outcome"], serde_json::Value::Null);
 
-    assert_eq!(cli(&relais, &["sinks", "resume", SINK]), format!("{SINK}: running\n"));
+    // Resumed from the console's button (a form POST, redirected back to the console).
+    let resumed = http().post(format!("{}/console/sinks/{SINK}/resume", relais.http_url())).send().unwrap();
+    assert_eq!(resumed.status().as_u16(), 200);
+    assert!(resumed.text().unwrap().contains(&format!("Sink {SINK} resumed")));
     assert!(!sink_state(&relais));
+    let listed = cli(&relais, &["sinks", "list"]);
+    assert!(listed.lines().any(|l| l.starts_with(SINK) && l.contains("running")), "{listed}");
     let deadline = Instant::now() + Duration::from_secs(30);
     let step = loop {
         let step = timeline(&relais)["sinks"][0].clone();
@@ -274,6 +281,11 @@ fn pause_resume_by_cli_across_a_restart_then_undeliverable_in_timeline_and_listi
     let table = cli(&relais, &["sinks", "undeliverable", "--sink", SINK]);
     assert!(table.contains("no MSSanté address") && table.contains(&id.to_string()), "{table}");
     assert!(cli(&relais, &["sinks", "undeliverable", "--sink", "mss"]).lines().count() == 1, "header only");
+    let console = String::from_utf8(relais.get("/console").1).unwrap();
+    let section = &console[console.find("id=\"undeliverable\"").expect("undeliverable table")..];
+    assert!(section.contains(&format!("/console/messages/{id}\"")) && section.contains("no MSSanté address"));
+    let page = String::from_utf8(relais.get(&format!("/console/messages/{id}")).1).unwrap();
+    assert!(page.contains("undeliverable") && page.contains("no MSSanté address"), "{page}");
     let (status, _) = relais.get("/api/undeliverable?sink=nope");
     assert_eq!(status, 404);
     let refused = http().post(format!("{}/api/sinks/nope/pause", relais.http_url())).send().unwrap();
