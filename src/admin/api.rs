@@ -196,6 +196,9 @@ impl Admin {
                 step.at = Timestamp::from_second(record.at).ok();
             }
             step.purged = self.ledger.purged(&step.sink, id).ok().flatten().is_some();
+            let history =
+                self.ledger.history(&step.sink, id).map_err(|e| ApiError::Internal(e.to_string()))?;
+            step.history = history.iter().map(Attempt::from).collect();
         }
         Ok(timeline)
     }
@@ -451,6 +454,33 @@ pub struct SinkStep {
     /// An operator purged its dead letter after that outcome.
     #[serde(default)]
     pub purged: bool,
+    /// Every outcome the sink recorded, oldest first: each attempt with its error.
+    #[serde(default)]
+    pub history: Vec<Attempt>,
+}
+
+/// One recorded attempt of a sink.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Attempt {
+    /// `delivered`, `retry`, `failed`, `undeliverable`, `held`.
+    pub outcome: String,
+    /// The error or reason (never patient data).
+    pub reason: Option<String>,
+    /// The attempt number.
+    pub attempt: u32,
+    /// When.
+    pub at: Option<Timestamp>,
+}
+
+impl From<&SinkRecord> for Attempt {
+    fn from(record: &SinkRecord) -> Self {
+        Attempt {
+            outcome: record.outcome.as_str().to_owned(),
+            reason: record.outcome.reason().map(str::to_owned),
+            attempt: record.attempts,
+            at: Timestamp::from_second(record.at).ok(),
+        }
+    }
 }
 
 impl Timeline {
@@ -482,6 +512,7 @@ impl Timeline {
                 attempts: None,
                 at: None,
                 purged: false,
+                history: Vec::new(),
             })
             .collect();
         Timeline { entry, steps, sinks }

@@ -307,6 +307,26 @@ fn render_timeline(timeline: &Timeline) -> Html<String> {
         );
     }
     body.push_str("</table>");
+    if timeline.sinks.iter().any(|sink| !sink.history.is_empty()) {
+        body.push_str(
+            "<h2>Attempts</h2><table id=\"attempts\"><tr><th>sink</th><th>attempt</th><th>when</th>\
+             <th>outcome</th><th>reason</th></tr>",
+        );
+        for sink in &timeline.sinks {
+            for attempt in &sink.history {
+                let _ = write!(
+                    body,
+                    "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                    text(&sink.sink),
+                    attempt.attempt,
+                    attempt.at.map(|at| at.strftime("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_default(),
+                    text(&attempt.outcome),
+                    text(attempt.reason.as_deref().unwrap_or("")),
+                );
+            }
+        }
+        body.push_str("</table>");
+    }
     page(&format!("Message {}", entry.id), &body)
 }
 

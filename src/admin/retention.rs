@@ -8,7 +8,7 @@
 //! Raw bytes stay until `journal.raw_retention_days` when that is longer. The data dir's size is
 //! `relais_data_dir_bytes` (see ops).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
@@ -78,16 +78,41 @@ pub async fn pass_where(
     }
 }
 
+/// The pass of `relais serve`: prunes the entries every destination of which is [`settled`] in `ledger`,
+/// then drops those entries' outcomes from the ledger.
+pub async fn pass_settled(
+    journal: &Journal,
+    settings: &JournalSettings,
+    ledger: &Arc<Ledger>,
+    now: Timestamp,
+) -> Result<Pruned, String> {
+    let accepted: Arc<Mutex<Vec<(u64, Vec<String>)>>> = Arc::default();
+    let may_prune: Arc<dyn Fn(&EntryMeta) -> bool + Send + Sync> = {
+        let (ledger, accepted) = (Arc::clone(ledger), Arc::clone(&accepted));
+        Arc::new(move |entry: &EntryMeta| {
+            let done = settled(&ledger, entry);
+            if done {
+                let sinks = entry.progress.iter().flat_map(|p| &p.deliveries).map(|d| d.destination.clone());
+                accepted.lock().unwrap_or_else(PoisonError::into_inner).push((entry.id, sinks.collect()));
+            }
+            done
+        })
+    };
+    let result = pass_where(journal, settings, now, may_prune).await;
+    let accepted = std::mem::take(&mut *accepted.lock().unwrap_or_else(PoisonError::into_inner));
+    forget_pruned(journal, ledger, accepted).await;
+    result
+}
+
 /// Runs a pass at start and every `prune_interval_secs` until shutdown (does nothing when retention is off).
 pub async fn run(journal: Journal, settings: JournalSettings, ledger: Arc<Ledger>, mut shutdown: Shutdown) {
     if settings.retention_days == 0 {
         return;
     }
     let interval = Duration::from_secs(settings.prune_interval_secs);
-    let may_prune: Arc<dyn Fn(&EntryMeta) -> bool + Send + Sync> =
-        Arc::new(move |entry: &EntryMeta| settled(&ledger, entry));
     loop {
-        match pass_where(&journal, &settings, Timestamp::now(), Arc::clone(&may_prune)).await {
+        let result = pass_settled(&journal, &settings, &ledger, Timestamp::now()).await;
+        match result {
             Ok(done) if !done.is_empty() => {
                 tracing::info!(entries = done.entries, raw = done.raw, "journal retention pruned");
             }
@@ -98,5 +123,29 @@ pub async fn run(journal: Journal, settings: JournalSettings, ledger: Arc<Ledger
             _ = shutdown.recv() => return,
             _ = tokio::time::sleep(interval) => {}
         }
+    }
+}
+
+/// Drops the sinks' ledger outcomes of the `accepted` entries the journal no longer has (a batch that failed
+/// to commit kept its entries, and they keep their outcomes).
+async fn forget_pruned(journal: &Journal, ledger: &Arc<Ledger>, accepted: Vec<(u64, Vec<String>)>) {
+    if accepted.is_empty() {
+        return;
+    }
+    let (journal, ledger) = (journal.clone(), Arc::clone(ledger));
+    let forgotten = tokio::task::spawn_blocking(move || {
+        for (id, sinks) in accepted {
+            if !matches!(journal.get(id), Ok(None)) {
+                continue;
+            }
+            for sink in sinks {
+                ledger.forget(&sink, id)?;
+            }
+        }
+        Ok::<(), crate::sinks::ledger::Error>(())
+    })
+    .await;
+    if !matches!(forgotten, Ok(Ok(()))) {
+        tracing::warn!("the sinks ledger kept some outcomes of pruned messages");
     }
 }

@@ -204,17 +204,16 @@ async fn retention_waits_until_every_destination_is_done_for_good() {
     ledger.record_outcome("mss", held, &Outcome::Held { reason: "identity".into() }, 1).unwrap();
 
     let settings = JournalSettings { retention_days: 30, prune_batch: 1, ..JournalSettings::default() };
-    let check = Arc::clone(&ledger);
-    let may_prune: Arc<dyn Fn(&crate::journal::EntryMeta) -> bool + Send + Sync> =
-        Arc::new(move |e: &crate::journal::EntryMeta| super::retention::settled(&check, e));
-    let done = super::retention::pass_where(&journal, &settings, now, may_prune.clone()).await.unwrap();
+    let done = super::retention::pass_settled(&journal, &settings, &ledger, now).await.unwrap();
     assert_eq!(done.entries, 2);
     for (id, kept) in [(both_done, false), (one_pending, true), (dead, true), (purged, false), (held, true)] {
         assert_eq!(journal.get(id).unwrap().is_some(), kept, "entry {id}");
+        assert_eq!(ledger.outcome("gp", id).unwrap().is_some(), kept, "ledger outcome of {id}");
     }
+    assert!(ledger.history("mss", both_done).unwrap().is_empty(), "pruned with the message");
     // Once the retried one is delivered, the next pass takes it.
     ledger.record_outcome("mss", one_pending, &Outcome::Delivered, 3).unwrap();
-    let done = super::retention::pass_where(&journal, &settings, now, may_prune).await.unwrap();
+    let done = super::retention::pass_settled(&journal, &settings, &ledger, now).await.unwrap();
     assert_eq!(done.entries, 1);
     assert!(journal.get(one_pending).unwrap().is_none());
     assert!(journal.get(dead).unwrap().is_some() && journal.get(held).unwrap().is_some());

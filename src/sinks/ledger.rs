@@ -3,8 +3,11 @@
 //!
 //! One redb file, `<data_dir>/sinks.redb`, table `delivered`: key `(sink, business key)` → (journal id, unix
 //! seconds); table `outcomes`: `(sink, journal id)` → the last [`SinkRecord`] (outcome, reason, attempts) as
-//! JSON, for the admin API; table `purged`: `(sink, journal id)` → unix seconds when an operator dropped the
-//! dead letter (cleared by the next outcome). Business keys: the notification key ([`crate::sinks::notify::idempotency_key`]) for
+//! JSON, for the admin API; table `history`: `(sink, journal id, n)` → every recorded outcome in turn (the
+//! timeline's attempts with their errors); table `purged`: `(sink, journal id)` → unix seconds when an
+//! operator dropped the dead letter (cleared by the next outcome). Retention [`Ledger::forget`]s the outcomes
+//! of the messages it prunes; the `delivered` keys stay (they are what stops a duplicate delivery). Business
+//! keys: the notification key ([`crate::sinks::notify::idempotency_key`]) for
 //! notifications, the document uniqueId (+ recipient set) for documents, the journal id otherwise. A key is
 //! written only after the far side accepted the delivery; the write is durable before it returns.
 
@@ -17,6 +20,7 @@ use crate::sinks::retry::Outcome;
 const DELIVERED: TableDefinition<(&str, &str), (u64, i64)> = TableDefinition::new("delivered");
 const OUTCOMES: TableDefinition<(&str, u64), &str> = TableDefinition::new("outcomes");
 const PURGED: TableDefinition<(&str, u64), i64> = TableDefinition::new("purged");
+const HISTORY: TableDefinition<(&str, u64, u32), &str> = TableDefinition::new("history");
 /// The ledger's file name inside the data directory.
 pub const FILE_NAME: &str = "sinks.redb";
 
@@ -44,6 +48,7 @@ impl Ledger {
         txn.open_table(DELIVERED).map_err(storage)?;
         txn.open_table(OUTCOMES).map_err(storage)?;
         txn.open_table(PURGED).map_err(storage)?;
+        txn.open_table(HISTORY).map_err(storage)?;
         txn.commit().map_err(storage)?;
         Ok(Ledger { db })
     }
@@ -103,6 +108,44 @@ impl Ledger {
             .insert((sink, journal_id), json.as_str())
             .map_err(storage)?;
         txn.open_table(PURGED).map_err(storage)?.remove((sink, journal_id)).map_err(storage)?;
+        {
+            let mut history = txn.open_table(HISTORY).map_err(storage)?;
+            let last = history
+                .range((sink, journal_id, 0)..=(sink, journal_id, u32::MAX))
+                .map_err(storage)?
+                .next_back()
+                .transpose()
+                .map_err(storage)?
+                .map(|(key, _)| key.value().2);
+            let next = last.map_or(0, |n| n.saturating_add(1));
+            history.insert((sink, journal_id, next), json.as_str()).map_err(storage)?;
+        }
+        txn.commit().map_err(storage)
+    }
+
+    /// Every outcome `sink` recorded for `journal_id`, oldest first.
+    pub fn history(&self, sink: &str, journal_id: u64) -> Result<Vec<SinkRecord>, Error> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let table = txn.open_table(HISTORY).map_err(storage)?;
+        let mut records = Vec::new();
+        for row in table.range((sink, journal_id, 0)..=(sink, journal_id, u32::MAX)).map_err(storage)? {
+            let (_, value) = row.map_err(storage)?;
+            records.push(serde_json::from_str(value.value()).map_err(storage)?);
+        }
+        Ok(records)
+    }
+
+    /// Drops the outcomes, history and purge mark of `journal_id` in `sink` (retention pruned the message).
+    pub fn forget(&self, sink: &str, journal_id: u64) -> Result<(), Error> {
+        let txn = self.db.begin_write().map_err(storage)?;
+        txn.open_table(OUTCOMES).map_err(storage)?.remove((sink, journal_id)).map_err(storage)?;
+        txn.open_table(PURGED).map_err(storage)?.remove((sink, journal_id)).map_err(storage)?;
+        {
+            let mut history = txn.open_table(HISTORY).map_err(storage)?;
+            history
+                .retain_in((sink, journal_id, 0)..=(sink, journal_id, u32::MAX), |_, _| false)
+                .map_err(storage)?;
+        }
         txn.commit().map_err(storage)
     }
 
@@ -219,5 +262,13 @@ mod tests {
         assert_eq!(all[0].2.outcome.reason(), Some("opposition"));
         assert_eq!(ledger.outcomes_named(Some("mss"), "undeliverable", 10).unwrap().len(), 0);
         assert_eq!(ledger.outcomes_named(None, "undeliverable", 1).unwrap().len(), 1);
+
+        let history: Vec<&str> =
+            ledger.history("mss", 1).unwrap().iter().map(|r| r.outcome.as_str()).collect();
+        assert_eq!(history, ["retry", "delivered"]);
+        assert_eq!(ledger.history("mss", 1).unwrap()[0].outcome.reason(), Some("SMTP 421"));
+        ledger.forget("mss", 1).unwrap();
+        assert_eq!((ledger.outcome("mss", 1).unwrap(), ledger.history("mss", 1).unwrap().len()), (None, 0));
+        assert_eq!(ledger.history("mss", 4).unwrap().len(), 2, "other messages keep theirs");
     }
 }

@@ -273,6 +273,8 @@ fn pause_resume_by_cli_across_a_restart_then_undeliverable_in_timeline_and_listi
     assert_eq!(step["delivered"], false);
     assert_eq!(step["attempts"], 1);
     assert_eq!(step["reason"], "no MSSanté address for the médecin traitant");
+    assert_eq!(step["history"].as_array().map(Vec::len), Some(1), "{step}");
+    assert_eq!(step["history"][0]["outcome"], "undeliverable");
 
     let listing: Vec<serde_json::Value> =
         serde_json::from_str(&cli(&relais, &["sinks", "undeliverable", "--json"])).unwrap();
@@ -286,6 +288,7 @@ fn pause_resume_by_cli_across_a_restart_then_undeliverable_in_timeline_and_listi
     assert!(section.contains(&format!("/console/messages/{id}\"")) && section.contains("no MSSanté address"));
     let page = String::from_utf8(relais.get(&format!("/console/messages/{id}")).1).unwrap();
     assert!(page.contains("undeliverable") && page.contains("no MSSanté address"), "{page}");
+    assert!(page.contains("id=\"attempts\""), "{page}");
     let (status, _) = relais.get("/api/undeliverable?sink=nope");
     assert_eq!(status, 404);
     let refused = http().post(format!("{}/api/sinks/nope/pause", relais.http_url())).send().unwrap();
