@@ -78,6 +78,9 @@ pub async fn pass_where(
     }
 }
 
+/// Entries a pass accepted to prune, with their destination sinks.
+type Accepted = Vec<(u64, Vec<String>)>;
+
 /// The pass of `relais serve`: prunes the entries every destination of which is [`settled`] in `ledger`,
 /// then drops those entries' outcomes from the ledger.
 pub async fn pass_settled(
@@ -86,7 +89,7 @@ pub async fn pass_settled(
     ledger: &Arc<Ledger>,
     now: Timestamp,
 ) -> Result<Pruned, String> {
-    let accepted: Arc<Mutex<Vec<(u64, Vec<String>)>>> = Arc::default();
+    let accepted: Arc<Mutex<Accepted>> = Arc::default();
     let may_prune: Arc<dyn Fn(&EntryMeta) -> bool + Send + Sync> = {
         let (ledger, accepted) = (Arc::clone(ledger), Arc::clone(&accepted));
         Arc::new(move |entry: &EntryMeta| {
@@ -128,7 +131,7 @@ pub async fn run(journal: Journal, settings: JournalSettings, ledger: Arc<Ledger
 
 /// Drops the sinks' ledger outcomes of the `accepted` entries the journal no longer has (a batch that failed
 /// to commit kept its entries, and they keep their outcomes).
-async fn forget_pruned(journal: &Journal, ledger: &Arc<Ledger>, accepted: Vec<(u64, Vec<String>)>) {
+async fn forget_pruned(journal: &Journal, ledger: &Arc<Ledger>, accepted: Accepted) {
     if accepted.is_empty() {
         return;
     }
