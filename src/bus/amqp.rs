@@ -367,6 +367,14 @@ impl AmqpConsumer {
         Ok(())
     }
 
+    /// Lets go of the queue (closes this consumer's connection): a delivery prefetched but not yet taken
+    /// goes back to the broker, which keeps it at the head. The next [`Self::next`] connects again.
+    pub async fn suspend(&mut self) {
+        if let Some((connection, _, _)) = self.live.take() {
+            let _ = connection.close(200, "sink paused".into()).await;
+        }
+    }
+
     /// The next delivery; on a broker or network error, reconnects (backoff 0.5 s doubling to 10 s) and
     /// waits again. Unacked deliveries of a lost connection are redelivered by the broker, in order.
     pub async fn next(&mut self) -> Result<AmqpDelivery, Error> {

@@ -288,6 +288,15 @@ pub enum Consumer {
 }
 
 impl Consumer {
+    /// Stops holding deliveries while the sink is paused: on AMQP closes the consumer's connection, so a
+    /// prefetched delivery goes back to the broker (an unacknowledged delivery held through a long pause
+    /// would hit the broker's `consumer_timeout`); the embedded bus holds nothing. `next` resumes.
+    pub async fn suspend(&mut self) {
+        if let Consumer::Amqp(consumer) = self {
+            consumer.suspend().await;
+        }
+    }
+
     /// The next delivery of the partition (waits for one; reconnects on AMQP errors).
     pub async fn next(&mut self) -> Result<Received, Error> {
         match self {

@@ -96,6 +96,7 @@ where
 {
     loop {
         if pauses.is_paused(&sink) {
+            consumer.suspend().await;
             tokio::select! {
                 () = pauses.wait_resumed(&sink) => {}
                 () = stop.recv() => return Ok(()),
