@@ -10,7 +10,7 @@
 //! | delivered | ack (and the journal id is recorded as delivered first) |
 //! | undeliverable, held | ack (nothing to retry; the reason stays in the ledger) |
 //! | failed | dead letter |
-//! | retry | `retry` (the bus waits and redelivers at the head of the partition) unless the sink's retry policy gives up (max attempts or age): dead letter |
+//! | retry | `retry` (the bus waits and redelivers at the head of the partition) unless the sink's retry policy gives up (max attempts — never more than the bus's `max_attempts` — or age): dead letter, recorded `failed` |
 //!
 //! The loop stops when the shutdown fires, leaving the current envelope unanswered (the bus redelivers it).
 //! While the sink is paused ([`Pauses`]) the loop finishes the delivery in hand and takes nothing more until
@@ -64,6 +64,10 @@ where
     Fut: Future<Output = Outcome> + Send + 'static,
 {
     let partitions = bus.settings().partitions;
+    // The bus dead-letters a retry past its own `max_attempts`: give up there too, so the ledger says
+    // `failed` (with the reason) for every dead letter rather than a last `retry`.
+    let mut policy = policy;
+    policy.max_attempts = policy.max_attempts.min(bus.settings().max_attempts);
     let mut tasks = tokio::task::JoinSet::new();
     for partition in 0..partitions {
         let consumer = bus.consume(&sink, partition).await?;

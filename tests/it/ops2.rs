@@ -308,3 +308,50 @@ fn pause_resume_by_cli_across_a_restart_then_undeliverable_in_timeline_and_listi
     let metrics = String::from_utf8(relais.get("/metrics").1).unwrap();
     assert!(metrics.contains(&format!("relais_sink_paused{{sink=\"{SINK}\"}} 0")), "{metrics}");
 }
+
+/// A sink retrying past the bus's `max_attempts` (below its own policy's) ends `failed` in the ledger with
+/// the last error, like the dead letter the bus makes of it: the dead-letter listing shows why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_past_the_bus_limit_are_recorded_failed_with_their_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = BusSettings {
+        partitions: 1,
+        max_attempts: 3,
+        retry_delay_ms: 10,
+        max_retry_delay_ms: 20,
+        ..BusSettings::default()
+    };
+    let bus = Bus::open(&settings, dir.path(), &[SINK.to_string()]).await.unwrap();
+    let journal = Journal::open(JournalConfig::new(dir.path().join("journal.redb"))).unwrap();
+    let admin = admin(journal.clone(), bus.clone(), dir.path());
+    let (trigger, stop) = relais::shutdown::channel();
+    let policy = RetryPolicy { max_attempts: 10, jitter: false, ..RetryPolicy::default() };
+    let runner = tokio::spawn(relais::sinks::run_sink_with(
+        bus.clone(),
+        SINK.into(),
+        policy,
+        admin.ledger.clone(),
+        admin.pauses.clone(),
+        stop,
+        |_env: Envelope, attempt: u32| async move { Outcome::retry(format!("SMTP 421 busy ({attempt})")) },
+    ));
+    bus.publish(&[envelope(7, "P")]).await.unwrap();
+    let ledger = admin.ledger.clone();
+    eventually("the give-up", Duration::from_secs(20), || {
+        ledger.outcome(SINK, 7).unwrap().is_some_and(|r| r.outcome.as_str() == "failed")
+    })
+    .await;
+    trigger.fire();
+    runner.await.unwrap().unwrap();
+
+    let record = ledger.outcome(SINK, 7).unwrap().unwrap();
+    assert_eq!(record.attempts, 3);
+    assert!(record.outcome.reason().unwrap().starts_with("SMTP 421 busy (3)"), "{record:?}");
+    let history: Vec<&str> = ledger.history(SINK, 7).unwrap().iter().map(|r| r.outcome.as_str()).collect();
+    assert_eq!(history, ["retry", "retry", "failed"]);
+    let listed = admin.dead_letter_list(SINK, 10).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!((listed[0].message_id, listed[0].attempts), (7, Some(3)));
+    assert!(listed[0].reason.as_deref().unwrap().contains("gave up after 3 attempts"));
+    journal.close().await.unwrap();
+}
