@@ -5,7 +5,8 @@
 //! - [`retry`]: the outcome of an attempt, classification (transient / permanent) and the retry policy.
 //! - [`ebrim`]: XDS metadata as an ebRIM `SubmitObjectsRequest` (shared by XDM and ITI-41).
 //! - [`xdm`]: the `IHE_XDM.ZIP` package for MSSanté mail.
-//! - [`iti41`]: the DMP feed (ITI-41 SOAP/MTOM over mutual TLS, VIHF, RegistryResponse).
+//! - [`iti41`]: the DMP feed (ITI-41 SOAP/MTOM over mutual TLS, RegistryResponse).
+//! - [`vihf`]: the VIHF SAML assertion of the DMP feed, signed (enveloped XML-DSig) with the cachet key.
 //! - [`mail`]: the MSSanté sink (SMTP + TLS, masking matrix, X-MSS headers).
 //! - [`job`]: a journaled CDA or ORU^R01 → what the MSSanté and DMP sinks send.
 //! - [`directory`]: the local MSSanté directory (RPPS → GP mailboxes), `relais directory import`.
@@ -34,6 +35,7 @@ pub mod pause;
 pub mod retry;
 pub mod start;
 pub mod tls;
+pub mod vihf;
 pub mod xdm;
 
 pub use consume::{journal_key, run_partition, run_sink, run_sink_with};
@@ -48,8 +50,8 @@ pub enum SinkConfig {
     Notify(notify::NotifyConfig),
     /// The MSSanté mail sink.
     Mss(mail::MssConfig),
-    /// The DMP feed.
-    Dmp(iti41::DmpConfig),
+    /// The DMP feed (boxed: the largest of the three).
+    Dmp(Box<iti41::DmpConfig>),
 }
 
 impl SinkConfig {

@@ -161,6 +161,13 @@ pub fn start(
                     continue;
                 }
                 let client = Arc::new(DmpClient::new(cfg).map_err(|e| fail(name, e.to_string()))?);
+                if !client.signs_vihf() {
+                    tracing::warn!(
+                        sink = %name,
+                        "no vihf.signing_key / vihf.signing_cert: the VIHF assertion is sent unsigned \
+                         (a real DMP refuses it)"
+                    );
+                }
                 let mapper = mapper().map_err(|e| fail(name, e))?;
                 let policy = cfg.retry.clone();
                 let ids = Arc::new((cfg.source_id.clone(), cfg.unique_id_root.clone()));
