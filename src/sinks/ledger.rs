@@ -191,9 +191,14 @@ impl Ledger {
             Some(sink) => table.range((sink, 0)..=(sink, u64::MAX)).map_err(storage)?,
             None => table.range::<(&str, u64)>(..).map_err(storage)?,
         };
+        // Records are compact JSON with the outcome first: skip the others without decoding them.
+        let tag = format!("{{\"outcome\":\"{outcome}\"");
         let mut found = Vec::new();
         for row in rows {
             let (key, value) = row.map_err(storage)?;
+            if !value.value().starts_with(&tag) {
+                continue;
+            }
             let record: SinkRecord = serde_json::from_str(value.value()).map_err(storage)?;
             if record.outcome.as_str() == outcome {
                 let (sink, id) = key.value();
