@@ -387,6 +387,20 @@ impl Journal {
         store::prune(&self.inner.db, meta_before, raw_before.min(meta_before), limit)
     }
 
+    /// [`Journal::prune`] of the published entries from id `from` on that `may_prune` accepts (retention
+    /// asks the sinks' ledger whether every destination is done); skipped entries stay. Looks at most
+    /// `20 * limit` entries; returns what went and the id to go on from (`None`: the pass is over).
+    pub fn prune_where(
+        &self,
+        meta_before: Timestamp,
+        raw_before: Timestamp,
+        limit: usize,
+        from: u64,
+        may_prune: &dyn Fn(&EntryMeta) -> bool,
+    ) -> Result<(Pruned, Option<u64>), Error> {
+        store::prune_where(&self.inner.db, meta_before, raw_before.min(meta_before), limit, from, may_prune)
+    }
+
     /// Metadata of entry `id`, if stored.
     pub fn get(&self, id: u64) -> Result<Option<EntryMeta>, Error> {
         self.inner.marks.wait_applied()?;

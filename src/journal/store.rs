@@ -497,7 +497,22 @@ pub(crate) fn prune(
     raw_before: Timestamp,
     limit: usize,
 ) -> Result<Pruned, Error> {
+    prune_where(db, meta_before, raw_before, limit, 0, &|_| true).map(|(done, _)| done)
+}
+
+/// [`prune`] of the published entries from id `from` on that `may_prune` accepts (the others are skipped
+/// and kept). Looks at most `limit * 20` entries; also returns the id to go on from, `None` once the scan
+/// reached the entries too young to prune (or the end).
+pub(crate) fn prune_where(
+    db: &Database,
+    meta_before: Timestamp,
+    raw_before: Timestamp,
+    limit: usize,
+    from: u64,
+    may_prune: &dyn Fn(&EntryMeta) -> bool,
+) -> Result<(Pruned, Option<u64>), Error> {
     let mut done = Pruned::default();
+    let mut next = None;
     let txn = db.begin_write()?;
     {
         let mut meta = txn.open_table(META)?;
@@ -507,15 +522,23 @@ pub(crate) fn prune(
         let mut kept = txn.open_table(RAW_KEPT)?;
         let name = State::Published.as_str();
         let mut candidates = Vec::new();
-        for item in by_state.range((name, 0)..=(name, u64::MAX))? {
+        let mut scanned = 0usize;
+        for item in by_state.range((name, from)..=(name, u64::MAX))? {
             let (_, id) = item?.0.value();
             let Some(bytes) = meta.get(id)? else { continue };
             let entry = decode(id, bytes.value())?;
             // Ids grow with arrival time (give or take clock steps): stop at the first one still kept.
-            if entry.received_at >= meta_before || candidates.len() >= limit {
+            if entry.received_at >= meta_before {
                 break;
             }
-            candidates.push((id, entry.received_at));
+            if candidates.len() >= limit || scanned >= limit.saturating_mul(20) {
+                next = Some(id);
+                break;
+            }
+            scanned += 1;
+            if may_prune(&entry) {
+                candidates.push((id, entry.received_at));
+            }
         }
         for (id, received_at) in candidates {
             meta.remove(id)?;
@@ -552,5 +575,5 @@ pub(crate) fn prune(
         counters.insert(PRUNED, pruned.saturating_add(done.entries))?;
     }
     txn.commit()?;
-    Ok(done)
+    Ok((done, next))
 }

@@ -87,6 +87,8 @@ pub const ACKS_SENT: &str = "relais_acks_sent_total";
 /// MDNs received on the inbound SMTP port (`result` = correlated | ignored | uncorrelated | rejected).
 /// Recorded by the MDN listener.
 pub const ACKS_MDN: &str = "relais_acks_mdn_total";
+/// 1 while an operator has paused the sink, else 0 (`sink`). Recorded by the sinks' pause control.
+pub const SINK_PAUSED: &str = "relais_sink_paused";
 
 /// Prometheus metric type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -286,6 +288,7 @@ pub const CATALOG: &[MetricSpec] = &[
         "MDNs received on the inbound SMTP port: correlated (a ZAM^Z03 queued), ignored (not displayed), \
          uncorrelated (no document of ours), rejected (not an MDN).",
     ),
+    spec(SINK_PAUSED, Kind::Gauge, &["sink"], "sinks", "1 while an operator has paused the sink, else 0."),
 ];
 
 const fn spec(

@@ -14,6 +14,7 @@
 //! - [`run_sink`]: the consumption loop: bus partitions → deliver once → ack / retry / dead letter.
 //! - [`start`]: builds the configured sinks in `relais serve` and runs their loops.
 //! - [`ledger`]: what each sink delivered, so a bus redelivery is never a second delivery.
+//! - [`pause`]: the sinks an operator paused (persisted in the data dir), read by the consumption loop.
 //! - [`tls`], [`https`]: rustls client configurations and the one-request HTTPS client (DMP, webhook).
 //!
 //! The business acknowledgements (ZAM^Z01/Z02/Z03) are built by [`crate::documents::zam`] from what these
@@ -33,13 +34,14 @@ pub mod ledger;
 pub mod mail;
 pub mod mdn;
 pub mod notify;
+pub mod pause;
 pub mod retry;
 pub mod start;
 pub mod tls;
 pub mod vihf;
 pub mod xdm;
 
-pub use consume::{journal_key, run_partition, run_sink};
+pub use consume::{journal_key, run_partition, run_sink, run_sink_with};
 
 use crate::config::{SinkKind, SinkSettings};
 

@@ -1,5 +1,5 @@
 //! Starts the configured sinks in `relais serve`: builds each `[sinks.<name>]` instance (reads its PEM files
-//! and templates, opens the directory and the ledger) and runs [`run_sink`] for it with the delivery function
+//! and templates, opens the directory) and runs [`run_sink_with`] for it with the delivery function
 //! of its kind. What each delivery reads comes from the journal (the envelope names the entry by its id):
 //!
 //! - `notify`: the ADT message → [`NotificationEvent`] ([`event_from_adt`]) → [`Notifier::handle`];
@@ -29,9 +29,10 @@ use crate::sinks::ledger::Ledger;
 use crate::sinks::mail::{self, MssSender, Patient};
 use crate::sinks::mdn::{self, MdnInbox};
 use crate::sinks::notify::{Gp, NotificationEvent, Notifier, Templates, Webhook, corrected_class};
+use crate::sinks::pause::Pauses;
 use crate::sinks::retry::Outcome;
 use crate::sinks::retry::{Next, RetryPolicy};
-use crate::sinks::{SinkConfig, run_sink};
+use crate::sinks::{SinkConfig, run_sink_with};
 
 /// A sink could not be built; the message names the sink and the file or key.
 #[derive(Debug, thiserror::Error)]
@@ -43,16 +44,17 @@ pub struct StartError {
     pub reason: String,
 }
 
-/// Builds every configured sink and spawns its consumption loop into `tasks`.
+/// Builds every configured sink and spawns its consumption loop into `tasks`; the loops record outcomes in
+/// `ledger` (the server opens it once, the admin API reads it) and stop taking while `pauses` says so.
 pub fn start(
     settings: &Settings,
     bus: &Bus,
     journal: &Journal,
+    (ledger, pauses): (&Arc<Ledger>, &Pauses),
     stop: &Shutdown,
     tasks: &mut tokio::task::JoinSet<()>,
 ) -> Result<(), StartError> {
     let fail = |sink: &str, reason: String| StartError { sink: sink.into(), reason };
-    let ledger = Arc::new(Ledger::open(&settings.data_dir).map_err(|e| fail("*", e.to_string()))?);
     let mut configs = std::collections::BTreeMap::new();
     for (name, s) in &settings.sinks {
         let config = SinkConfig::from_settings(name, s).map_err(|(k, r)| fail(name, format!("{k}: {r}")))?;
@@ -75,8 +77,8 @@ pub fn start(
         Some(AckRouter::new(settings, outbox))
     };
     for (name, config) in &configs {
-        let (bus, journal, ledger, stop, sink) =
-            (bus.clone(), journal.clone(), ledger.clone(), stop.clone(), name.clone());
+        let (bus, journal, ledger, pauses, stop, sink) =
+            (bus.clone(), journal.clone(), ledger.clone(), pauses.clone(), stop.clone(), name.clone());
         match config {
             SinkConfig::Notify(cfg) => {
                 if cfg.mail_via.is_empty() && cfg.webhook_url.is_empty() {
@@ -120,7 +122,10 @@ pub fn start(
                         }
                     }
                 };
-                tasks.spawn(log_end(sink.clone(), run_sink(bus, sink, policy, ledger, stop, deliver)));
+                tasks.spawn(log_end(
+                    sink.clone(),
+                    run_sink_with(bus, sink, policy, ledger, pauses, stop, deliver),
+                ));
             }
             SinkConfig::Mss(cfg) => {
                 let router = router.clone().expect("an mss sink opens the acks outbox");
@@ -208,7 +213,10 @@ pub fn start(
                         worst(outcomes)
                     }
                 };
-                tasks.spawn(log_end(sink.clone(), run_sink(bus, sink, policy, ledger, stop, deliver)));
+                tasks.spawn(log_end(
+                    sink.clone(),
+                    run_sink_with(bus, sink, policy, ledger, pauses, stop, deliver),
+                ));
             }
             SinkConfig::Dmp(cfg) => {
                 if cfg.endpoint.is_empty() {
@@ -264,7 +272,10 @@ pub fn start(
                         outcome
                     }
                 };
-                tasks.spawn(log_end(sink.clone(), run_sink(bus, sink, policy, ledger, stop, deliver)));
+                tasks.spawn(log_end(
+                    sink.clone(),
+                    run_sink_with(bus, sink, policy, ledger, pauses, stop, deliver),
+                ));
             }
         }
     }

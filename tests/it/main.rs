@@ -14,5 +14,6 @@ mod ingest_mllp;
 mod ingest_tls;
 mod mapping;
 mod ops;
+mod ops2;
 mod send_cli;
 mod sinks;
