@@ -525,6 +525,23 @@ mod tests {
     }
 
     #[test]
+    fn journal_wal_keys_are_read_and_checked() {
+        let s = Settings::load_from(
+            None,
+            env(&[("RELAIS__JOURNAL__WAL_SEGMENT_MB", "4"), ("RELAIS__JOURNAL__CHECKPOINT_MS", "250")]),
+        )
+        .unwrap();
+        s.check().unwrap();
+        assert_eq!((s.journal.wal_segment_mb, s.journal.checkpoint_ms), (4, 250));
+        let s = Settings::load_from(None, env(&[("RELAIS__JOURNAL__WAL_SEGMENT_MB", "0")])).unwrap();
+        let err = s.check().unwrap_err().to_string();
+        assert!(err.contains("journal.wal_segment_mb"), "{err}");
+        let s = Settings::load_from(None, env(&[("RELAIS__JOURNAL__CHECKPOINT_MS", "1")])).unwrap();
+        let err = s.check().unwrap_err().to_string();
+        assert!(err.contains("journal.checkpoint_ms"), "{err}");
+    }
+
+    #[test]
     fn drop_folder_defaults_under_the_data_dir() {
         let s = Settings::load_from(None, env(&[("RELAIS__DATA_DIR", "/srv/relais")])).unwrap();
         assert_eq!(s.folder_path(), PathBuf::from("/srv/relais/inbox"));

@@ -62,8 +62,9 @@ use writer::{CommitCounters, Request, Writer};
 /// Appends waiting for the writer before `append` itself waits for room.
 const QUEUE_CAPACITY: usize = 65_536;
 
-/// Logged batches waiting for the applier before the writer itself waits.
-const APPLIER_BACKLOG: usize = 1024;
+/// Logged batches waiting for the applier before the writer itself waits: bounds the memory held and
+/// how long a read may wait for the applied watermark.
+const APPLIER_BACKLOG: usize = 64;
 
 /// redb page cache. Appends touch only the right edge of each table, so a small cache is enough.
 const CACHE_BYTES: usize = 64 * 1024 * 1024;
