@@ -4,6 +4,8 @@
 //! The FHIR shape of each element is code (through relais-fhir's typed builders); where each value comes from
 //! and how codes translate is data (`mappings/`).
 
+use std::borrow::Cow;
+
 use jiff::tz::TimeZone;
 use relais_fhir::model::{
     Addr, Code, Deceased, EncounterData, Endpoint, Ext, ExtValue, HeaderData, Ident, Link, LocationEntry,
@@ -12,8 +14,8 @@ use relais_fhir::model::{
 use relais_fhir::{BundleData, BundleKind, Entry};
 
 use super::file::{Rules, SegmentExtension, TableEntry, ValueType};
-use super::ids::{id, query_escape};
-use super::path::{SourcePath, component};
+use super::ids::{id, query_escape, urn};
+use super::path::{SourcePath, component, component_ref};
 use super::time;
 use crate::facts::{EventClass, Facts, MapFailure, Mapped, MessageKind};
 use crate::hl7v2::{Charset, Delimiters, Field, Message};
@@ -27,6 +29,15 @@ const IDNPS_SYSTEM: &str = "urn:oid:1.2.250.1.71.4.2.1";
 const RELIABILITY_URL: &str = "https://hl7.fr/ig/fhir/core/StructureDefinition/fr-core-identity-reliability";
 const BIRTH_PLACE_URL: &str = "http://hl7.org/fhir/StructureDefinition/patient-birthPlace";
 const INSEE_SYSTEM: &str = "https://mos.esante.gouv.fr/NOS/TRE_R13-CommuneOM/FHIR/TRE-R13-CommuneOM";
+
+/// The parts joined, in one allocation (no formatting machinery on the per-message path).
+fn concat(parts: &[&str]) -> String {
+    let mut out = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for p in parts {
+        out.push_str(p);
+    }
+    out
+}
 
 fn fail(location: impl Into<String>, reason: impl Into<String>) -> MapFailure {
     MapFailure { location: location.into(), reason: reason.into() }
@@ -49,7 +60,7 @@ pub(crate) struct Ctx<'r, 'm, 'a> {
     pub message_type: String,
 }
 
-impl Ctx<'_, '_, '_> {
+impl<'a> Ctx<'_, '_, 'a> {
     fn paths(&self, element: &str) -> &[SourcePath] {
         self.rules.source.get(element).map_or(&[], Vec::as_slice)
     }
@@ -63,18 +74,32 @@ impl Ctx<'_, '_, '_> {
         self.text_at(element).map(|(t, _)| t)
     }
 
+    /// [`Ctx::text`] borrowed from the message when possible (for comparisons and table keys).
+    fn text_ref(&self, element: &str) -> Option<Cow<'a, str>> {
+        self.paths(element).iter().find_map(|p| p.text_ref(self.msg, self.cs))
+    }
+
     /// The first non-empty field among the element's paths.
-    fn field(&self, element: &str) -> Option<Field<'_>> {
+    fn field(&self, element: &str) -> Option<Field<'a>> {
         self.paths(element).iter().find_map(|p| p.field(self.msg, self.cs))
     }
 
     /// Every non-empty field among the element's paths (telecom reads all).
-    fn fields(&self, element: &str) -> Vec<Field<'_>> {
+    fn fields(&self, element: &str) -> Vec<Field<'a>> {
         self.paths(element).iter().filter_map(|p| p.field(self.msg, self.cs)).collect()
     }
 
     fn comp(&self, rep: &Field<'_>, c: usize) -> Option<String> {
         component(rep, &self.d, self.cs, c, None)
+    }
+
+    /// [`Ctx::comp`] borrowed from the message when possible (for comparisons and table keys).
+    fn comp_ref(&self, rep: &Field<'a>, c: usize) -> Option<Cow<'a, str>> {
+        component_ref(rep, &self.d, self.cs, c, None)
+    }
+
+    fn sub_ref(&self, rep: &Field<'a>, c: usize, s: usize) -> Option<Cow<'a, str>> {
+        component_ref(rep, &self.d, self.cs, c, Some(s))
     }
 
     fn sub(&self, rep: &Field<'_>, c: usize, s: usize) -> Option<String> {
@@ -102,17 +127,25 @@ impl Ctx<'_, '_, '_> {
     }
 
     fn local_system(&self, namespace: &str) -> String {
-        let ns: String = namespace
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || "-._".contains(c) { c } else { '_' })
-            .collect();
-        self.rules.local_identifier_system.replace("{namespace}", &ns)
+        let template = &self.rules.local_identifier_system;
+        let mut out = String::with_capacity(template.len() + namespace.len());
+        let mut pieces = template.split("{namespace}");
+        out.push_str(pieces.next().unwrap_or_default());
+        for piece in pieces {
+            out.extend(
+                namespace
+                    .chars()
+                    .map(|c| if c.is_ascii_alphanumeric() || "-._".contains(c) { c } else { '_' }),
+            );
+            out.push_str(piece);
+        }
+        out
     }
 
     /// The system of a CX/XCN/XON assigning authority (HD `name&id&type`): `urn:oid:id` when ISO, else local.
     fn hd_system(&self, name: Option<String>, universal: Option<String>, kind: Option<String>) -> String {
         match (universal, kind.as_deref()) {
-            (Some(oid), Some("ISO")) => format!("urn:oid:{oid}"),
+            (Some(oid), Some("ISO")) => concat(&["urn:oid:", &oid]),
             (universal, _) => {
                 let ns = name.or(universal).unwrap_or_else(|| self.facility.clone());
                 self.local_system(&ns)
@@ -140,8 +173,12 @@ pub(crate) fn classify(ctx: &Ctx<'_, '_, '_>) -> Option<EventClass> {
         let cond_ok = match &rule.path {
             None => true,
             Some(p) => {
-                let value = p.text(ctx.msg, ctx.cs);
-                if rule.present { value.is_some() } else { value.is_some_and(|v| rule.equals.contains(&v)) }
+                let value = p.text_ref(ctx.msg, ctx.cs);
+                if rule.present {
+                    value.is_some()
+                } else {
+                    value.is_some_and(|v| rule.equals.iter().any(|e| *e == v))
+                }
             }
         };
         cond_ok.then_some(rule.class)
@@ -167,9 +204,9 @@ fn patient_part(ctx: &Ctx<'_, '_, '_>, class: Option<EventClass>) -> Result<Pati
     if let Some(field) = ctx.field("patient.identifiers") {
         for rep in field.repetitions() {
             let Some(value) = ctx.comp(&rep, 1) else { continue };
-            let type_code = ctx.comp(&rep, 5).unwrap_or_default();
-            if type_code == rules.ins_type_code {
-                let oid = ctx.sub(&rep, 4, 2).unwrap_or_default();
+            let type_code = ctx.comp_ref(&rep, 5).unwrap_or_default();
+            if type_code == rules.ins_type_code.as_str() {
+                let oid = ctx.sub_ref(&rep, 4, 2).unwrap_or_default();
                 if let Some(o) = rules.ins_oids.iter().find(|o| o.oid == oid)
                     && ins.is_none()
                 {
@@ -180,7 +217,7 @@ fn patient_part(ctx: &Ctx<'_, '_, '_>, class: Option<EventClass>) -> Result<Pati
                             code: o.type_code.clone(),
                             display: None,
                         }),
-                        system: format!("urn:oid:{oid}"),
+                        system: concat(&["urn:oid:", &oid]),
                         value,
                         assigner: None,
                     });
@@ -270,7 +307,7 @@ fn patient_part(ctx: &Ctx<'_, '_, '_>, class: Option<EventClass>) -> Result<Pati
             if family.is_none() && given.is_none() {
                 continue;
             }
-            let kind = ctx.comp(&rep, 7).unwrap_or_default();
+            let kind = ctx.comp_ref(&rep, 7).unwrap_or_default();
             data.names.push(Name {
                 use_: ctx.table("name-use", &kind).map(|e| e.code.clone()),
                 family,
@@ -281,13 +318,14 @@ fn patient_part(ctx: &Ctx<'_, '_, '_>, class: Option<EventClass>) -> Result<Pati
         }
     }
 
-    data.gender = ctx.text("patient.gender").and_then(|g| ctx.table("gender", &g).map(|e| e.code.clone()));
+    data.gender =
+        ctx.text_ref("patient.gender").and_then(|g| ctx.table("gender", &g).map(|e| e.code.clone()));
     data.birth_date = ctx.time("patient.birth_date")?.map(|t| time::date_part(&t).to_owned());
 
     // Addresses and birth place.
     if let Some(field) = ctx.field("patient.addresses") {
         for rep in field.repetitions() {
-            let kind = ctx.comp(&rep, 7).unwrap_or_default();
+            let kind = ctx.comp_ref(&rep, 7).unwrap_or_default();
             if kind == "BDL" {
                 let insee = ctx.comp(&rep, 9);
                 let city = ctx.comp(&rep, 3);
@@ -317,21 +355,22 @@ fn patient_part(ctx: &Ctx<'_, '_, '_>, class: Option<EventClass>) -> Result<Pati
     }
 
     // Death: PID-29 date, else PID-30 flag, else the death class (A03 with ZFM-2 = 9).
-    data.deceased = match (ctx.time("patient.death_date")?, ctx.text("patient.death_indicator").as_deref()) {
-        (Some(at), _) => Deceased::At(at),
-        (None, Some("Y")) => Deceased::Flag(true),
-        (None, _) if class == Some(EventClass::Death) => Deceased::Flag(true),
-        (None, Some("N")) => Deceased::Flag(false),
-        _ => Deceased::Unknown,
-    };
+    data.deceased =
+        match (ctx.time("patient.death_date")?, ctx.text_ref("patient.death_indicator").as_deref()) {
+            (Some(at), _) => Deceased::At(at),
+            (None, Some("Y")) => Deceased::Flag(true),
+            (None, _) if class == Some(EventClass::Death) => Deceased::Flag(true),
+            (None, Some("N")) => Deceased::Flag(false),
+            _ => Deceased::Unknown,
+        };
 
     // Médecin traitant.
-    let removed = ctx.text("patient.general_practitioner_action").is_some_and(|a| a == "DE");
+    let removed = ctx.text_ref("patient.general_practitioner_action").is_some_and(|a| a == "DE");
     let gp = if removed { None } else { ctx.field("patient.general_practitioner").and_then(|f| gp(ctx, &f)) };
     let gp_known = gp.as_ref().is_some_and(|g| g.identifiers.iter().any(|i| i.system == RPPS_SYSTEM));
     if let Some(g) = &gp {
         data.general_practitioner.push(Ref {
-            reference: Some(format!("urn:uuid:{}", g.id)),
+            reference: Some(urn(&g.id)),
             display: g.names.first().and_then(|n| n.family.clone()),
             ..Ref::default()
         });
@@ -343,7 +382,7 @@ fn patient_part(ctx: &Ctx<'_, '_, '_>, class: Option<EventClass>) -> Result<Pati
     if ctx.trigger == "A40" || ctx.trigger == "A47" {
         let prior = ctx.field("merge.prior_identifiers").and_then(|f| {
             f.repetitions().find_map(|rep| {
-                (ctx.comp(&rep, 5).as_deref() == Some("PI"))
+                (ctx.comp_ref(&rep, 5).as_deref() == Some("PI"))
                     .then(|| ctx.comp(&rep, 1).map(|v| (ctx.cx_system(&rep), v)))
                     .flatten()
             })
@@ -362,7 +401,7 @@ fn patient_part(ctx: &Ctx<'_, '_, '_>, class: Option<EventClass>) -> Result<Pati
                 let merged_id = id("Patient", &[&system, &value]);
                 data.links.push(Link {
                     type_: "replaces".into(),
-                    other: Ref { reference: Some(format!("urn:uuid:{merged_id}")), ..Ref::default() },
+                    other: Ref { reference: Some(urn(&merged_id)), ..Ref::default() },
                 });
                 merged = Some(PatientData {
                     id: merged_id,
@@ -371,7 +410,7 @@ fn patient_part(ctx: &Ctx<'_, '_, '_>, class: Option<EventClass>) -> Result<Pati
                     active: Some(false),
                     links: vec![Link {
                         type_: "replaced-by".into(),
-                        other: Ref { reference: Some(format!("urn:uuid:{patient_id}")), ..Ref::default() },
+                        other: Ref { reference: Some(urn(&patient_id)), ..Ref::default() },
                     }],
                     ..PatientData::default()
                 });
@@ -401,9 +440,9 @@ fn address(ctx: &Ctx<'_, '_, '_>, rep: &Field<'_>, kind: &str) -> Option<Addr> {
     (!empty).then_some(a)
 }
 
-fn telecom(ctx: &Ctx<'_, '_, '_>, rep: &Field<'_>) -> Option<Telecom> {
-    let use_code = ctx.comp(rep, 2).unwrap_or_default();
-    let equipment = ctx.comp(rep, 3).unwrap_or_default();
+fn telecom<'a>(ctx: &Ctx<'_, '_, 'a>, rep: &Field<'a>) -> Option<Telecom> {
+    let use_code = ctx.comp_ref(rep, 2).unwrap_or_default();
+    let equipment = ctx.comp_ref(rep, 3).unwrap_or_default();
     let email = ctx.comp(rep, 4);
     let number = ctx.comp(rep, 12).or_else(|| ctx.comp(rep, 1));
     let system = ctx.table("telecom-equipment", &equipment).map(|e| e.code.clone());
@@ -423,11 +462,11 @@ fn telecom(ctx: &Ctx<'_, '_, '_>, rep: &Field<'_>) -> Option<Telecom> {
 }
 
 /// The médecin traitant from an XCN: a Practitioner when it has an RPPS or IDNPS number.
-fn gp(ctx: &Ctx<'_, '_, '_>, field: &Field<'_>) -> Option<PractitionerData> {
+fn gp<'a>(ctx: &Ctx<'_, '_, 'a>, field: &Field<'a>) -> Option<PractitionerData> {
     let rep = field.repetitions().next()?;
     let number = ctx.comp(&rep, 1)?;
-    let kind = ctx.comp(&rep, 13).unwrap_or_default();
-    let ident = match kind.as_str() {
+    let kind = ctx.comp_ref(&rep, 13).unwrap_or_default();
+    let ident = match &*kind {
         "RPPS" if number.len() == 11 && number.bytes().all(|b| b.is_ascii_digit()) => Ident {
             use_: Some("official".into()),
             type_: Some(Code { system: FR_V2_0203.into(), code: "RPPS".into(), display: None }),
@@ -461,7 +500,7 @@ fn gp(ctx: &Ctx<'_, '_, '_>, field: &Field<'_>) -> Option<PractitionerData> {
     };
     if let Some(f) = ctx.field("patient.general_practitioner_address") {
         for rep in f.repetitions() {
-            let kind = ctx.comp(&rep, 7).unwrap_or_default();
+            let kind = ctx.comp_ref(&rep, 7).unwrap_or_default();
             if let Some(a) = address(ctx, &rep, &kind) {
                 data.addresses.push(a);
             }
@@ -531,24 +570,24 @@ fn encounter_part(
         identifiers,
         status: status.clone(),
         class,
-        subject: Some(Ref { reference: Some(format!("urn:uuid:{patient_id}")), ..Ref::default() }),
+        subject: Some(Ref { reference: Some(urn(&patient_id)), ..Ref::default() }),
         start: ctx.time("encounter.start")?,
         end,
         ..EncounterData::default()
     };
     if let Some(code) = ctx.text("encounter.admit_source") {
         data.admit_source = ctx.coded("admit-source", &code);
-        data.admit_source_text = Some(format!("PMSI mode d'entrée {code}"));
+        data.admit_source_text = Some(concat(&["PMSI mode d'entrée ", &code]));
     } else if let Some(code) = ctx.text("encounter.admit_source_v2") {
         data.admit_source = ctx.coded("admit-source-v2", &code);
-        data.admit_source_text = Some(format!("PV1-14 {code}"));
+        data.admit_source_text = Some(concat(&["PV1-14 ", &code]));
     }
     if let Some(code) = ctx.text("encounter.discharge_mode") {
         data.discharge_disposition = ctx.coded("discharge-disposition", &code);
-        data.discharge_disposition_text = Some(format!("PMSI mode de sortie {code}"));
+        data.discharge_disposition_text = Some(concat(&["PMSI mode de sortie ", &code]));
     } else if let Some(code) = ctx.text("encounter.discharge_v2") {
         data.discharge_disposition = ctx.coded("discharge-disposition-v2", &code);
-        data.discharge_disposition_text = Some(format!("PV1-36 {code}"));
+        data.discharge_disposition_text = Some(concat(&["PV1-36 ", &code]));
     }
     if data.admit_source.is_none() {
         data.admit_source_text = None;
@@ -676,17 +715,15 @@ pub(crate) fn map(ctx: &Ctx<'_, '_, '_>, kind: BundleKind, pretty: bool) -> Resu
     } else {
         None
     };
-    let dmp_opposition = ctx
-        .rules
-        .dmp_opposition
-        .as_ref()
-        .is_some_and(|(p, values)| p.text(ctx.msg, ctx.cs).is_some_and(|v| values.contains(&v)));
+    let dmp_opposition = ctx.rules.dmp_opposition.as_ref().is_some_and(|(p, values)| {
+        p.text_ref(ctx.msg, ctx.cs).is_some_and(|v| values.iter().any(|e| *e == v))
+    });
     let unit = ctx
         .field("encounter.unit")
         .and_then(|f| ctx.comp(&f, 10).or_else(|| ctx.comp(&f, 1)))
         .or_else(|| ctx.field("encounter.location").and_then(|f| ctx.comp(&f, 1)));
     let patient_key = match &part.ipp {
-        Some((_, value, assigner)) => format!("{assigner}|{value}"),
+        Some((_, value, assigner)) => concat(&[assigner, "|", value]),
         None => part.data.identifiers.first().map(|i| i.value.clone()).unwrap_or_default(),
     };
     let facts = Facts {
@@ -703,7 +740,9 @@ pub(crate) fn map(ctx: &Ctx<'_, '_, '_>, kind: BundleKind, pretty: bool) -> Resu
             .rules
             .flags
             .iter()
-            .filter(|(p, values, _)| p.text(ctx.msg, ctx.cs).is_some_and(|v| values.contains(&v)))
+            .filter(|(p, values, _)| {
+                p.text_ref(ctx.msg, ctx.cs).is_some_and(|v| values.iter().any(|e| *e == v))
+            })
             .map(|(_, _, flag)| flag.clone())
             .collect(),
         ins_qualified: part.ins_qualified,
@@ -717,36 +756,28 @@ pub(crate) fn map(ctx: &Ctx<'_, '_, '_>, kind: BundleKind, pretty: bool) -> Resu
     let patient_put = part.data.identifiers.first().map(|i| put_url("Patient", &i.system, &i.value));
     let mut entries = Vec::with_capacity(5);
     let focus = match &encounter {
-        Some((e, _)) => Ref { reference: Some(format!("urn:uuid:{}", e.id)), ..Ref::default() },
-        None => Ref { reference: Some(format!("urn:uuid:{patient_id}")), ..Ref::default() },
+        Some((e, _)) => Ref { reference: Some(urn(&e.id)), ..Ref::default() },
+        None => Ref { reference: Some(urn(&patient_id)), ..Ref::default() },
     };
     if kind == BundleKind::Message {
         let header = message_header(ctx, &control_id, focus)?;
-        entries.push(Entry {
-            full_url: format!("urn:uuid:{}", header.id()),
-            resource: header,
-            put_url: None,
-        });
+        entries.push(Entry { full_url: urn(header.id()), resource: header, put_url: None });
     }
     let patient = relais_fhir::patient(part.data).map_err(fhir_fail)?;
-    entries.push(Entry {
-        full_url: format!("urn:uuid:{patient_id}"),
-        resource: patient,
-        put_url: patient_put,
-    });
+    entries.push(Entry { full_url: urn(&patient_id), resource: patient, put_url: patient_put });
     if let (Some(m), Some((s, v))) = (part.merged, &part.merged_key) {
-        let full_url = format!("urn:uuid:{}", m.id);
+        let full_url = urn(&m.id);
         let built = relais_fhir::patient(m).map_err(fhir_fail)?;
         entries.push(Entry { full_url, resource: built, put_url: Some(put_url("Patient", s, v)) });
     }
     if let Some((e, key)) = encounter {
-        let full_url = format!("urn:uuid:{}", e.id);
+        let full_url = urn(&e.id);
         let built = relais_fhir::encounter(e).map_err(fhir_fail)?;
         let put = key.as_ref().map(|(s, v)| put_url("Encounter", s, v));
         entries.push(Entry { full_url, resource: built, put_url: put });
     }
     if let Some(g) = part.gp {
-        let full_url = format!("urn:uuid:{}", g.id);
+        let full_url = urn(&g.id);
         let put = g.identifiers.first().map(|i| put_url("Practitioner", &i.system, &i.value));
         let built = relais_fhir::practitioner(g).map_err(fhir_fail)?;
         entries.push(Entry { full_url, resource: built, put_url: put });
@@ -780,14 +811,14 @@ pub(crate) fn map(ctx: &Ctx<'_, '_, '_>, kind: BundleKind, pretty: bool) -> Resu
 }
 
 fn put_url(resource: &str, system: &str, value: &str) -> String {
-    format!("{resource}?identifier={}|{}", query_escape(system), query_escape(value))
+    concat(&[resource, "?identifier=", &query_escape(system), "|", &query_escape(value)])
 }
 
 fn endpoint(app: &str, facility: &str) -> String {
     let clean = |s: &str| -> String {
         s.chars().map(|c| if c.is_ascii_alphanumeric() || "-._".contains(c) { c } else { '_' }).collect()
     };
-    format!("urn:relais:hl7v2:{}:{}", clean(app), clean(facility))
+    concat(&["urn:relais:hl7v2:", &clean(app), ":", &clean(facility)])
 }
 
 fn message_header(
