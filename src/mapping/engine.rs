@@ -47,9 +47,49 @@ fn fhir_fail(e: relais_fhir::Error) -> MapFailure {
     fail("FHIR", e.to_string())
 }
 
+/// The `[source]` elements of `adt.toml`, in [`super::file::ELEMENTS`] order: the engine reads an element's
+/// paths by index, resolved once at load ([`sources`]), never by name per message.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum El {
+    PatientIdentifiers = 0,
+    PatientNames = 1,
+    PatientBirthDate = 2,
+    PatientGender = 3,
+    PatientAddresses = 4,
+    PatientTelecom = 5,
+    PatientDeathDate = 6,
+    PatientDeathIndicator = 7,
+    PatientIdentityReliability = 8,
+    PatientGeneralPractitioner = 9,
+    PatientGeneralPractitionerAction = 10,
+    PatientGeneralPractitionerAddress = 11,
+    PatientGeneralPractitionerTelecom = 12,
+    MergePriorIdentifiers = 13,
+    EncounterNda = 14,
+    EncounterVisitNumber = 15,
+    EncounterPatientClass = 16,
+    EncounterStart = 17,
+    EncounterEnd = 18,
+    EncounterAdmitSource = 19,
+    EncounterAdmitSourceV2 = 20,
+    EncounterDischargeMode = 21,
+    EncounterDischargeV2 = 22,
+    EncounterLocation = 23,
+    EncounterUnit = 24,
+    MovementStart = 26,
+    MovementOriginalTrigger = 28,
+}
+
+/// Each element's source paths, in [`El`] order.
+pub(crate) fn sources(rules: &Rules) -> Vec<Vec<SourcePath>> {
+    super::file::ELEMENTS.iter().map(|e| rules.source.get(*e).cloned().unwrap_or_default()).collect()
+}
+
 /// One message being mapped.
 pub(crate) struct Ctx<'r, 'm, 'a> {
     pub rules: &'r Rules,
+    /// [`sources`] of the rules.
+    pub sources: &'r [Vec<SourcePath>],
     pub msg: &'m Message<'a>,
     pub cs: Charset,
     pub d: Delimiters,
@@ -61,31 +101,31 @@ pub(crate) struct Ctx<'r, 'm, 'a> {
 }
 
 impl<'a> Ctx<'_, '_, 'a> {
-    fn paths(&self, element: &str) -> &[SourcePath] {
-        self.rules.source.get(element).map_or(&[], Vec::as_slice)
+    fn paths(&self, element: El) -> &[SourcePath] {
+        self.sources.get(element as usize).map_or(&[], Vec::as_slice)
     }
 
     /// The first non-empty text among the element's paths, with the path it came from.
-    fn text_at(&self, element: &str) -> Option<(String, &SourcePath)> {
+    fn text_at(&self, element: El) -> Option<(String, &SourcePath)> {
         self.paths(element).iter().find_map(|p| p.text(self.msg, self.cs).map(|t| (t, p)))
     }
 
-    fn text(&self, element: &str) -> Option<String> {
+    fn text(&self, element: El) -> Option<String> {
         self.text_at(element).map(|(t, _)| t)
     }
 
     /// [`Ctx::text`] borrowed from the message when possible (for comparisons and table keys).
-    fn text_ref(&self, element: &str) -> Option<Cow<'a, str>> {
+    fn text_ref(&self, element: El) -> Option<Cow<'a, str>> {
         self.paths(element).iter().find_map(|p| p.text_ref(self.msg, self.cs))
     }
 
     /// The first non-empty field among the element's paths.
-    fn field(&self, element: &str) -> Option<Field<'a>> {
+    fn field(&self, element: El) -> Option<Field<'a>> {
         self.paths(element).iter().find_map(|p| p.field(self.msg, self.cs))
     }
 
     /// Every non-empty field among the element's paths (telecom reads all).
-    fn fields(&self, element: &str) -> Vec<Field<'a>> {
+    fn fields(&self, element: El) -> Vec<Field<'a>> {
         self.paths(element).iter().filter_map(|p| p.field(self.msg, self.cs)).collect()
     }
 
@@ -107,7 +147,7 @@ impl<'a> Ctx<'_, '_, 'a> {
     }
 
     /// An element's time, converted; a malformed time is an error naming its field.
-    fn time(&self, element: &str) -> Result<Option<String>, MapFailure> {
+    fn time(&self, element: El) -> Result<Option<String>, MapFailure> {
         match self.text_at(element) {
             None => Ok(None),
             Some((t, p)) => time::to_fhir(&t, self.tz).map(Some).map_err(|why| bad_time(p, &t, &why)),
@@ -201,7 +241,7 @@ fn patient_part(ctx: &Ctx<'_, '_, '_>, class: Option<EventClass>) -> Result<Pati
     let rules = ctx.rules;
     let mut ipp = None;
     let mut ins: Option<Ident> = None;
-    if let Some(field) = ctx.field("patient.identifiers") {
+    if let Some(field) = ctx.field(El::PatientIdentifiers) {
         for rep in field.repetitions() {
             let Some(value) = ctx.comp(&rep, 1) else { continue };
             let type_code = ctx.comp_ref(&rep, 5).unwrap_or_default();
@@ -233,7 +273,7 @@ fn patient_part(ctx: &Ctx<'_, '_, '_>, class: Option<EventClass>) -> Result<Pati
         }
     }
     let statuses: Vec<String> = ctx
-        .field("patient.identity_reliability")
+        .field(El::PatientIdentityReliability)
         .map(|f| f.repetitions().filter_map(|r| ctx.comp(&r, 1)).collect())
         .unwrap_or_default();
     let first_status = statuses.first().cloned();
@@ -300,7 +340,7 @@ fn patient_part(ctx: &Ctx<'_, '_, '_>, class: Option<EventClass>) -> Result<Pati
     }
 
     // Names.
-    if let Some(field) = ctx.field("patient.names") {
+    if let Some(field) = ctx.field(El::PatientNames) {
         for rep in field.repetitions() {
             let family = ctx.sub(&rep, 1, 1);
             let given = ctx.comp(&rep, 2);
@@ -319,11 +359,11 @@ fn patient_part(ctx: &Ctx<'_, '_, '_>, class: Option<EventClass>) -> Result<Pati
     }
 
     data.gender =
-        ctx.text_ref("patient.gender").and_then(|g| ctx.table("gender", &g).map(|e| e.code.clone()));
-    data.birth_date = ctx.time("patient.birth_date")?.map(|t| time::date_part(&t).to_owned());
+        ctx.text_ref(El::PatientGender).and_then(|g| ctx.table("gender", &g).map(|e| e.code.clone()));
+    data.birth_date = ctx.time(El::PatientBirthDate)?.map(|t| time::date_part(&t).to_owned());
 
     // Addresses and birth place.
-    if let Some(field) = ctx.field("patient.addresses") {
+    if let Some(field) = ctx.field(El::PatientAddresses) {
         for rep in field.repetitions() {
             let kind = ctx.comp_ref(&rep, 7).unwrap_or_default();
             if kind == "BDL" {
@@ -346,7 +386,7 @@ fn patient_part(ctx: &Ctx<'_, '_, '_>, class: Option<EventClass>) -> Result<Pati
         }
     }
 
-    for field in ctx.fields("patient.telecom") {
+    for field in ctx.fields(El::PatientTelecom) {
         for rep in field.repetitions() {
             if let Some(t) = telecom(ctx, &rep) {
                 data.telecom.push(t);
@@ -356,7 +396,7 @@ fn patient_part(ctx: &Ctx<'_, '_, '_>, class: Option<EventClass>) -> Result<Pati
 
     // Death: PID-29 date, else PID-30 flag, else the death class (A03 with ZFM-2 = 9).
     data.deceased =
-        match (ctx.time("patient.death_date")?, ctx.text_ref("patient.death_indicator").as_deref()) {
+        match (ctx.time(El::PatientDeathDate)?, ctx.text_ref(El::PatientDeathIndicator).as_deref()) {
             (Some(at), _) => Deceased::At(at),
             (None, Some("Y")) => Deceased::Flag(true),
             (None, _) if class == Some(EventClass::Death) => Deceased::Flag(true),
@@ -365,8 +405,8 @@ fn patient_part(ctx: &Ctx<'_, '_, '_>, class: Option<EventClass>) -> Result<Pati
         };
 
     // Médecin traitant.
-    let removed = ctx.text_ref("patient.general_practitioner_action").is_some_and(|a| a == "DE");
-    let gp = if removed { None } else { ctx.field("patient.general_practitioner").and_then(|f| gp(ctx, &f)) };
+    let removed = ctx.text_ref(El::PatientGeneralPractitionerAction).is_some_and(|a| a == "DE");
+    let gp = if removed { None } else { ctx.field(El::PatientGeneralPractitioner).and_then(|f| gp(ctx, &f)) };
     let gp_known = gp.as_ref().is_some_and(|g| g.identifiers.iter().any(|i| i.system == RPPS_SYSTEM));
     if let Some(g) = &gp {
         data.general_practitioner.push(Ref {
@@ -380,7 +420,7 @@ fn patient_part(ctx: &Ctx<'_, '_, '_>, class: Option<EventClass>) -> Result<Pati
     let mut merged = None;
     let mut merged_key = None;
     if ctx.trigger == "A40" || ctx.trigger == "A47" {
-        let prior = ctx.field("merge.prior_identifiers").and_then(|f| {
+        let prior = ctx.field(El::MergePriorIdentifiers).and_then(|f| {
             f.repetitions().find_map(|rep| {
                 (ctx.comp_ref(&rep, 5).as_deref() == Some("PI"))
                     .then(|| ctx.comp(&rep, 1).map(|v| (ctx.cx_system(&rep), v)))
@@ -498,7 +538,7 @@ fn gp<'a>(ctx: &Ctx<'_, '_, 'a>, field: &Field<'a>) -> Option<PractitionerData> 
         names: if name.family.is_some() || !name.given.is_empty() { vec![name] } else { Vec::new() },
         ..PractitionerData::default()
     };
-    if let Some(f) = ctx.field("patient.general_practitioner_address") {
+    if let Some(f) = ctx.field(El::PatientGeneralPractitionerAddress) {
         for rep in f.repetitions() {
             let kind = ctx.comp_ref(&rep, 7).unwrap_or_default();
             if let Some(a) = address(ctx, &rep, &kind) {
@@ -506,7 +546,7 @@ fn gp<'a>(ctx: &Ctx<'_, '_, 'a>, field: &Field<'a>) -> Option<PractitionerData> 
             }
         }
     }
-    if let Some(f) = ctx.field("patient.general_practitioner_telecom") {
+    if let Some(f) = ctx.field(El::PatientGeneralPractitionerTelecom) {
         for rep in f.repetitions() {
             if let Some(t) = telecom(ctx, &rep) {
                 data.telecom.push(t);
@@ -525,7 +565,7 @@ fn encounter_part(
     patient_id: &str,
     control_id: &str,
 ) -> Result<Option<EncounterPart>, MapFailure> {
-    let Some((pclass, pclass_path)) = ctx.text_at("encounter.patient_class") else { return Ok(None) };
+    let Some((pclass, pclass_path)) = ctx.text_at(El::EncounterPatientClass) else { return Ok(None) };
     if pclass == "N" {
         return Ok(None);
     }
@@ -537,7 +577,7 @@ fn encounter_part(
     })?;
     let mut identifiers = Vec::new();
     let mut key = None;
-    for (element, code) in [("encounter.nda", "AN"), ("encounter.visit_number", "VN")] {
+    for (element, code) in [(El::EncounterNda, "AN"), (El::EncounterVisitNumber, "VN")] {
         let rep = ctx.field(element).and_then(|f| f.repetitions().next());
         if let Some(rep) = rep
             && let Some(value) = ctx.comp(&rep, 1)
@@ -559,7 +599,7 @@ fn encounter_part(
         Some((s, v)) => id("Encounter", &[s, v]),
         None => id("Encounter", &[&ctx.facility, "MSH-10", control_id]),
     };
-    let end = ctx.time("encounter.end")?;
+    let end = ctx.time(El::EncounterEnd)?;
     let status = match ctx.table("encounter-status", &ctx.trigger).map(|e| e.code.as_str()) {
         Some("derive") | None => if end.is_some() { "finished" } else { "in-progress" }.to_owned(),
         Some(code) => code.to_owned(),
@@ -571,21 +611,21 @@ fn encounter_part(
         status: status.clone(),
         class,
         subject: Some(Ref { reference: Some(urn(&patient_id)), ..Ref::default() }),
-        start: ctx.time("encounter.start")?,
+        start: ctx.time(El::EncounterStart)?,
         end,
         ..EncounterData::default()
     };
-    if let Some(code) = ctx.text("encounter.admit_source") {
+    if let Some(code) = ctx.text(El::EncounterAdmitSource) {
         data.admit_source = ctx.coded("admit-source", &code);
         data.admit_source_text = Some(concat(&["PMSI mode d'entrée ", &code]));
-    } else if let Some(code) = ctx.text("encounter.admit_source_v2") {
+    } else if let Some(code) = ctx.text(El::EncounterAdmitSourceV2) {
         data.admit_source = ctx.coded("admit-source-v2", &code);
         data.admit_source_text = Some(concat(&["PV1-14 ", &code]));
     }
-    if let Some(code) = ctx.text("encounter.discharge_mode") {
+    if let Some(code) = ctx.text(El::EncounterDischargeMode) {
         data.discharge_disposition = ctx.coded("discharge-disposition", &code);
         data.discharge_disposition_text = Some(concat(&["PMSI mode de sortie ", &code]));
-    } else if let Some(code) = ctx.text("encounter.discharge_v2") {
+    } else if let Some(code) = ctx.text(El::EncounterDischargeV2) {
         data.discharge_disposition = ctx.coded("discharge-disposition-v2", &code);
         data.discharge_disposition_text = Some(concat(&["PV1-36 ", &code]));
     }
@@ -596,7 +636,7 @@ fn encounter_part(
         data.discharge_disposition_text = None;
     }
     // The current location (PV1-3: point of care / room / bed), from the movement start.
-    if let Some(field) = ctx.field("encounter.location") {
+    if let Some(field) = ctx.field(El::EncounterLocation) {
         let parts: Vec<String> = [1, 2, 3].iter().filter_map(|&c| ctx.comp(&field, c)).collect();
         if !parts.is_empty() {
             let ns = ctx.sub(&field, 4, 1).unwrap_or_else(|| ctx.facility.clone());
@@ -618,13 +658,13 @@ fn encounter_part(
                     ..Ref::default()
                 },
                 status: location_status,
-                start: ctx.time("movement.start")?,
+                start: ctx.time(El::MovementStart)?,
                 end: None,
             });
         }
     }
     // The medical responsibility UF (ZBE-7, XON): the service provider.
-    if let Some(field) = ctx.field("encounter.unit") {
+    if let Some(field) = ctx.field(El::EncounterUnit) {
         let code = ctx.comp(&field, 10);
         let label = ctx.comp(&field, 1);
         if code.is_some() || label.is_some() {
@@ -710,7 +750,7 @@ pub(crate) fn map(ctx: &Ctx<'_, '_, '_>, kind: BundleKind, pretty: bool) -> Resu
     };
 
     let undoes = if class == Some(EventClass::Cancel) || ctx.trigger == "Z99" {
-        ctx.text("movement.original_trigger")
+        ctx.text(El::MovementOriginalTrigger)
             .or_else(|| ctx.table("undoes", &ctx.trigger).map(|e| e.code.clone()))
     } else {
         None
@@ -719,9 +759,9 @@ pub(crate) fn map(ctx: &Ctx<'_, '_, '_>, kind: BundleKind, pretty: bool) -> Resu
         p.text_ref(ctx.msg, ctx.cs).is_some_and(|v| values.iter().any(|e| *e == v))
     });
     let unit = ctx
-        .field("encounter.unit")
+        .field(El::EncounterUnit)
         .and_then(|f| ctx.comp(&f, 10).or_else(|| ctx.comp(&f, 1)))
-        .or_else(|| ctx.field("encounter.location").and_then(|f| ctx.comp(&f, 1)));
+        .or_else(|| ctx.field(El::EncounterLocation).and_then(|f| ctx.comp(&f, 1)));
     let patient_key = match &part.ipp {
         Some((_, value, assigner)) => concat(&[assigner, "|", value]),
         None => part.data.identifiers.first().map(|i| i.value.clone()).unwrap_or_default(),
@@ -732,7 +772,7 @@ pub(crate) fn map(ctx: &Ctx<'_, '_, '_>, kind: BundleKind, pretty: bool) -> Resu
         message_type: ctx.message_type.clone(),
         sending_application: ctx.app.clone(),
         sending_facility: ctx.facility.clone(),
-        patient_class: ctx.text("encounter.patient_class"),
+        patient_class: ctx.text(El::EncounterPatientClass),
         unit,
         document_type: None,
         confidentiality: None,
@@ -856,4 +896,51 @@ fn message_header(
 
 fn relais_or_empty(raw: &[u8], ctx: &Ctx<'_, '_, '_>) -> String {
     crate::hl7v2::decode_text(raw, &ctx.d, ctx.cs).trim().to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::El;
+    use crate::mapping::file::ELEMENTS;
+
+    #[test]
+    fn element_indexes_follow_the_element_list() {
+        let names: Vec<String> = [
+            (El::PatientIdentifiers, "patient.identifiers"),
+            (El::PatientNames, "patient.names"),
+            (El::PatientBirthDate, "patient.birth_date"),
+            (El::PatientGender, "patient.gender"),
+            (El::PatientAddresses, "patient.addresses"),
+            (El::PatientTelecom, "patient.telecom"),
+            (El::PatientDeathDate, "patient.death_date"),
+            (El::PatientDeathIndicator, "patient.death_indicator"),
+            (El::PatientIdentityReliability, "patient.identity_reliability"),
+            (El::PatientGeneralPractitioner, "patient.general_practitioner"),
+            (El::PatientGeneralPractitionerAction, "patient.general_practitioner_action"),
+            (El::PatientGeneralPractitionerAddress, "patient.general_practitioner_address"),
+            (El::PatientGeneralPractitionerTelecom, "patient.general_practitioner_telecom"),
+            (El::MergePriorIdentifiers, "merge.prior_identifiers"),
+            (El::EncounterNda, "encounter.nda"),
+            (El::EncounterVisitNumber, "encounter.visit_number"),
+            (El::EncounterPatientClass, "encounter.patient_class"),
+            (El::EncounterStart, "encounter.start"),
+            (El::EncounterEnd, "encounter.end"),
+            (El::EncounterAdmitSource, "encounter.admit_source"),
+            (El::EncounterAdmitSourceV2, "encounter.admit_source_v2"),
+            (El::EncounterDischargeMode, "encounter.discharge_mode"),
+            (El::EncounterDischargeV2, "encounter.discharge_v2"),
+            (El::EncounterLocation, "encounter.location"),
+            (El::EncounterUnit, "encounter.unit"),
+            (El::MovementStart, "movement.start"),
+            (El::MovementOriginalTrigger, "movement.original_trigger"),
+        ]
+        .iter()
+        .map(|(el, name)| {
+            assert_eq!(ELEMENTS.get(*el as usize), Some(name), "{el:?}");
+            (*name).to_owned()
+        })
+        .collect();
+        // Every element the engine reads has its variant (movement.id and .action are read by no rule).
+        assert_eq!(names.len() + 2, ELEMENTS.len());
+    }
 }
