@@ -610,7 +610,7 @@ fn encounter_part(
         identifiers,
         status: status.clone(),
         class,
-        subject: Some(Ref { reference: Some(urn(&patient_id)), ..Ref::default() }),
+        subject: Some(Ref { reference: Some(urn(patient_id)), ..Ref::default() }),
         start: ctx.time(El::EncounterStart)?,
         end,
         ..EncounterData::default()
