@@ -165,9 +165,12 @@ impl AmqpBus {
         result
     }
 
+    /// Publishes `batch` in order on `channel`, then waits for every confirm. Each `basic_publish` is polled
+    /// once as it is created, which queues its frames (in batch order) for lapin's I/O loop; the sends are
+    /// awaited together afterwards, so the batch is not a ping-pong between this task and the I/O thread.
     async fn publish_on(&self, channel: &Channel, batch: &[&Envelope]) -> Result<(), Error> {
         let exchange: ShortString = self.shared.settings.exchange.as_str().into();
-        let mut confirms = Vec::with_capacity(batch.len());
+        let mut sending = Vec::with_capacity(batch.len());
         for &envelope in batch {
             let partition = envelope.partition(self.shared.settings.partitions);
             let routing_key = format!("{}.{partition}", envelope.sink);
@@ -182,15 +185,26 @@ impl AmqpBus {
                 properties = properties.with_type(class.as_str().into());
             }
             let options = BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() };
-            let confirm = channel
-                .basic_publish(
-                    exchange.clone(),
-                    routing_key.as_str().into(),
-                    options,
-                    &envelope.bundle,
-                    properties,
-                )
-                .await?;
+            let mut send = Box::pin(channel.basic_publish(
+                exchange.clone(),
+                routing_key.as_str().into(),
+                options,
+                &envelope.bundle,
+                properties,
+            ));
+            // The first poll takes the delivery tag and queues the frames: publication order is this loop's.
+            let first = std::future::poll_fn(|cx| std::task::Poll::Ready(send.as_mut().poll(cx))).await;
+            sending.push(match first {
+                std::task::Poll::Ready(result) => Sending::Sent(result),
+                std::task::Poll::Pending => Sending::Queued(send),
+            });
+        }
+        let mut confirms = Vec::with_capacity(batch.len());
+        for (envelope, send) in batch.iter().zip(sending) {
+            let confirm = match send {
+                Sending::Sent(result) => result?,
+                Sending::Queued(send) => send.await?,
+            };
             confirms.push((envelope, confirm));
         }
         for (envelope, confirm) in confirms {
@@ -327,6 +341,12 @@ impl AmqpBus {
             let _ = connection.close(200, "relais stopping".into()).await;
         }
     }
+}
+
+/// A `basic_publish` whose frames are queued: done already, or still waiting for the I/O loop to send them.
+enum Sending<F> {
+    Sent(lapin::Result<lapin::PublisherConfirm>),
+    Queued(std::pin::Pin<Box<F>>),
 }
 
 fn quorum() -> FieldTable {

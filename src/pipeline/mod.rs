@@ -4,11 +4,15 @@
 //! [`Journal::unfinished`], so on start it first takes everything journaled but not yet published: the
 //! outbox), it:
 //! 1. maps each `received` entry with the [`Transform`] and routes its facts with the live [`RouteSet`];
-//! 2. records, in one group commit, `mapped` (the bundle) then `routed` (routes, destinations, partition
-//!    key) or `unrouted`, or `failed` with the reason (the raw message is never lost);
-//! 3. publishes one [`Envelope`] per destination not yet published and waits for the bus to confirm all of
+//!    records `failed` (with the reason: the raw message is never lost) or `unrouted` at once;
+//! 2. publishes one [`Envelope`] per destination not yet published and waits for the bus to confirm all of
 //!    them, retrying the whole batch in order with backoff while the bus is away;
-//! 4. records `published` for each confirmed destination.
+//! 3. records, in one update per entry, `mapped` (the bundle), `routed` (routes, destinations, partition key)
+//!    and `published` for each confirmed destination. When the bus fails, `mapped` and `routed` are recorded
+//!    first, so the journal shows the entries waiting for it.
+//!
+//! One journal update per routed entry in the normal case; while batch N waits for its confirms, batch N + 1
+//! is read, mapped and routed.
 //!
 //! A crash at any point leaves the entry in a state that step 1 picks up again on restart: delivery is at
 //! least once, and the envelope's `message_id` (the journal id) lets sinks drop copies.
@@ -74,6 +78,18 @@ struct Routed {
     bundle: Bytes,
     /// A document's XDS metadata.
     xds: Option<DocumentMetadata>,
+    /// True once its `mapped` and `routed` stages are journaled.
+    recorded: bool,
+}
+
+impl Routed {
+    /// The `mapped` and `routed` stages still to journal (none once recorded); marks them recorded.
+    fn routing_stages(&mut self) -> Vec<Stage> {
+        if std::mem::replace(&mut self.recorded, true) {
+            return Vec::new();
+        }
+        vec![Stage::Mapped { bundle: self.bundle.clone() }, Stage::Routed { progress: self.progress.clone() }]
+    }
 }
 
 /// What one pass did (for tests and logs).
@@ -141,7 +157,8 @@ impl Pipeline {
                 None => return await_all(recording).await,
             }
             match next {
-                Some((last, staged)) => {
+                Some((last, (staged, ended))) => {
+                    recording.extend(ended);
                     cursor = last;
                     pending = Some(staged);
                 }
@@ -167,7 +184,8 @@ impl Pipeline {
         shutdown: &mut Shutdown,
     ) -> Result<Option<Pass>, Error> {
         let entries = batch.len();
-        let staged = self.stage(batch).await?;
+        let (staged, ended) = self.stage(batch).await?;
+        await_all(ended).await?;
         match self.publish_staged(staged, shutdown).await? {
             Some((pass, answers)) => {
                 await_all(answers).await?;
@@ -183,7 +201,7 @@ impl Pipeline {
     /// with the reason once its other destinations are published. `None` when shutdown interrupted.
     async fn publish_staged(
         &self,
-        staged: Vec<Routed>,
+        mut staged: Vec<Routed>,
         shutdown: &mut Shutdown,
     ) -> Result<Option<(Pass, Vec<Answer>)>, Error> {
         let entries = staged.len();
@@ -209,18 +227,18 @@ impl Pipeline {
             );
             metrics::counter!(ops_metrics::BUS_PUBLISHED, "result" => "undeliverable").increment(*count);
         }
-        if !envelopes.is_empty() && !self.publish_until_confirmed(&envelopes, shutdown).await {
+        if !envelopes.is_empty() && !self.publish_until_confirmed(&envelopes, &mut staged, shutdown).await? {
             return Ok(None);
         }
         let mut answers = Vec::with_capacity(staged.len());
-        for routed in &staged {
+        for mut routed in staged {
+            let mut stages = routed.routing_stages();
             let (known, gone): (Vec<&Delivery>, Vec<&Delivery>) = routed
                 .progress
                 .deliveries
                 .iter()
                 .filter(|d| !d.published)
                 .partition(|d| self.sinks.contains(&d.destination));
-            let mut stages = Vec::new();
             if !known.is_empty() {
                 stages.push(Stage::Published {
                     destinations: known.iter().map(|d| d.destination.clone()).collect(),
@@ -244,14 +262,20 @@ impl Pipeline {
     }
 
     /// Publishes `envelopes` until the bus confirms them all (retrying the whole batch, in order, with
-    /// backoff); false when `shutdown` came first.
-    async fn publish_until_confirmed(&self, envelopes: &[Envelope], shutdown: &mut Shutdown) -> bool {
+    /// backoff); false when `shutdown` came first. When the bus fails, the `mapped` and `routed` stages of
+    /// `staged` not yet journaled are recorded first, so the journal shows them waiting for the bus.
+    async fn publish_until_confirmed(
+        &self,
+        envelopes: &[Envelope],
+        staged: &mut [Routed],
+        shutdown: &mut Shutdown,
+    ) -> Result<bool, Error> {
         let mut backoff = Duration::from_millis(200);
         let count = envelopes.len() as u64;
         loop {
             let started = std::time::Instant::now();
             let attempt = tokio::select! {
-                _ = shutdown.recv() => return false,
+                _ = shutdown.recv() => return Ok(false),
                 result = self.bus.publish(envelopes) => result,
             };
             match attempt {
@@ -259,15 +283,23 @@ impl Pipeline {
                     metrics::histogram!(ops_metrics::BUS_CONFIRM_SECONDS)
                         .record(started.elapsed().as_secs_f64());
                     metrics::counter!(ops_metrics::BUS_PUBLISHED, "result" => "confirmed").increment(count);
-                    return true;
+                    return Ok(true);
                 }
                 Err(error) => {
                     let result =
                         if matches!(error, bus::Error::NotConfirmed { .. }) { "nacked" } else { "failed" };
                     metrics::counter!(ops_metrics::BUS_PUBLISHED, "result" => result).increment(count);
                     tracing::warn!(%error, envelopes = envelopes.len(), "publish failed; retrying the batch");
+                    let mut recording = Vec::new();
+                    for routed in staged.iter_mut() {
+                        let stages = routed.routing_stages();
+                        if !stages.is_empty() {
+                            recording.push(self.journal.enqueue_update(routed.id, stages).await?);
+                        }
+                    }
+                    await_all(recording).await?;
                     tokio::select! {
-                        _ = shutdown.recv() => return false,
+                        _ = shutdown.recv() => return Ok(false),
                         _ = tokio::time::sleep(backoff) => {}
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -285,9 +317,11 @@ impl Pipeline {
             .map_err(Error::from)
     }
 
-    /// Maps and routes what needs it, records the stages (one group commit) and returns the routed entries
-    /// with their bundle.
-    async fn stage(&self, batch: Vec<Unfinished>) -> Result<Vec<Routed>, Error> {
+    /// Maps and routes what needs it and returns the routed entries with their bundle, and the queued records
+    /// of the entries that end here (`failed`, `unrouted`). A routed entry's `mapped` and `routed` stages are
+    /// journaled with its `published` record, in one update, once the bus confirmed it (or as soon as the bus
+    /// fails): a crash before that leaves it `received`, and the outbox maps it again.
+    async fn stage(&self, batch: Vec<Unfinished>) -> Result<(Vec<Routed>, Vec<Answer>), Error> {
         let transform = Arc::clone(&self.transform);
         let routes = self.routes.current();
         let decided = tokio::task::spawn_blocking(move || {
@@ -338,25 +372,19 @@ impl Pipeline {
                     answers.push(self.journal.enqueue_update(id, vec![Stage::Failed { reason }]).await?);
                 }
                 Decision::Mapped(progress, bundle, xds) => {
-                    let stages = vec![
-                        Stage::Mapped { bundle: bundle.clone() },
-                        Stage::Routed { progress: progress.clone() },
-                    ];
-                    answers.push(self.journal.enqueue_update(id, stages).await?);
-                    if progress.deliveries.is_empty() {
+                    let mut entry = Routed { id, progress, bundle, xds, recorded: false };
+                    if entry.progress.deliveries.is_empty() {
                         unrouted += 1;
+                        answers.push(self.journal.enqueue_update(id, entry.routing_stages()).await?);
                     } else {
-                        routed.push(Routed { id, progress, bundle, xds });
+                        routed.push(entry);
                     }
                 }
                 Decision::Routed(progress, bundle, xds) => {
                     already_routed += 1;
-                    routed.push(Routed { id, progress, bundle, xds });
+                    routed.push(Routed { id, progress, bundle, xds, recorded: true });
                 }
             }
-        }
-        for answer in answers {
-            answer.await.unwrap_or(Err(journal::Error::WriterLost))?;
         }
         for label in failures {
             metrics::counter!(ops_metrics::MAPPING_FAILURES, "reason" => label).increment(1);
@@ -364,7 +392,7 @@ impl Pipeline {
         let newly_routed = routed.len() as u64 - already_routed;
         metrics::counter!(ops_metrics::ROUTING_MESSAGES, "result" => "routed").increment(newly_routed);
         metrics::counter!(ops_metrics::ROUTING_MESSAGES, "result" => "unrouted").increment(unrouted);
-        Ok(routed)
+        Ok((routed, answers))
     }
 }
 
