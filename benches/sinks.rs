@@ -4,8 +4,8 @@
 //!    a generated directory extraction (`relais directory import`), in by MLLP → journal → map → route →
 //!    embedded bus → notify sink → one mail per event accepted by a local SMTP server (aiosmtpd with STARTTLS,
 //!    `BENCH_SMTP_PROCS` processes sharing the port with SO_REUSEPORT, writing a Maildir). Target ≥ 1,000
-//!    notifications/s. Beside it, the SMTP server's own ceiling with bare lettre clients: one connection per
-//!    mail (what the sink's transport does) and mails on kept connections.
+//!    notifications/s. Beside it, the SMTP server's own ceiling with bare lettre clients: one STARTTLS
+//!    connection per mail, and mails on kept connections (what the sink's pooled lettre transport does).
 //! 2. **Documents**: CDA samples of `test-messages/cda/` with distinct uniqueIds, in by `POST /cda` → dmp sink
 //!    → a local ITI-41 endpoint (HTTPS, client certificate required) that parses each MTOM request and answers
 //!    Success. Target ≥ 500 documents/s.
@@ -287,38 +287,46 @@ fn ceiling_mail(n: usize) -> lettre::Message {
         .unwrap()
 }
 
-/// Sends `total` mails from `conns` tasks; `reuse` keeps one SMTP connection per task, else one per mail.
+/// Sends `total` mails from `conns` tasks; `reuse` keeps one SMTP connection per task, else each mail has its
+/// own (connect, EHLO, STARTTLS, EHLO, mail, QUIT: what the sink's transport does without a pool).
 async fn smtp_ceiling(pki: &pki::Pki, port: u16, total: usize, conns: usize, reuse: bool) -> Result<f64> {
-    use lettre::AsyncTransport;
-    use lettre::transport::smtp::client::{AsyncSmtpConnection, Tls};
+    use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
     use lettre::transport::smtp::extension::ClientId;
+    async fn connect(
+        port: u16,
+        tls: &TlsParameters,
+    ) -> std::result::Result<AsyncSmtpConnection, lettre::transport::smtp::Error> {
+        let hello = ClientId::default();
+        let timeout = Some(Duration::from_secs(30));
+        let mut c =
+            AsyncSmtpConnection::connect_tokio1(("127.0.0.1", port), timeout, &hello, None, None).await?;
+        c.starttls(tls.clone(), &hello).await?;
+        Ok(c)
+    }
     let tls = tls_parameters(pki)?;
-    let transport = lettre::AsyncSmtpTransport::<lettre::Tokio1Executor>::builder_dangerous("127.0.0.1")
-        .port(port)
-        .tls(Tls::Required(tls.clone()))
-        .build();
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for conn in 0..conns {
         let count = total / conns + usize::from(conn < total % conns);
-        let (transport, tls) = (transport.clone(), tls.clone());
+        let tls = tls.clone();
         tasks.spawn(async move {
-            if reuse {
-                let hello = ClientId::default();
-                let timeout = Some(Duration::from_secs(30));
-                let mut c =
-                    AsyncSmtpConnection::connect_tokio1(("127.0.0.1", port), timeout, &hello, None, None)
-                        .await?;
-                c.starttls(tls, &hello).await?;
-                for n in 0..count {
-                    let mail = ceiling_mail(conn * count + n);
-                    c.send(mail.envelope(), &mail.formatted()).await?;
+            let mut kept = None;
+            for n in 0..count {
+                let mail = ceiling_mail(conn * count + n);
+                let c = match kept.take() {
+                    Some(c) => c,
+                    None => connect(port, &tls).await?,
+                };
+                let mut c = c;
+                c.send(mail.envelope(), &mail.formatted()).await?;
+                if reuse {
+                    kept = Some(c);
+                } else {
+                    c.quit().await?;
                 }
+            }
+            if let Some(mut c) = kept {
                 c.quit().await?;
-            } else {
-                for n in 0..count {
-                    transport.send(ceiling_mail(conn * count + n)).await?;
-                }
             }
             Ok::<_, lettre::transport::smtp::Error>(())
         });
