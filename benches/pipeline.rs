@@ -2,7 +2,9 @@
 //! private RabbitMQ node, plus a bare lapin publisher with confirms on the same node as the ceiling.
 //!
 //! Run: `cargo bench --bench pipeline` (starts and stops its own RabbitMQ node, installing Debian's
-//! rabbitmq-server if absent; `RELAIS_BENCH_SKIP_AMQP=1` skips it). Each case prints `<case>: <N> msg/s`.
+//! rabbitmq-server if absent; `RELAIS_BENCH_SKIP_AMQP=1` skips it, `RELAIS_BENCH_SKIP_EMBEDDED=1` runs only
+//! the RabbitMQ part, `RELAIS_BENCH_PUBLISH_CHANNELS=<n>` sets `bus.publish_channels`). Each case prints
+//! `<case>: <N> msg/s`.
 //! The map stage is a small ER7 reader (MSH-9, PID-3), as the HL7v2 mapper is benched on its own; 2 sinks
 //! per message, 64 patients, 8 partitions.
 
@@ -96,6 +98,7 @@ async fn run_pipeline(case: &str, settings: BusSettings) {
         routes: LiveRoutes::fixed(set),
         bus: bus.clone(),
         batch: 2048,
+        sinks: Arc::new(sink_set.clone()),
     };
     let (trigger, stop) = relais::shutdown::channel();
     let started = Instant::now();
@@ -166,12 +169,19 @@ async fn lapin_ceiling(url: &str) {
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     runtime.block_on(async {
-        run_pipeline("pipeline, embedded bus", BusSettings::default()).await;
+        if std::env::var_os("RELAIS_BENCH_SKIP_EMBEDDED").is_none() {
+            run_pipeline("pipeline, embedded bus", BusSettings::default()).await;
+        }
         if std::env::var_os("RELAIS_BENCH_SKIP_AMQP").is_some() {
             return;
         }
         let node = tokio::task::spawn_blocking(rabbit::RabbitNode::start).await.unwrap();
-        let settings = BusSettings { amqp_url: Some(node.url()), ..BusSettings::default() };
+        let mut settings = BusSettings { amqp_url: Some(node.url()), ..BusSettings::default() };
+        if let Some(channels) =
+            std::env::var("RELAIS_BENCH_PUBLISH_CHANNELS").ok().and_then(|c| c.parse().ok())
+        {
+            settings.publish_channels = channels;
+        }
         run_pipeline("pipeline, RabbitMQ", settings).await;
         // Each published envelope is one broker message: the ceiling is in envelopes (2 per message).
         lapin_ceiling(&node.url()).await;

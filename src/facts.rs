@@ -113,4 +113,14 @@ pub struct MapFailure {
 pub trait Transform: Send + Sync {
     /// Maps one message. `kind` says how to read `raw`, the bytes exactly as journaled.
     fn map(&self, kind: MessageKind, raw: &[u8]) -> Result<Mapped, MapFailure>;
+
+    /// As [`Transform::map`], with the XDS metadata of a clinical document (what the bus envelope carries
+    /// to the sinks); `None` for other messages and by default.
+    fn map_with_metadata(
+        &self,
+        kind: MessageKind,
+        raw: &[u8],
+    ) -> Result<(Mapped, Option<crate::documents::DocumentMetadata>), MapFailure> {
+        Ok((self.map(kind, raw)?, None))
+    }
 }

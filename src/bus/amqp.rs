@@ -40,7 +40,7 @@ pub struct AmqpBus {
 struct Shared {
     url: String,
     settings: BusSettings,
-    publisher: Mutex<Option<(Connection, Channel)>>,
+    publisher: Mutex<Option<(Connection, Vec<Channel>)>>,
 }
 
 impl AmqpBus {
@@ -48,9 +48,9 @@ impl AmqpBus {
     pub async fn open(url: &str, settings: BusSettings, sinks: &[String]) -> Result<AmqpBus, Error> {
         let bus =
             AmqpBus { shared: Arc::new(Shared { url: url.into(), settings, publisher: Mutex::new(None) }) };
-        let (connection, channel) = bus.connect_confirming().await?;
-        bus.declare(&channel, sinks).await?;
-        *bus.shared.publisher.lock().await = Some((connection, channel));
+        let (connection, channels) = bus.connect_confirming().await?;
+        bus.declare(&channels[0], sinks).await?;
+        *bus.shared.publisher.lock().await = Some((connection, channels));
         Ok(bus)
     }
 
@@ -75,11 +75,16 @@ impl AmqpBus {
         Ok(Connection::connect(&self.shared.url, properties).await?)
     }
 
-    async fn connect_confirming(&self) -> Result<(Connection, Channel), Error> {
+    /// One connection with `publish_channels` channels in confirm mode.
+    async fn connect_confirming(&self) -> Result<(Connection, Vec<Channel>), Error> {
         let connection = self.connect().await?;
-        let channel = connection.create_channel().await?;
-        channel.confirm_select(ConfirmSelectOptions::default()).await?;
-        Ok((connection, channel))
+        let mut channels = Vec::new();
+        for _ in 0..self.shared.settings.publish_channels.max(1) {
+            let channel = connection.create_channel().await?;
+            channel.confirm_select(ConfirmSelectOptions::default()).await?;
+            channels.push(channel);
+        }
+        Ok((connection, channels))
     }
 
     async fn declare(&self, channel: &Channel, sinks: &[String]) -> Result<(), Error> {
@@ -128,15 +133,27 @@ impl AmqpBus {
         Ok(())
     }
 
-    /// Publishes the batch on the confirm channel; `Ok` once the broker acked every message.
+    /// Publishes the batch; `Ok` once the broker acked every message. Partition `p` goes on channel
+    /// `p % publish_channels`, in batch order, so one partition's messages keep their order while the
+    /// channels publish side by side.
     pub async fn publish(&self, batch: &[Envelope]) -> Result<(), Error> {
         let mut publisher = self.shared.publisher.lock().await;
         let result = async {
             if publisher.as_ref().is_none_or(|(connection, _)| !connection.status().connected()) {
                 *publisher = Some(self.connect_confirming().await?);
             }
-            let Some((_, channel)) = publisher.as_ref() else { unreachable!("set just above") };
-            self.publish_on(channel, batch).await
+            let Some((_, channels)) = publisher.as_ref() else { unreachable!("set just above") };
+            let partitions = self.shared.settings.partitions;
+            let mut lanes: Vec<Vec<&Envelope>> = vec![Vec::new(); channels.len()];
+            for envelope in batch {
+                lanes[usize::from(envelope.partition(partitions)) % channels.len()].push(envelope);
+            }
+            let publishing = channels
+                .iter()
+                .zip(&lanes)
+                .filter(|(_, lane)| !lane.is_empty())
+                .map(|(channel, lane)| self.publish_on(channel, lane));
+            futures_util::future::try_join_all(publishing).await.map(|_| ())
         }
         .await;
         if result.is_err() {
@@ -148,10 +165,10 @@ impl AmqpBus {
         result
     }
 
-    async fn publish_on(&self, channel: &Channel, batch: &[Envelope]) -> Result<(), Error> {
+    async fn publish_on(&self, channel: &Channel, batch: &[&Envelope]) -> Result<(), Error> {
         let exchange: ShortString = self.shared.settings.exchange.as_str().into();
         let mut confirms = Vec::with_capacity(batch.len());
-        for envelope in batch {
+        for &envelope in batch {
             let partition = envelope.partition(self.shared.settings.partitions);
             let routing_key = format!("{}.{partition}", envelope.sink);
             let mut headers = FieldTable::default();
@@ -218,6 +235,92 @@ impl AmqpBus {
         Ok(taken)
     }
 
+    /// Up to `limit` dead letters of `sink`, oldest first, left in the queue (see [`Self::scan_dead_letters`]).
+    pub async fn dead_letters(&self, sink: &str, limit: usize) -> Result<Vec<Envelope>, Error> {
+        Ok(self.scan_dead_letters(sink, limit, None).await?.0)
+    }
+
+    /// The dead letter of journal entry `id` in `sink`, left in the queue.
+    pub async fn dead_letter(&self, sink: &str, id: u64) -> Result<Option<Envelope>, Error> {
+        let (seen, _) = self.scan_dead_letters(sink, usize::MAX, None).await?;
+        Ok(seen.into_iter().find(|e| e.message_id == id))
+    }
+
+    /// Removes and returns the dead letter of journal entry `id` in `sink`, if there is one.
+    pub async fn take_dead_letter(&self, sink: &str, id: u64) -> Result<Option<Envelope>, Error> {
+        Ok(self.scan_dead_letters(sink, usize::MAX, Some(id)).await?.1)
+    }
+
+    /// Messages in `sink`'s dead-letter queue (a passive declare).
+    pub async fn dead_letter_count(&self, sink: &str) -> Result<u64, Error> {
+        let connection = self.connect().await?;
+        let channel = connection.create_channel().await?;
+        let options = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
+        let queue = self.dead_letter_queue(sink);
+        let declared = channel.queue_declare(queue.as_str().into(), options, FieldTable::default()).await;
+        let _ = connection.close(200, "done".into()).await;
+        Ok(u64::from(declared?.message_count()))
+    }
+
+    /// Reads `sink`'s dead-letter queue without losing anything: `basic.get` one message at a time (manual
+    /// ack) on a private channel, keeping each unacknowledged so the next get moves on, to the queue's end;
+    /// the one whose journal id is `take` (if any) is acked: it leaves the queue. Every other message read
+    /// is then `basic.nack`ed with `requeue`, one by one in the order read. A quorum queue puts returned
+    /// messages behind those it still holds, so the whole queue is read even for a short listing: everything
+    /// returns together and the order stays (a dead letter arriving during the read goes before them).
+    /// Should the connection fail midway, the broker requeues every unacknowledged message itself. Returns
+    /// (the first `limit` envelopes read and put back, the one taken).
+    async fn scan_dead_letters(
+        &self,
+        sink: &str,
+        limit: usize,
+        take: Option<u64>,
+    ) -> Result<(Vec<Envelope>, Option<Envelope>), Error> {
+        let connection = self.connect().await?;
+        let channel = connection.create_channel().await?;
+        let queue = self.dead_letter_queue(sink);
+        let result = async {
+            let mut seen = Vec::new();
+            let mut taken = None;
+            let mut read = Vec::new();
+            loop {
+                let Some(message) =
+                    channel.basic_get(queue.as_str().into(), BasicGetOptions::default()).await?
+                else {
+                    break;
+                };
+                let remaining = message.message_count;
+                let delivery = message.delivery;
+                match decode(&delivery.properties, &delivery.data) {
+                    Ok(envelope) if take == Some(envelope.message_id) && taken.is_none() => {
+                        channel.basic_ack(delivery.delivery_tag, BasicAckOptions::default()).await?;
+                        taken = Some(envelope);
+                    }
+                    Ok(envelope) => {
+                        read.push(delivery.delivery_tag);
+                        seen.push(envelope);
+                    }
+                    Err(error) => {
+                        read.push(delivery.delivery_tag);
+                        tracing::warn!(%error, %queue, "undecodable dead letter left in place");
+                    }
+                }
+                if remaining == 0 {
+                    break;
+                }
+            }
+            for tag in read {
+                let requeue = BasicNackOptions { multiple: false, requeue: true };
+                channel.basic_nack(tag, requeue).await?;
+            }
+            seen.truncate(limit);
+            Ok((seen, taken))
+        }
+        .await;
+        let _ = connection.close(200, "done".into()).await;
+        result
+    }
+
     /// Closes the publishing connection.
     pub async fn close(&self) {
         if let Some((connection, _)) = self.shared.publisher.lock().await.take() {
@@ -279,6 +382,14 @@ impl AmqpConsumer {
             .await?;
         self.live = Some((connection, channel, consumer));
         Ok(())
+    }
+
+    /// Lets go of the queue (closes this consumer's connection): a delivery prefetched but not yet taken
+    /// goes back to the broker, which keeps it at the head. The next [`Self::next`] connects again.
+    pub async fn suspend(&mut self) {
+        if let Some((connection, _, _)) = self.live.take() {
+            let _ = connection.close(200, "sink paused".into()).await;
+        }
     }
 
     /// The next delivery; on a broker or network error, reconnects (backoff 0.5 s doubling to 10 s) and

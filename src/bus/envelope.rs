@@ -6,6 +6,7 @@ use std::hash::Hasher;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::documents::DocumentMetadata;
 use crate::facts::{EventClass, MessageKind};
 use crate::journal::DocumentMeta;
 
@@ -32,6 +33,11 @@ pub struct Envelope {
     /// Where the document bytes are (`journal:<id>`: the raw entry), for documents.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub document_ref: Option<String>,
+    /// The XDS metadata of a document (DocumentEntry and SubmissionSet, as `documents::metadata` extracts
+    /// them from the CDA header and the tables), so a sink need not extract them again. Holds patient data:
+    /// never logged (`Debug` leaves it out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xds: Option<Box<DocumentMetadata>>,
     /// The FHIR Bundle (`application/fhir+json`): the AMQP body, not in the header.
     #[serde(skip)]
     pub bundle: Bytes,
@@ -132,6 +138,7 @@ mod tests {
             partition_key: partition_key("X|1"),
             document: None,
             document_ref: None,
+            xds: None,
             bundle: Bytes::from_static(b"{\"resourceType\":\"Bundle\",\"secret\":\"DUPONT\"}"),
         };
         assert_eq!(Envelope::decode(&envelope.encode()).unwrap(), envelope);

@@ -67,7 +67,8 @@ pub const PROCESS_START_TIME: &str = "process_start_time_seconds";
 pub const MAPPING_FAILURES: &str = "relais_mapping_failures_total";
 /// Messages routed to at least one sink, or to none (`result` = routed | unrouted). Recorded by routing.
 pub const ROUTING_MESSAGES: &str = "relais_routing_messages_total";
-/// Messages published on the bus (`result` = confirmed | nacked | failed). Recorded by the bus.
+/// Envelopes published on the bus (`result` = confirmed | nacked | failed | undeliverable: the destination is no
+/// longer a configured sink). Recorded by the pipeline.
 pub const BUS_PUBLISHED: &str = "relais_bus_published_total";
 /// Time from publish to the broker's confirm. Recorded by the bus.
 pub const BUS_CONFIRM_SECONDS: &str = "relais_bus_confirm_seconds";
@@ -80,6 +81,14 @@ pub const SINK_DELIVERY_SECONDS: &str = "relais_sink_delivery_seconds";
 pub const SINK_QUEUE_DEPTH: &str = "relais_sink_queue_depth";
 /// Age of the oldest message waiting for a sink (`sink`). Recorded by the bus/sinks.
 pub const SINK_OLDEST_AGE_SECONDS: &str = "relais_sink_oldest_message_age_seconds";
+/// ZAM send attempts to the DPI (`trigger` = Z01 | Z02 | Z03, `outcome` = delivered | retried |
+/// dead_lettered). Recorded by the acks outbox.
+pub const ACKS_SENT: &str = "relais_acks_sent_total";
+/// MDNs received on the inbound SMTP port (`result` = correlated | ignored | uncorrelated | rejected).
+/// Recorded by the MDN listener.
+pub const ACKS_MDN: &str = "relais_acks_mdn_total";
+/// 1 while an operator has paused the sink, else 0 (`sink`). Recorded by the sinks' pause control.
+pub const SINK_PAUSED: &str = "relais_sink_paused";
 
 /// Prometheus metric type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -232,7 +241,7 @@ pub const CATALOG: &[MetricSpec] = &[
         Kind::Counter,
         &["result"],
         "bus",
-        "Messages published on the bus, by broker answer.",
+        "Envelopes published on the bus, by broker answer, or undeliverable (sink no longer configured).",
     ),
     spec(
         BUS_CONFIRM_SECONDS,
@@ -263,6 +272,23 @@ pub const CATALOG: &[MetricSpec] = &[
         "sinks",
         "Age of the oldest message waiting for a sink, in seconds.",
     ),
+    spec(
+        ACKS_SENT,
+        Kind::Counter,
+        &["trigger", "outcome"],
+        "sinks",
+        "ZAM business acknowledgements sent to the DPI, by trigger and outcome: delivered (AA), retried, \
+         dead_lettered.",
+    ),
+    spec(
+        ACKS_MDN,
+        Kind::Counter,
+        &["result"],
+        "sinks",
+        "MDNs received on the inbound SMTP port: correlated (a ZAM^Z03 queued), ignored (not displayed), \
+         uncorrelated (no document of ours), rejected (not an MDN).",
+    ),
+    spec(SINK_PAUSED, Kind::Gauge, &["sink"], "sinks", "1 while an operator has paused the sink, else 0."),
 ];
 
 const fn spec(

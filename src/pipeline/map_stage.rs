@@ -2,7 +2,7 @@
 //! (a CDA carried in HL7v2) to the documents module.
 
 use crate::config::Settings;
-use crate::documents::{DocumentMapper, oru};
+use crate::documents::{DocumentMapper, DocumentMetadata, oru};
 use crate::facts::{MapFailure, Mapped, MessageKind, Transform};
 use crate::mapping::Mapper;
 
@@ -37,6 +37,20 @@ impl Transform for MapStage {
         match kind {
             MessageKind::Hl7v2 if !oru::is_oru_r01(raw) => self.adt.map(kind, raw),
             MessageKind::Hl7v2 | MessageKind::Cda => self.documents.map(kind, raw),
+        }
+    }
+
+    fn map_with_metadata(
+        &self,
+        kind: MessageKind,
+        raw: &[u8],
+    ) -> Result<(Mapped, Option<DocumentMetadata>), MapFailure> {
+        match kind {
+            MessageKind::Hl7v2 if !oru::is_oru_r01(raw) => Ok((self.adt.map(kind, raw)?, None)),
+            MessageKind::Hl7v2 | MessageKind::Cda => {
+                let document = self.documents.map_document(kind, raw)?;
+                Ok((document.mapped, Some(document.details.metadata)))
+            }
         }
     }
 }

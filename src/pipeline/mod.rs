@@ -15,6 +15,7 @@
 //!
 //! [`RouteSet`]: crate::routing::RouteSet
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,6 +23,7 @@ use bytes::Bytes;
 
 use crate::bus::{self, Bus, Envelope};
 use crate::config::Settings;
+use crate::documents::DocumentMetadata;
 use crate::facts::{EventClass, Mapped, Transform};
 use crate::journal::{self, Delivery, DocumentMeta, Journal, Progress, Stage, State, Unfinished};
 use crate::ops::metrics as ops_metrics;
@@ -59,6 +61,19 @@ pub struct Pipeline {
     pub bus: Bus,
     /// Most entries per batch (also per publish).
     pub batch: usize,
+    /// The sink instances configured now. A destination recorded for any other (a sink removed from the
+    /// configuration since the entry was routed) is not published: the entry is recorded `failed` with the
+    /// reason, its other destinations are published, and nothing stalls.
+    pub sinks: Arc<BTreeSet<String>>,
+}
+
+/// A routed entry in hand: what to publish.
+struct Routed {
+    id: u64,
+    progress: Progress,
+    bundle: Bytes,
+    /// A document's XDS metadata.
+    xds: Option<DocumentMetadata>,
 }
 
 /// What one pass did (for tests and logs).
@@ -72,40 +87,74 @@ pub struct Pass {
 
 impl Pipeline {
     /// Runs until `shutdown`: first the outbox (every unfinished entry), then each newly committed entry.
+    ///
+    /// Two batches are in hand at a time: while batch N waits for the bus to confirm it, batch N + 1 is read,
+    /// mapped, routed and recorded. Publications stay in journal order (N + 1 is published only once N is
+    /// confirmed), so a patient's messages reach the bus in order.
     pub async fn run(self, mut shutdown: Shutdown) -> Result<(), Error> {
         let mut committed = self.journal.committed();
         let mut replays = self.journal.replays();
         let mut cursor = 0;
-        // The `published` records of the previous batch: awaited after the next batch is published, so their
-        // commit overlaps the next batch's work (the cursor already moved past those entries).
+        // Staged (mapped, routed, recorded) and waiting for its publication.
+        let mut pending: Option<Vec<Routed>> = None;
+        // The `published` records of the last published batch: awaited once the next one is published, so
+        // their commit overlaps the next batch's work (the cursor already moved past those entries).
         let mut recording: Vec<Answer> = Vec::new();
         loop {
             if shutdown.is_fired() {
                 return await_all(recording).await;
             }
             if replays.has_changed().unwrap_or(false) {
-                // An operator sent entries back through the pipeline: look behind the cursor again.
+                // An operator sent entries back through the pipeline: finish what is in hand, then look
+                // behind the cursor again.
                 replays.borrow_and_update();
+                if let Some(staged) = pending.take() {
+                    match self.publish_staged(staged, &mut shutdown).await? {
+                        Some((_, answers)) => recording.extend(answers),
+                        None => return await_all(recording).await,
+                    }
+                }
+                await_all(std::mem::take(&mut recording)).await?;
                 cursor = 0;
             }
-            let batch = self.read(cursor).await?;
-            let Some(last) = batch.last().map(|entry| entry.meta.id) else {
-                await_all(std::mem::take(&mut recording)).await?;
-                tokio::select! {
-                    _ = shutdown.recv() => return Ok(()),
-                    changed = committed.changed() => if changed.is_err() { return Ok(()) },
-                    _ = replays.changed() => cursor = 0,
+            let next = async {
+                let batch = self.read(cursor).await?;
+                match batch.last().map(|entry| entry.meta.id) {
+                    None => Ok::<_, Error>(None),
+                    Some(last) => Ok(Some((last, self.stage(batch).await?))),
                 }
-                continue;
             };
-            let outcome = self.publish_batch(batch, &mut shutdown).await?;
-            await_all(std::mem::take(&mut recording)).await?;
-            match outcome {
-                Some((_, answers)) => {
-                    recording = answers;
-                    cursor = last;
+            let in_hand = pending.take();
+            let had_pending = in_hand.is_some();
+            let publish = async {
+                match in_hand {
+                    Some(staged) => self.publish_staged(staged, &mut shutdown).await,
+                    None => Ok(Some((Pass::default(), Vec::new()))),
                 }
-                None => return Ok(()),
+            };
+            let (next, published) = tokio::join!(next, publish);
+            let next = next?;
+            match published? {
+                Some((_, answers)) => {
+                    await_all(std::mem::replace(&mut recording, answers)).await?;
+                }
+                None => return await_all(recording).await,
+            }
+            match next {
+                Some((last, staged)) => {
+                    cursor = last;
+                    pending = Some(staged);
+                }
+                None if had_pending => {}
+                None => {
+                    await_all(std::mem::take(&mut recording)).await?;
+                    tokio::select! {
+                        _ = shutdown.recv() => return Ok(()),
+                        changed = committed.changed() => if changed.is_err() { return Ok(()) },
+                        // Nothing in hand: look behind the cursor again at once.
+                        _ = replays.changed() => cursor = 0,
+                    }
+                }
             }
         }
     }
@@ -117,46 +166,100 @@ impl Pipeline {
         batch: Vec<Unfinished>,
         shutdown: &mut Shutdown,
     ) -> Result<Option<Pass>, Error> {
-        match self.publish_batch(batch, shutdown).await? {
+        let entries = batch.len();
+        let staged = self.stage(batch).await?;
+        match self.publish_staged(staged, shutdown).await? {
             Some((pass, answers)) => {
                 await_all(answers).await?;
-                Ok(Some(pass))
+                Ok(Some(Pass { entries, ..pass }))
             }
             None => Ok(None),
         }
     }
 
-    /// As [`Pipeline::process`], returning the queued `published` records instead of awaiting them.
-    async fn publish_batch(
+    /// Publishes staged entries (retrying the whole batch in order until confirmed or `shutdown`) and queues
+    /// their `published` records, returned unawaited. A destination that is not a configured sink (removed
+    /// from the configuration since the entry was routed) is not published: the entry is recorded `failed`
+    /// with the reason once its other destinations are published. `None` when shutdown interrupted.
+    async fn publish_staged(
         &self,
-        batch: Vec<Unfinished>,
+        staged: Vec<Routed>,
         shutdown: &mut Shutdown,
     ) -> Result<Option<(Pass, Vec<Answer>)>, Error> {
-        let entries = batch.len();
-        let staged = self.stage(batch).await?;
+        let entries = staged.len();
         let mut envelopes = Vec::new();
-        for (id, progress, bundle) in &staged {
-            for delivery in progress.deliveries.iter().filter(|d| !d.published) {
-                envelopes.push(envelope(*id, progress, delivery, bundle.clone()));
+        let mut removed: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+        for routed in &staged {
+            for delivery in routed.progress.deliveries.iter().filter(|d| !d.published) {
+                if self.sinks.contains(&delivery.destination) {
+                    envelopes.push(envelope(routed, delivery));
+                } else {
+                    let (count, _) = removed.entry(&delivery.destination).or_insert((0, routed.id));
+                    *count += 1;
+                }
             }
         }
-        if envelopes.is_empty() {
-            return Ok(Some((Pass { entries, published: 0 }, Vec::new())));
+        for (sink, (count, first)) in &removed {
+            tracing::warn!(
+                sink,
+                entries = count,
+                first_entry = first,
+                "destination is not a configured sink (removed from the configuration?): not published there, \
+                 entries recorded failed; their other destinations are published"
+            );
+            metrics::counter!(ops_metrics::BUS_PUBLISHED, "result" => "undeliverable").increment(*count);
         }
+        if !envelopes.is_empty() && !self.publish_until_confirmed(&envelopes, shutdown).await {
+            return Ok(None);
+        }
+        let mut answers = Vec::with_capacity(staged.len());
+        for routed in &staged {
+            let (known, gone): (Vec<&Delivery>, Vec<&Delivery>) = routed
+                .progress
+                .deliveries
+                .iter()
+                .filter(|d| !d.published)
+                .partition(|d| self.sinks.contains(&d.destination));
+            let mut stages = Vec::new();
+            if !known.is_empty() {
+                stages.push(Stage::Published {
+                    destinations: known.iter().map(|d| d.destination.clone()).collect(),
+                });
+            }
+            if !gone.is_empty() {
+                let names: Vec<String> = gone.iter().map(|d| format!("`{}`", d.destination)).collect();
+                stages.push(Stage::Failed {
+                    reason: format!(
+                        "not published to {}: no longer a configured sink (removed from the configuration); \
+                         add it back and replay from publish to deliver",
+                        names.join(", ")
+                    ),
+                });
+            }
+            if !stages.is_empty() {
+                answers.push(self.journal.enqueue_update(routed.id, stages).await?);
+            }
+        }
+        Ok(Some((Pass { entries, published: envelopes.len() }, answers)))
+    }
+
+    /// Publishes `envelopes` until the bus confirms them all (retrying the whole batch, in order, with
+    /// backoff); false when `shutdown` came first.
+    async fn publish_until_confirmed(&self, envelopes: &[Envelope], shutdown: &mut Shutdown) -> bool {
         let mut backoff = Duration::from_millis(200);
         let count = envelopes.len() as u64;
         loop {
             let started = std::time::Instant::now();
             let attempt = tokio::select! {
-                _ = shutdown.recv() => return Ok(None),
-                result = self.bus.publish(&envelopes) => result,
+                _ = shutdown.recv() => return false,
+                result = self.bus.publish(envelopes) => result,
             };
             match attempt {
                 Ok(()) => {
                     metrics::histogram!(ops_metrics::BUS_CONFIRM_SECONDS)
                         .record(started.elapsed().as_secs_f64());
                     metrics::counter!(ops_metrics::BUS_PUBLISHED, "result" => "confirmed").increment(count);
-                    break;
+                    return true;
                 }
                 Err(error) => {
                     let result =
@@ -164,23 +267,13 @@ impl Pipeline {
                     metrics::counter!(ops_metrics::BUS_PUBLISHED, "result" => result).increment(count);
                     tracing::warn!(%error, envelopes = envelopes.len(), "publish failed; retrying the batch");
                     tokio::select! {
-                        _ = shutdown.recv() => return Ok(None),
+                        _ = shutdown.recv() => return false,
                         _ = tokio::time::sleep(backoff) => {}
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
         }
-        let mut answers = Vec::with_capacity(staged.len());
-        for (id, progress, _) in &staged {
-            let destinations: Vec<String> =
-                progress.deliveries.iter().filter(|d| !d.published).map(|d| d.destination.clone()).collect();
-            if !destinations.is_empty() {
-                answers
-                    .push(self.journal.enqueue_update(*id, vec![Stage::Published { destinations }]).await?);
-            }
-        }
-        Ok(Some((Pass { entries, published: envelopes.len() }, answers)))
     }
 
     async fn read(&self, cursor: u64) -> Result<Vec<Unfinished>, Error> {
@@ -194,7 +287,7 @@ impl Pipeline {
 
     /// Maps and routes what needs it, records the stages (one group commit) and returns the routed entries
     /// with their bundle.
-    async fn stage(&self, batch: Vec<Unfinished>) -> Result<Vec<(u64, Progress, Bytes)>, Error> {
+    async fn stage(&self, batch: Vec<Unfinished>) -> Result<Vec<Routed>, Error> {
         let transform = Arc::clone(&self.transform);
         let routes = self.routes.current();
         let decided = tokio::task::spawn_blocking(move || {
@@ -207,16 +300,24 @@ impl Pipeline {
                         && let (Some(progress), Some(bundle)) =
                             (entry.meta.progress.take(), entry.bundle.take())
                     {
-                        return (id, Decision::Routed(progress, Bytes::from(bundle)));
+                        // A document's XDS metadata is not journaled: read it again for its envelopes.
+                        let xds = match progress.document {
+                            Some(_) => {
+                                transform.map_with_metadata(kind, &entry.raw).ok().and_then(|(_, m)| m)
+                            }
+                            None => None,
+                        };
+                        return (id, Decision::Routed(progress, Bytes::from(bundle), xds));
                     }
-                    match transform.map(kind, &entry.raw) {
+                    match transform.map_with_metadata(kind, &entry.raw) {
                         Err(failure) => {
                             let label = failure_label(&failure.location);
                             (id, Decision::Failed(failure.to_string(), label))
                         }
-                        Ok(mapped) => {
+                        Ok((mapped, xds)) => {
                             let routing = routes.route(&mapped.facts);
-                            (id, Decision::Mapped(progress_of(&mapped, &routing), Bytes::from(mapped.bundle)))
+                            let progress = progress_of(&mapped, &routing);
+                            (id, Decision::Mapped(progress, Bytes::from(mapped.bundle), xds))
                         }
                     }
                 })
@@ -236,7 +337,7 @@ impl Pipeline {
                     failures.push(label);
                     answers.push(self.journal.enqueue_update(id, vec![Stage::Failed { reason }]).await?);
                 }
-                Decision::Mapped(progress, bundle) => {
+                Decision::Mapped(progress, bundle, xds) => {
                     let stages = vec![
                         Stage::Mapped { bundle: bundle.clone() },
                         Stage::Routed { progress: progress.clone() },
@@ -245,12 +346,12 @@ impl Pipeline {
                     if progress.deliveries.is_empty() {
                         unrouted += 1;
                     } else {
-                        routed.push((id, progress, bundle));
+                        routed.push(Routed { id, progress, bundle, xds });
                     }
                 }
-                Decision::Routed(progress, bundle) => {
+                Decision::Routed(progress, bundle, xds) => {
                     already_routed += 1;
-                    routed.push((id, progress, bundle));
+                    routed.push(Routed { id, progress, bundle, xds });
                 }
             }
         }
@@ -280,8 +381,8 @@ async fn await_all(answers: Vec<Answer>) -> Result<(), Error> {
 
 enum Decision {
     Failed(String, &'static str),
-    Mapped(Progress, Bytes),
-    Routed(Progress, Bytes),
+    Mapped(Progress, Bytes, Option<DocumentMetadata>),
+    Routed(Progress, Bytes, Option<DocumentMetadata>),
 }
 
 /// A bounded metrics label for a mapping failure: the segment (`PID`) or XML root named by its location,
@@ -330,7 +431,8 @@ fn progress_of(mapped: &Mapped, routing: &crate::routing::Routing) -> Progress {
     }
 }
 
-fn envelope(id: u64, progress: &Progress, delivery: &Delivery, bundle: Bytes) -> Envelope {
+fn envelope(routed: &Routed, delivery: &Delivery) -> Envelope {
+    let (id, progress) = (routed.id, &routed.progress);
     Envelope {
         message_id: id,
         sink: delivery.destination.clone(),
@@ -340,6 +442,7 @@ fn envelope(id: u64, progress: &Progress, delivery: &Delivery, bundle: Bytes) ->
         partition_key: progress.partition_key.clone(),
         document: progress.document.clone(),
         document_ref: progress.document.as_ref().map(|_| format!("journal:{id}")),
-        bundle,
+        xds: routed.xds.clone().map(Box::new),
+        bundle: routed.bundle.clone(),
     }
 }

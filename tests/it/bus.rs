@@ -24,9 +24,7 @@ use relais::routing::RouteSet;
 use relais::routing::reload::LiveRoutes;
 use relais::shutdown;
 
-#[path = "rabbit.rs"]
-mod rabbit;
-use rabbit::RabbitNode;
+use crate::rabbit::RabbitNode;
 
 // ---------------------------------------------------------------------------------------------------------
 // The map stage for these tests, and journal helpers.
@@ -147,6 +145,7 @@ fn settings(backend: &Backend, exchange: &str) -> BusSettings {
         max_attempts: 3,
         retry_delay_ms: 150,
         max_retry_delay_ms: 1000,
+        publish_channels: 2,
     }
 }
 
@@ -168,6 +167,7 @@ fn pipeline(journal: &Journal, bus: &Bus) -> Pipeline {
         routes: routes(),
         bus: bus.clone(),
         batch: 64,
+        sinks: Arc::new(sinks().into_iter().collect()),
     }
 }
 
@@ -559,6 +559,86 @@ async fn broker_outage_mid_load(rabbit: &mut RabbitNode) {
     journal.close().await.unwrap();
 }
 
+/// A CDA document's envelope carries its XDS metadata (type, hash and size of the bytes, patient id) and the
+/// reference to the journaled bytes, also when it is re-published from the outbox after a restart (the
+/// metadata is not journaled: the pipeline reads it again).
+async fn document_envelope_carries_the_xds_metadata(backend: Backend) {
+    use sha1::Digest;
+    let dir = tempfile::tempdir().unwrap();
+    let journal = open_journal(dir.path());
+    let cda = std::fs::read(
+        super::harness::test_messages().join("cda/ans-testcontenucda_BIO-CR-BIO_2024.01_TSH_1.xml"),
+    )
+    .unwrap();
+    let entry = NewEntry {
+        received_at: jiff::Timestamp::now(),
+        transport: Transport::Http,
+        peer: "test".into(),
+        raw: Bytes::from(cda.clone()),
+        charset: None,
+        header: None,
+        state: State::Received,
+        reason: None,
+        kind: MessageKind::Cda,
+    };
+    let Appended::Stored { id } = journal.append(entry).await.unwrap() else { panic!("not stored") };
+    let mut config = relais::config::Settings {
+        mappings_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/mappings").into(),
+        ..relais::config::Settings::default()
+    };
+    config.documents.tables = concat!(env!("CARGO_MANIFEST_DIR"), "/mappings/tables/xds").into();
+    let sink_names: BTreeSet<String> = sinks().into_iter().collect();
+    let routes =
+        "[[route]]\nname = \"docs\"\ndestinations = [\"a\"]\n[route.when]\nevent_class = \"document\"\n";
+    let pipeline = |bus: &Bus| Pipeline {
+        journal: journal.clone(),
+        transform: relais::pipeline::transform_for(&config).unwrap(),
+        routes: LiveRoutes::fixed(RouteSet::from_str(Path::new("docs.toml"), routes, &sink_names).unwrap()),
+        bus: bus.clone(),
+        batch: 8,
+        sinks: Arc::new(sink_names.clone()),
+    };
+    // First run: the bus cannot take it (an embedded bus without the sinks), the entry stays `routed`.
+    let unavailable = tempfile::tempdir().unwrap();
+    let nowhere = Bus::open(&settings(&Backend::Embedded, "docs"), unavailable.path(), &[]).await.unwrap();
+    let (trigger, mut stop) = shutdown::channel();
+    let stopper = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        trigger.fire();
+    });
+    let pass = pipeline(&nowhere).process(journal.unfinished(0, 10).unwrap(), &mut stop).await.unwrap();
+    stopper.await.unwrap();
+    assert_eq!(pass, None);
+    assert_eq!(journal.get(id).unwrap().unwrap().state, State::Routed);
+
+    // Restart: the outbox publishes it with its metadata.
+    let bus = Bus::open(&settings(&backend, &unique("docs")), dir.path(), &sinks()).await.unwrap();
+    let (_trigger, mut stop) = shutdown::channel();
+    let pass = pipeline(&bus).process(journal.unfinished(0, 10).unwrap(), &mut stop).await.unwrap();
+    assert_eq!(pass.map(|p| p.published), Some(1));
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let tasks = consume_all(&bus, "a", Arc::clone(&seen));
+    wait_for("the document envelope", Duration::from_secs(20), || {
+        !seen.lock().unwrap().deliveries.is_empty()
+    })
+    .await;
+    tasks.iter().for_each(|t| t.abort());
+    let envelope = seen.lock().unwrap().deliveries[0].0.clone();
+    assert_eq!(envelope.message_id, id);
+    assert_eq!(envelope.document_ref.as_deref(), Some(format!("journal:{id}").as_str()));
+    let journaled = journal.get(id).unwrap().unwrap().progress.unwrap().document.unwrap();
+    let xds = envelope.xds.expect("the envelope carries the XDS metadata");
+    assert_eq!(Some(&xds.entry.type_code.code), journaled.document_type.as_ref());
+    let sha1: String = sha1::Sha1::digest(&cda).iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(xds.entry.hash, sha1);
+    assert_eq!(xds.entry.size, cda.len() as u64);
+    assert_eq!(xds.entry.mime_type, "text/xml");
+    // The sample's recordTarget INS (test NIR OID), qualified: the DMP patientId.
+    assert_eq!(xds.entry.patient_id.as_deref(), Some("279035121518989^^^&1.2.250.1.213.1.4.10&ISO^NH"));
+    bus.close().await;
+    journal.close().await.unwrap();
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // The suites: one broker for the whole AMQP suite, stopped at its end.
 
@@ -567,6 +647,7 @@ async fn embedded_bus_suite() {
     fan_out_to_three_sinks(Backend::Embedded).await;
     confirm_before_published(Backend::Embedded, None).await;
     poison_goes_to_the_dead_letter_queue(Backend::Embedded).await;
+    document_envelope_carries_the_xds_metadata(Backend::Embedded).await;
     kill_9_then_restart(Backend::Embedded).await;
 }
 
@@ -575,6 +656,7 @@ async fn amqp_bus_suite() {
     let mut rabbit = tokio::task::spawn_blocking(RabbitNode::start).await.unwrap();
     let backend = Backend::Amqp(rabbit.url());
     fan_out_to_three_sinks(backend.clone()).await;
+    document_envelope_carries_the_xds_metadata(backend.clone()).await;
     poison_goes_to_the_dead_letter_queue(backend.clone()).await;
     kill_9_then_restart(backend.clone()).await;
     confirm_before_published(backend.clone(), Some(&mut rabbit)).await;
@@ -749,4 +831,185 @@ fn routes_explain_names_the_matching_route_and_why_others_fail() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.starts_with("MATCH gp-events ("), "{stdout}");
     assert!(stdout.lines().next().unwrap().ends_with("-> gp-notify"), "{stdout}");
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Route reload in the real binary, and a sink removed from the configuration.
+
+const TWO_SINKS: &str =
+    "[bus]\npartitions = 2\n[sinks.gp-notify]\nkind = \"notify\"\n[sinks.mss]\nkind = \"mss\"\n";
+
+/// A route directory holding one file with one route named `name` (no predicate) to `sink`.
+fn route_dir(parent: &Path, dir: &str, name: &str, sink: &str) -> PathBuf {
+    let path = parent.join(dir);
+    std::fs::create_dir_all(&path).unwrap();
+    std::fs::write(
+        path.join("10-all.toml"),
+        format!("[[route]]\nname = \"{name}\"\ndestinations = [\"{sink}\"]\n"),
+    )
+    .unwrap();
+    path
+}
+
+/// Points the symlink `link` at `target` atomically (a new link renamed over the old one), so a watcher on
+/// the old target sees nothing.
+fn repoint(link: &Path, target: &Path) {
+    let tmp = link.with_extension("new");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(target, &tmp).unwrap();
+    std::fs::rename(&tmp, link).unwrap();
+}
+
+/// The admission sample with MSH-10 = `control_id`.
+fn a01(control_id: &str) -> Vec<u8> {
+    super::harness::with_msh_field(&super::harness::sample("adt/a01_admission.hl7"), 10, control_id)
+}
+
+/// Sends one A01 with control id `control_id` and returns the routes the server recorded for it.
+fn routes_of_next(relais: &super::harness::Relais, control_id: &str) -> Vec<String> {
+    use super::harness::{eventually, mllp_send};
+    let ack = mllp_send(relais.mllp_addr(), &a01(control_id));
+    assert!(String::from_utf8_lossy(&ack).contains("MSA|AA"), "{}", String::from_utf8_lossy(&ack));
+    eventually(&format!("{control_id} published"), || {
+        let message = relais.messages("", 20).into_iter().find(|m| m["control_id"] == control_id)?;
+        (message["state"] == "published")
+            .then(|| serde_json::from_value(message["progress"]["routes"].clone()).expect("route names"))
+    })
+}
+
+/// `relais serve` reloads its routes on a file change and on SIGHUP; a bad file keeps the previous routes
+/// live and the log names the file and line.
+#[test]
+fn routes_reload_on_file_change_and_on_sighup() {
+    use super::harness::{Relais, eventually};
+    let work = tempfile::tempdir().unwrap();
+    let first = route_dir(work.path(), "v1", "first", "gp-notify");
+    // `routes` is a symlink: SIGHUP re-reads whatever it points at, the file watcher sees only `v1`.
+    let link = work.path().join("routes");
+    std::os::unix::fs::symlink(&first, &link).unwrap();
+    let config = format!("routes_dir = {:?}\n{TWO_SINKS}", link.display().to_string());
+    let relais = Relais::start_with_config(&config, &[]);
+    assert_eq!(routes_of_next(&relais, "R1"), ["first"]);
+
+    // A file change in the watched directory: the new route takes over without a signal.
+    std::fs::write(first.join("10-all.toml"), "[[route]]\nname = \"changed\"\ndestinations = [\"mss\"]\n")
+        .unwrap();
+    let mut n = 0;
+    eventually("the changed file in force", || {
+        n += 1;
+        (routes_of_next(&relais, &format!("C{n}")) == ["changed"]).then_some(())
+    });
+
+    // A new directory behind the symlink: nothing changes until SIGHUP.
+    let second = route_dir(work.path(), "v2", "after-hup", "gp-notify");
+    repoint(&link, &second);
+    assert_eq!(routes_of_next(&relais, "H0"), ["changed"], "reloaded without a signal");
+    relais.hangup();
+    let mut n = 0;
+    eventually("the routes read on SIGHUP in force", || {
+        n += 1;
+        (routes_of_next(&relais, &format!("H{n}")) == ["after-hup"]).then_some(())
+    });
+
+    // A bad file: the reload is refused, the error names file:line, the previous routes stay live.
+    let bad = route_dir(work.path(), "v3", "never", "gp-notify");
+    std::fs::write(bad.join("20-bad.toml"), "[[route]]\nname = \"broken\"\n\ndestinations = [\"nowhere\"]\n")
+        .unwrap();
+    repoint(&link, &bad);
+    relais.hangup();
+    let log = eventually("the refused reload logged", || {
+        let log = relais.log();
+        log.contains("route reload refused").then_some(log)
+    });
+    assert!(log.contains("20-bad.toml:4:"), "the log does not name file:line:\n{log}");
+    assert!(log.contains("unknown destination `nowhere`"), "{log}");
+    assert_eq!(routes_of_next(&relais, "B1"), ["after-hup"]);
+}
+
+/// Entries routed by an earlier configuration to a sink since removed do not stall the pipeline on restart:
+/// their other destinations are published, the entry is recorded `failed` with a reason naming the sink
+/// (timeline), a metric counts them, a warning names the sink (no patient data), and new messages flow.
+#[test]
+fn a_removed_sink_does_not_stall_the_pipeline() {
+    use super::harness::{Relais, eventually, mllp_send};
+    use relais::journal::{Delivery, Progress, Stage};
+    let work = tempfile::tempdir().unwrap();
+    let routes = route_dir(work.path(), "routes", "all", "gp-notify");
+    let config = format!("routes_dir = {:?}\n{TWO_SINKS}", routes.display().to_string());
+    let mut relais = Relais::start_with_config(&config, &[]);
+    relais.stop();
+
+    // What a run with a third sink `old-sink` left behind: routed to it and to gp-notify, not yet published.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let left = runtime.block_on(async {
+        let journal = Journal::open(JournalConfig::new(relais.data_dir().join("journal.redb"))).unwrap();
+        let mut left = Vec::new();
+        for n in 0..3 {
+            let raw = a01(&format!("OLD{n}"));
+            let entry = NewEntry {
+                received_at: jiff::Timestamp::now(),
+                transport: Transport::Mllp,
+                peer: "test".into(),
+                raw: Bytes::from(raw),
+                charset: None,
+                header: None,
+                state: State::Received,
+                reason: None,
+                kind: MessageKind::Hl7v2,
+            };
+            let Appended::Stored { id } = journal.append(entry).await.unwrap() else { panic!("not stored") };
+            let progress = Progress {
+                kind: MessageKind::Hl7v2,
+                event_class: Some(EventClass::Admission),
+                partition_key: relais::bus::partition_key(&format!("FAC|P{n}")),
+                routes: vec!["all".into(), "legacy".into()],
+                deliveries: vec![
+                    Delivery { destination: "gp-notify".into(), route: "all".into(), published: false },
+                    Delivery { destination: "old-sink".into(), route: "legacy".into(), published: false },
+                ],
+                document: None,
+            };
+            let bundle = Bytes::from_static(b"{\"resourceType\":\"Bundle\"}");
+            journal.update(id, vec![Stage::Mapped { bundle }, Stage::Routed { progress }]).await.unwrap();
+            left.push(id);
+        }
+        journal.close().await.unwrap();
+        left
+    });
+
+    relais.restart();
+    for id in &left {
+        let timeline = eventually(&format!("entry {id} settled"), || {
+            let timeline = relais.get_json(&format!("/api/messages/{id}"));
+            (timeline["entry"]["state"] != "routed").then_some(timeline)
+        });
+        let entry = &timeline["entry"];
+        assert_eq!(entry["state"], "failed", "{entry}");
+        let reason = entry["reason"].as_str().unwrap();
+        assert!(reason.contains("`old-sink`") && reason.contains("no longer a configured sink"), "{reason}");
+        let deliveries = &entry["progress"]["deliveries"];
+        assert_eq!(deliveries[0]["destination"], "gp-notify");
+        assert_eq!(deliveries[0]["published"], true, "the other destination was not published: {entry}");
+        assert_eq!(deliveries[1]["published"], false);
+        let steps: Vec<&str> =
+            timeline["steps"].as_array().unwrap().iter().map(|e| e["stage"].as_str().unwrap()).collect();
+        assert_eq!(steps, ["received", "mapped", "routed", "published", "failed"], "{timeline}");
+    }
+    // New messages flow.
+    mllp_send(relais.mllp_addr(), &a01("NEW1"));
+    let mut last = serde_json::Value::Null;
+    let published = (0..300).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        last = relais.messages("", 10).into_iter().find(|m| m["control_id"] == "NEW1").unwrap_or_default();
+        last["state"] == "published"
+    });
+    assert!(published, "the new message was not published: {last}\n{}", relais.log());
+    let (_, body) = relais.get("/metrics");
+    let metrics = String::from_utf8_lossy(&body);
+    assert!(metrics.contains("relais_bus_published_total{result=\"undeliverable\"} 3"), "{metrics}");
+    let log = relais.log();
+    let warning = log.lines().find(|l| l.contains("not a configured sink")).expect("a warning");
+    assert!(warning.contains("WARN") && warning.contains("old-sink"), "{warning}");
+    // The patient of the sample (PID-5 BERNARD) appears nowhere in the log.
+    assert!(!log.contains("BERNARD"), "the log shows patient data:\n{log}");
 }

@@ -633,3 +633,13 @@ pub fn groups_without_shared_control_ids(files: &[PathBuf]) -> Vec<Vec<PathBuf>>
     }
     groups.into_iter().map(|(_, members)| members).collect()
 }
+
+impl Relais {
+    /// Sends SIGHUP (reload the routes) to the running process, without waiting.
+    pub fn hangup(&self) {
+        let child = self.child.as_ref().expect("relais is not running");
+        // SAFETY: kill(2) on the pid of a child we spawned and have not reaped yet.
+        let rc = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGHUP) };
+        assert_eq!(rc, 0, "kill(SIGHUP) failed");
+    }
+}

@@ -20,6 +20,7 @@ fn envelope(id: u64, patient: &str) -> Envelope {
         partition_key: partition_key(patient),
         document: None,
         document_ref: None,
+        xds: None,
         bundle: bytes::Bytes::from_static(b"{}"),
     }
 }
