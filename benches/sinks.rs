@@ -2,19 +2,21 @@
 //!
 //! 1. **Notifications**: A04 / A01 / A03 messages for many distinct patients, each with a médecin traitant in
 //!    a generated directory extraction (`relais directory import`), in by MLLP → journal → map → route →
-//!    embedded bus → notify sink → one mail per event accepted by a local SMTP server (aiosmtpd with STARTTLS,
-//!    `BENCH_SMTP_PROCS` processes sharing the port with SO_REUSEPORT, writing a Maildir). Target ≥ 1,000
-//!    notifications/s. Beside it, the SMTP server's own ceiling with bare lettre clients: one connection per
-//!    mail (what the sink's transport does) and mails on kept connections.
-//! 2. **Documents**: CDA samples of `test-messages/cda/` with distinct uniqueIds, in by `POST /cda` → dmp sink
-//!    → a local ITI-41 endpoint (HTTPS, client certificate required) that parses each MTOM request and answers
-//!    Success. Target ≥ 500 documents/s.
+//!    embedded bus → notify sink → one mail per event accepted by a local SMTP server (aiosmtpd with
+//!    STARTTLS, `BENCH_SMTP_PROCS` processes sharing the port with SO_REUSEPORT, writing a Maildir). Target
+//!    ≥ 1,000 notifications/s. Beside it, the SMTP server's own ceiling with bare lettre clients: one STARTTLS
+//!    connection per mail, and mails on kept connections (what the sink's pooled lettre transport
+//!    does).
+//! 2. **Documents**: CDA samples of `test-messages/cda/` with distinct uniqueIds, in by `POST /cda` → dmp
+//!    sink → a local ITI-41 endpoint (HTTPS, client certificate required) that parses each MTOM request and
+//!    answers Success. Target ≥ 500 documents/s.
 //!
 //! Each figure waits until every notification is in the mailbox (every document at the endpoint), then checks
 //! that each arrived once. Run: `cargo bench --bench sinks` (aiosmtpd from scripts/setup.d/50-aiosmtpd.sh,
 //! run here when missing). Environment: `BENCH_PATIENTS` (3 events each, 4000), `BENCH_GPS` (500),
 //! `BENCH_SMTP_PROCS` (2), `BENCH_DOCS` (5000), `BENCH_CONNS` (MLLP connections and HTTP clients, 8),
-//! `BENCH_CEILING_MAILS` (4000), `BENCH_ONLY` (`notify` or `docs`), `BENCH_DIR` (parent of the work
+//! `BENCH_CEILING_MAILS` (4000), `BENCH_PARTITIONS` (the bus's partitions per sink, 8: each partition
+//! delivers one envelope at a time), `BENCH_ONLY` (`notify` or `docs`), `BENCH_DIR` (parent of the work
 //! directory, on the disk under test: the system temp dir by default; `/dev/shm` shows the figures without
 //! fsync cost), `BENCH_KEEP=1` keeps it, `BENCH_RELAIS_LOG` (the server's `RELAIS_LOG`, `warn`),
 //! `BENCH_RELAIS_BIN` runs another build of the server (A/B comparisons).
@@ -57,6 +59,7 @@ struct Options {
     conns: usize,
     ceiling_mails: usize,
     only: Option<String>,
+    partitions: u16,
     dir: Option<PathBuf>,
     keep: bool,
 }
@@ -74,6 +77,7 @@ impl Options {
             conns: var("BENCH_CONNS", 8).max(1),
             ceiling_mails: var("BENCH_CEILING_MAILS", 4_000).max(1),
             only: std::env::var("BENCH_ONLY").ok(),
+            partitions: var("BENCH_PARTITIONS", 8).max(1),
             dir: std::env::var_os("BENCH_DIR").map(PathBuf::from),
             keep: var("BENCH_KEEP", 0) != 0,
         }
@@ -287,38 +291,46 @@ fn ceiling_mail(n: usize) -> lettre::Message {
         .unwrap()
 }
 
-/// Sends `total` mails from `conns` tasks; `reuse` keeps one SMTP connection per task, else one per mail.
+/// Sends `total` mails from `conns` tasks; `reuse` keeps one SMTP connection per task, else each mail has its
+/// own (connect, EHLO, STARTTLS, EHLO, mail, QUIT: what the sink's transport does without a pool).
 async fn smtp_ceiling(pki: &pki::Pki, port: u16, total: usize, conns: usize, reuse: bool) -> Result<f64> {
-    use lettre::AsyncTransport;
-    use lettre::transport::smtp::client::{AsyncSmtpConnection, Tls};
+    use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
     use lettre::transport::smtp::extension::ClientId;
+    async fn connect(
+        port: u16,
+        tls: &TlsParameters,
+    ) -> std::result::Result<AsyncSmtpConnection, lettre::transport::smtp::Error> {
+        let hello = ClientId::default();
+        let timeout = Some(Duration::from_secs(30));
+        let mut c =
+            AsyncSmtpConnection::connect_tokio1(("127.0.0.1", port), timeout, &hello, None, None).await?;
+        c.starttls(tls.clone(), &hello).await?;
+        Ok(c)
+    }
     let tls = tls_parameters(pki)?;
-    let transport = lettre::AsyncSmtpTransport::<lettre::Tokio1Executor>::builder_dangerous("127.0.0.1")
-        .port(port)
-        .tls(Tls::Required(tls.clone()))
-        .build();
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for conn in 0..conns {
         let count = total / conns + usize::from(conn < total % conns);
-        let (transport, tls) = (transport.clone(), tls.clone());
+        let tls = tls.clone();
         tasks.spawn(async move {
-            if reuse {
-                let hello = ClientId::default();
-                let timeout = Some(Duration::from_secs(30));
-                let mut c =
-                    AsyncSmtpConnection::connect_tokio1(("127.0.0.1", port), timeout, &hello, None, None)
-                        .await?;
-                c.starttls(tls, &hello).await?;
-                for n in 0..count {
-                    let mail = ceiling_mail(conn * count + n);
-                    c.send(mail.envelope(), &mail.formatted()).await?;
+            let mut kept = None;
+            for n in 0..count {
+                let mail = ceiling_mail(conn * count + n);
+                let c = match kept.take() {
+                    Some(c) => c,
+                    None => connect(port, &tls).await?,
+                };
+                let mut c = c;
+                c.send(mail.envelope(), &mail.formatted()).await?;
+                if reuse {
+                    kept = Some(c);
+                } else {
+                    c.quit().await?;
                 }
+            }
+            if let Some(mut c) = kept {
                 c.quit().await?;
-            } else {
-                for n in 0..count {
-                    transport.send(ceiling_mail(conn * count + n)).await?;
-                }
             }
             Ok::<_, lettre::transport::smtp::Error>(())
         });
@@ -354,7 +366,8 @@ fn directory_file(gps: usize) -> String {
     for g in 0..gps {
         let id = rpps(g);
         text.push_str(&format!(
-            "PER|gp{g}@medecin.mssante.fr|8|{id}|8{id}|DR|MEDECIN{g}|Traitant|10|Médecin|SM54|Médecine générale\n"
+            "PER|gp{g}@medecin.mssante.fr|8|{id}|8{id}|DR|MEDECIN{g}|Traitant|10|Médecin|SM54|\
+             Médecine générale\n"
         ));
     }
     text
@@ -462,7 +475,8 @@ fn notifications(opts: &Options, runtime: &tokio::runtime::Runtime, work: &Path)
     let n = opts.ceiling_mails;
     let per_mail = runtime.block_on(smtp_ceiling(&pki, port, n, opts.conns, false))?;
     println!(
-        "bare lettre, {} clients, one STARTTLS connection per mail (ceiling): {per_mail:.0} mails/s ({n} mails)",
+        "bare lettre, {} clients, one STARTTLS connection per mail (ceiling): {per_mail:.0} mails/s \
+         ({n} mails)",
         opts.conns
     );
     let kept = runtime.block_on(smtp_ceiling(&pki, port, n, opts.conns, true))?;
@@ -496,11 +510,13 @@ fn notifications(opts: &Options, runtime: &tokio::runtime::Runtime, work: &Path)
     std::fs::write(
         routes.join("gp.toml"),
         "[[route]]\nname = \"gp-events\"\ndestinations = [\"gp_notify\"]\n[route.when]\nkind = \"hl7v2\"\n\
-         event_class = [\"sau_entry\", \"admission\", \"discharge\", \"death\", \"cancel\"]\ngp_known = true\n",
+         event_class = [\"sau_entry\", \"admission\", \"discharge\", \"death\", \"cancel\"]\n\
+         gp_known = true\n",
     )?;
     let config = format!(
-        "routes_dir = {routes:?}\nmappings_dir = {mappings:?}\n\
-         [sinks.mss]\nkind = \"mss\"\nhost = \"127.0.0.1\"\nport = {port}\ntls_name = \"localhost\"\nca = {ca:?}\n\
+        "routes_dir = {routes:?}\nmappings_dir = {mappings:?}\n[bus]\npartitions = {partitions}\n\
+         [sinks.mss]\nkind = \"mss\"\nhost = \"127.0.0.1\"\nport = {port}\ntls_name = \"localhost\"\n\
+         ca = {ca:?}\n\
          from = \"notifications@ch-test.mssante.fr\"\nnil = \"NIL-RELAIS-BENCH\"\n\
          [sinks.gp_notify]\nkind = \"notify\"\nmail_via = \"mss\"\n\
          establishment = \"CH de Test\"\ncontact_phone = \"02 43 00 00 00\"\ndirectory = {directory:?}\n",
@@ -508,6 +524,7 @@ fn notifications(opts: &Options, runtime: &tokio::runtime::Runtime, work: &Path)
         mappings = Path::new(ROOT).join("mappings").display().to_string(),
         ca = pki.ca.display().to_string(),
         directory = directory.display().to_string(),
+        partitions = opts.partitions,
     );
     let (mut relais, listeners) = start_relais(&data, &config)?;
 
@@ -550,7 +567,8 @@ fn notifications(opts: &Options, runtime: &tokio::runtime::Runtime, work: &Path)
     let rate = expected as f64 / took.as_secs_f64();
     let per = |d: Duration| d.as_secs_f64() * 1e6 / expected as f64;
     println!(
-        "notifications end to end (MLLP -> mail accepted): {rate:.0} notifications/s ({expected} for {} patients \
+        "notifications end to end (MLLP -> mail accepted): {rate:.0} notifications/s ({expected} for {} \
+         patients \
          in {:.2} s; all ACKed after {:.2} s, {not_aa} not AA)",
         opts.patients,
         took.as_secs_f64(),
@@ -618,7 +636,8 @@ fn documents(opts: &Options, runtime: &tokio::runtime::Runtime, work: &Path) -> 
          event_class = \"document\"\nins_qualified = true\ndmp_opposition = false\n",
     )?;
     let config = format!(
-        "routes_dir = {routes:?}\nmappings_dir = {mappings:?}\n[documents]\ntables = {tables:?}\n\
+        "routes_dir = {routes:?}\nmappings_dir = {mappings:?}\n[bus]\npartitions = {partitions}\n\
+         [documents]\ntables = {tables:?}\n\
          [sinks.dmp]\nkind = \"dmp\"\nendpoint = {url:?}\nca = {ca:?}\nclient_cert = {cert:?}\n\
          client_key = {key:?}\nsource_id = \"1.2.250.1.999.3\"\nunique_id_root = \"1.2.250.1.999.3.1\"\n\
          [sinks.dmp.vihf]\nissuer = \"CN=relais-client,O=CH Test\"\nsubject_id = \"801234567897\"\n\
@@ -630,6 +649,7 @@ fn documents(opts: &Options, runtime: &tokio::runtime::Runtime, work: &Path) -> 
         ca = pki.ca.display().to_string(),
         cert = pki.client_cert.display().to_string(),
         key = pki.client_key.display().to_string(),
+        partitions = opts.partitions,
     );
     let (mut relais, listeners) = start_relais(&data, &config)?;
     let samples: Vec<String> = CDA_SAMPLES

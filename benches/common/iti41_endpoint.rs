@@ -1,7 +1,8 @@
-//! A local ITI-41 endpoint for the DMP sink bench: HTTPS with a client certificate required, parses each MTOM
-//! request (multipart/related parts, the SOAP envelope read to its end by quick-xml, every `xop:Include` found
-//! among the parts), records the document entry's uniqueId and answers a RegistryResponse Success. It does not
-//! run xmllint per request (the sink tests validate the same requests against the XDS.b schemas).
+//! A local ITI-41 endpoint for the DMP sink bench: HTTPS with a client certificate required, parses each
+//! MTOM request (multipart/related parts, the SOAP envelope read to its end by quick-xml, every
+//! `xop:Include` found among the parts), records the document entry's uniqueId and answers a
+//! RegistryResponse Success. It does not run xmllint per request (the sink tests validate the same requests
+//! against the XDS.b schemas).
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
