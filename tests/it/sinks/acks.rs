@@ -200,11 +200,12 @@ fn post_mail(
             .unwrap();
         builder = builder.tls(Tls::Required(params));
     }
-    let transport = builder.build();
     let envelope =
         Envelope::new(Some(from.parse().unwrap()), vec!["documents@ch-test.mssante.fr".parse().unwrap()])
             .unwrap();
-    runtime.block_on(transport.send_raw(&envelope, raw.as_bytes())).map(|_| ())
+    // With lettre's `pool` feature the transport spawns (and on drop, ends) its pool's task: build, use and
+    // drop it inside the runtime.
+    runtime.block_on(async { builder.build().send_raw(&envelope, raw.as_bytes()).await }).map(|_| ())
 }
 
 #[test]
