@@ -38,8 +38,10 @@ const MAX_PAYLOAD: u64 = 1 << 30;
 /// Extension of segment files; files being created carry `.tmp` until complete.
 const SEGMENT_EXT: &str = "seg";
 
-/// Zeros written per call while filling a new segment.
-const FILL_CHUNK: usize = 1 << 20;
+/// Zeros written per call while filling a new segment: one page. The page cache keeps the folio size of
+/// the writes that created it (Linux 6.x large folios), and a small WAL write into a 1 MiB folio makes
+/// `fdatasync` write the whole MiB back (measured: 1 MiB per sync, against 6 KiB with 4 KiB fills).
+const FILL_CHUNK: usize = 4096;
 
 /// The WAL directory of the redb file at `path` (`data/journal.redb` -> `data/journal-wal`).
 pub(crate) fn dir_for(path: &Path) -> PathBuf {
@@ -346,7 +348,7 @@ fn create_segment(dir: &Path, shared: &Shared, segment_bytes: u64) -> io::Result
     let path = dir.join(format!("{number:08}.{SEGMENT_EXT}"));
     let tmp = path.with_extension("tmp");
     let mut file = File::create(&tmp)?;
-    let zeros = vec![0u8; FILL_CHUNK];
+    let zeros = [0u8; FILL_CHUNK];
     let mut left = segment_bytes;
     while left > 0 {
         let n = left.min(FILL_CHUNK as u64) as usize;
