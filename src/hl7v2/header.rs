@@ -160,10 +160,8 @@ pub(crate) fn nth_part(raw: &[u8], separator: u8, n: usize) -> Option<&[u8]> {
     if n == 0 {
         return None;
     }
-    let start = if n == 1 { 0 } else { memchr::memchr_iter(separator, raw).nth(n - 2)? + 1 };
-    let tail = raw.get(start..)?;
-    let end = memchr::memchr(separator, tail).unwrap_or(tail.len());
-    tail.get(..end)
+    // Fields and components are short: a plain byte loop beats a SIMD search restarted per part.
+    raw.split(|&b| b == separator).nth(n - 1)
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use relais_fhir::{BundleData, BundleKind, Entry};
 
 use super::file::{Rules, SegmentExtension, TableEntry, ValueType};
 use super::ids::{id, query_escape, urn};
-use super::path::{SourcePath, component, component_ref};
+use super::path::{SourcePath, component, component_ref, segments_with_id};
 use super::time;
 use crate::facts::{EventClass, Facts, MapFailure, Mapped, MessageKind};
 use crate::hl7v2::{Charset, Delimiters, Field, Message};
@@ -183,18 +183,23 @@ impl<'a> Ctx<'_, '_, 'a> {
     }
 
     /// The system of a CX/XCN/XON assigning authority (HD `name&id&type`): `urn:oid:id` when ISO, else local.
-    fn hd_system(&self, name: Option<String>, universal: Option<String>, kind: Option<String>) -> String {
+    fn hd_system(
+        &self,
+        name: Option<Cow<'_, str>>,
+        universal: Option<Cow<'_, str>>,
+        kind: Option<Cow<'_, str>>,
+    ) -> String {
         match (universal, kind.as_deref()) {
             (Some(oid), Some("ISO")) => concat(&["urn:oid:", &oid]),
-            (universal, _) => {
-                let ns = name.or(universal).unwrap_or_else(|| self.facility.clone());
-                self.local_system(&ns)
-            }
+            (universal, _) => match name.or(universal) {
+                Some(ns) => self.local_system(&ns),
+                None => self.local_system(&self.facility),
+            },
         }
     }
 
-    fn cx_system(&self, rep: &Field<'_>) -> String {
-        self.hd_system(self.sub(rep, 4, 1), self.sub(rep, 4, 2), self.sub(rep, 4, 3))
+    fn cx_system(&self, rep: &Field<'a>) -> String {
+        self.hd_system(self.sub_ref(rep, 4, 1), self.sub_ref(rep, 4, 2), self.sub_ref(rep, 4, 3))
     }
 }
 
@@ -696,7 +701,7 @@ fn segment_extensions(ctx: &Ctx<'_, '_, '_>, resource: &str) -> Result<Vec<Ext>,
 }
 
 fn segment_extension(ctx: &Ctx<'_, '_, '_>, se: &SegmentExtension) -> Result<Option<Ext>, MapFailure> {
-    let Some(segment) = ctx.msg.segment(&se.segment) else { return Ok(None) };
+    let Some(segment) = segments_with_id(ctx.msg, &se.segment).next() else { return Ok(None) };
     let mut children = Vec::new();
     for ((field, comp), name, kind) in &se.fields {
         let f = segment.field(*field);
@@ -732,7 +737,7 @@ fn segment_extension(ctx: &Ctx<'_, '_, '_>, se: &SegmentExtension) -> Result<Opt
 
 /// Maps one message: builds the Bundle of `kind` and the facts.
 pub(crate) fn map(ctx: &Ctx<'_, '_, '_>, kind: BundleKind, pretty: bool) -> Result<Mapped, MapFailure> {
-    if ctx.msg.segment("PID").is_none() {
+    if segments_with_id(ctx.msg, "PID").next().is_none() {
         return Err(fail("PID", "segment missing: an ADT message needs a PID"));
     }
     let control_id = ctx.msg.header().text(10, ctx.cs);

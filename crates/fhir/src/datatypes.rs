@@ -6,8 +6,8 @@ use std::str::FromStr;
 
 use fhir_sdk::r4b::codes;
 use fhir_sdk::r4b::types::{
-    Address, CodeableConcept, Coding, ContactPoint, Extension, ExtensionValue, HumanName, Identifier, Meta,
-    Period, Reference,
+    Address, CodeableConcept, Coding, ContactPoint, Extension, ExtensionInner, ExtensionValue, HumanName,
+    Identifier, Meta, Period, Reference,
 };
 use fhir_sdk::{BuilderError, DateTime};
 
@@ -153,21 +153,21 @@ pub(crate) fn period(element: &'static str, start: Option<&str>, end: Option<&st
 }
 
 pub(crate) fn extension(e: Ext) -> Result<Extension, Error> {
-    let mut extension = built("Extension", Extension::builder().url(e.url).build())?;
-    match e.value {
-        ExtValue::String(s) => extension.value = Some(ExtensionValue::String(s)),
-        ExtValue::Code(s) => extension.value = Some(ExtensionValue::Code(s)),
-        ExtValue::Boolean(v) => extension.value = Some(ExtensionValue::Boolean(v)),
-        ExtValue::Coding(c) => extension.value = Some(ExtensionValue::Coding(coding(c)?)),
+    let (value, children) = match e.value {
+        ExtValue::String(s) => (Some(ExtensionValue::String(s)), Vec::new()),
+        ExtValue::Code(s) => (Some(ExtensionValue::Code(s)), Vec::new()),
+        ExtValue::Boolean(v) => (Some(ExtensionValue::Boolean(v)), Vec::new()),
+        ExtValue::Coding(c) => (Some(ExtensionValue::Coding(coding(c)?)), Vec::new()),
         ExtValue::DateTime(s) => {
-            let at = date_time("Extension.valueDateTime", &s)?;
-            extension.value = Some(ExtensionValue::DateTime(at));
+            (Some(ExtensionValue::DateTime(date_time("Extension.valueDateTime", &s)?)), Vec::new())
         }
-        ExtValue::Identifier(i) => extension.value = Some(ExtensionValue::Identifier(identifier(i)?)),
-        ExtValue::Address(a) => extension.value = Some(ExtensionValue::Address(address(a)?)),
-        ExtValue::Nested(children) => extension.extension = extensions(children)?,
-    }
-    Ok(extension)
+        ExtValue::Identifier(i) => (Some(ExtensionValue::Identifier(identifier(i)?)), Vec::new()),
+        ExtValue::Address(a) => (Some(ExtensionValue::Address(address(a)?)), Vec::new()),
+        ExtValue::Nested(children) => (None, extensions(children)?),
+    };
+    // The model's struct itself (every element named, `url` required by the type): Extensions are the most
+    // numerous element of a Bundle, and their builder costs more than the value.
+    Ok(Extension::from(ExtensionInner { id: None, extension: children, url: e.url, value, value_ext: None }))
 }
 
 pub(crate) fn extensions(list: Vec<Ext>) -> Result<Vec<Extension>, Error> {
