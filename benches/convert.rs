@@ -12,6 +12,10 @@ use relais::mapping::{BundleKind, Mapper};
 
 mod common;
 
+/// The binary's allocator (src/main.rs), so the figure is the one `relais` gets.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const ADT_A01_FR: &[u8] = include_bytes!("../test-messages/bench/adt_a01_fr_mappable.hl7");
 
 fn measure(case: &str, budget: Duration, mut work: impl FnMut() -> usize) {

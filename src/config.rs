@@ -179,6 +179,10 @@ pub struct JournalSettings {
     pub prune_interval_secs: u64,
     /// Most entries removed per retention batch (one short write transaction each).
     pub prune_batch: usize,
+    /// Size in MiB of each write-ahead log segment (preallocated); also the most applied between checkpoints.
+    pub wal_segment_mb: u64,
+    /// Longest time in milliseconds between a write and its checkpoint into the journal store.
+    pub checkpoint_ms: u64,
 }
 
 /// Settings for one sending facility.
@@ -250,6 +254,8 @@ impl Default for JournalSettings {
             raw_retention_days: 0,
             prune_interval_secs: 3600,
             prune_batch: 100,
+            wal_segment_mb: 16,
+            checkpoint_ms: 1000,
         }
     }
 }
@@ -335,6 +341,12 @@ impl Settings {
                 "journal.raw_retention_days",
                 "must be 0 or at least journal.retention_days (raw bytes are never pruned before the metadata)",
             ));
+        }
+        if !(1..=1024).contains(&self.journal.wal_segment_mb) {
+            return Err(invalid("journal.wal_segment_mb", "must be between 1 and 1024"));
+        }
+        if !(10..=600_000).contains(&self.journal.checkpoint_ms) {
+            return Err(invalid("journal.checkpoint_ms", "must be between 10 and 600000"));
         }
         if self.journal.prune_interval_secs == 0 || self.journal.prune_batch == 0 {
             return Err(invalid("journal.prune_interval_secs", "and journal.prune_batch must be at least 1"));
@@ -510,6 +522,23 @@ mod tests {
         let s = Settings::load_from(None, env(&[("RELAIS__DOCUMENTS__MAX_SIZE", "10")])).unwrap();
         let err = s.check().unwrap_err().to_string();
         assert!(err.contains("documents.max_size"), "{err}");
+    }
+
+    #[test]
+    fn journal_wal_keys_are_read_and_checked() {
+        let s = Settings::load_from(
+            None,
+            env(&[("RELAIS__JOURNAL__WAL_SEGMENT_MB", "4"), ("RELAIS__JOURNAL__CHECKPOINT_MS", "250")]),
+        )
+        .unwrap();
+        s.check().unwrap();
+        assert_eq!((s.journal.wal_segment_mb, s.journal.checkpoint_ms), (4, 250));
+        let s = Settings::load_from(None, env(&[("RELAIS__JOURNAL__WAL_SEGMENT_MB", "0")])).unwrap();
+        let err = s.check().unwrap_err().to_string();
+        assert!(err.contains("journal.wal_segment_mb"), "{err}");
+        let s = Settings::load_from(None, env(&[("RELAIS__JOURNAL__CHECKPOINT_MS", "1")])).unwrap();
+        let err = s.check().unwrap_err().to_string();
+        assert!(err.contains("journal.checkpoint_ms"), "{err}");
     }
 
     #[test]

@@ -90,6 +90,8 @@ pub async fn run(settings: Settings, stop: impl std::future::Future<Output = ()>
             path: journal_path.clone(),
             dedup_window: settings.dedup_window(),
             max_batch: settings.journal.max_batch,
+            wal_segment_bytes: settings.journal.wal_segment_mb << 20,
+            checkpoint_interval: std::time::Duration::from_millis(settings.journal.checkpoint_ms),
         };
         move || Journal::open(cfg)
     })
@@ -125,7 +127,14 @@ pub async fn run(settings: Settings, stop: impl std::future::Future<Output = ()>
         sinks: Arc::new(sinks.iter().cloned().collect()),
     };
     let mut stages = tokio::task::JoinSet::new();
-    crate::sinks::start::start(&settings, &bus, &journal, &shutdown, &mut stages)?;
+    let ledger = crate::sinks::ledger::Ledger::open(&settings.data_dir)
+        .map(Arc::new)
+        .map_err(|e| crate::sinks::start::StartError { sink: "*".into(), reason: e.to_string() })?;
+    let pauses = crate::sinks::pause::Pauses::open(&settings.data_dir)
+        .map_err(|e| crate::sinks::start::StartError { sink: "*".into(), reason: e.to_string() })?;
+    pauses.export(&sinks);
+    health.register(Arc::new(crate::sinks::pause::SinksCheck::new(sinks.clone(), pauses.clone())));
+    crate::sinks::start::start(&settings, &bus, &journal, (&ledger, &pauses), &shutdown, &mut stages)?;
     stages.spawn(routing::reload::watch(Arc::clone(&routes), shutdown.clone()));
     let pipeline_shutdown = shutdown.clone();
     stages.spawn(async move {
@@ -151,7 +160,12 @@ pub async fn run(settings: Settings, stop: impl std::future::Future<Output = ()>
         shutdown.clone(),
     ));
 
-    tasks.spawn(crate::admin::retention::run(journal.clone(), settings.journal.clone(), shutdown.clone()));
+    tasks.spawn(crate::admin::retention::run(
+        journal.clone(),
+        settings.journal.clone(),
+        Arc::clone(&ledger),
+        shutdown.clone(),
+    ));
 
     if !settings.mllp.listen.is_empty() {
         let listener = bind("mllp.listen", &settings.mllp.listen).await?;
@@ -175,6 +189,8 @@ pub async fn run(settings: Settings, stop: impl std::future::Future<Output = ()>
             bus: bus.clone(),
             sinks: sinks.clone(),
             token: settings.http.admin_token.clone(),
+            ledger: Arc::clone(&ledger),
+            pauses: pauses.clone(),
         };
         let router = http::router(intake.clone(), settings.http.admin_token.clone())
             .merge(crate::ops::http::router(health.clone(), journal.clone()))

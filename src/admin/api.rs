@@ -5,11 +5,12 @@
 //! | `GET /api/search?state=&sender=&control_id=&event=&since=&until=&patient=&limit=` | messages, newest first |
 //! | `GET /api/messages/{id}` | one message's metadata and timeline |
 //! | `POST /api/replay` `{"ids":[..]}` or `{"state":"failed"}`, optional `"from":"map"\|"publish"` | replay |
-//! | `GET /api/sinks` | per sink: destinations published among recent messages, dead letters |
-//! | `GET /api/dlq/{sink}?limit=` | dead letters (oldest first, left in place) |
+//! | `GET /api/sinks` | per sink: paused, destinations published among recent messages, dead letters |
+//! | `GET /api/dlq/{sink}?limit=` | dead letters (oldest first, left in place) with the sink's last reason |
 //! | `GET /api/dlq/{sink}/{id}` | one dead letter with its bundle |
 //! | `POST /api/dlq/{sink}/replay` / `purge` `{"ids":[..]}` (no ids: all) | publish again / drop |
-//! | `POST /api/sinks/{sink}/pause` / `resume` | 501 until sinks consume the bus |
+//! | `POST /api/sinks/{sink}/pause` / `resume` | stop / restart taking from the bus (kept across restarts) |
+//! | `GET /api/undeliverable?sink=&limit=` | messages a sink could not deliver for good, with the reason |
 //!
 //! `patient` is the patient key as the mapping forms it (`<assigner>|<IPP>`, or the INS); it is hashed at
 //! once into the partition key the journal stores and is never logged. Actions that change something send
@@ -29,6 +30,7 @@ use super::{Admin, audit};
 use crate::bus::{self, Envelope};
 use crate::facts::EventClass;
 use crate::journal::{EntryMeta, Filter, ReplayFrom, State};
+use crate::sinks::ledger::SinkRecord;
 
 /// Most entries a search looks at (newest first, or of one state).
 pub const SEARCH_SCAN: usize = 200_000;
@@ -180,6 +182,23 @@ impl Admin {
         let mut timeline = Timeline::of(entry);
         for step in &mut timeline.sinks {
             step.dead_lettered = self.bus.is_dead_letter(&step.sink, id)?;
+            let record =
+                self.ledger.outcome(&step.sink, id).map_err(|e| ApiError::Internal(e.to_string()))?;
+            if let Some(record) = record {
+                step.delivered = match record.outcome.as_str() {
+                    "delivered" => Some(true),
+                    "retry" | "held" => None,
+                    _ => Some(false),
+                };
+                step.outcome = Some(record.outcome.as_str().to_owned());
+                step.reason = record.outcome.reason().map(str::to_owned);
+                step.attempts = Some(record.attempts);
+                step.at = Timestamp::from_second(record.at).ok();
+            }
+            step.purged = self.ledger.purged(&step.sink, id).ok().flatten().is_some();
+            let history =
+                self.ledger.history(&step.sink, id).map_err(|e| ApiError::Internal(e.to_string()))?;
+            step.history = history.iter().map(Attempt::from).collect();
         }
         Ok(timeline)
     }
@@ -227,6 +246,50 @@ impl Admin {
         Ok(self.bus.dead_letters(sink, limit).await?)
     }
 
+    /// Dead letters of `sink` as listed: each with the sink's last outcome (reason, attempts, time).
+    pub async fn dead_letter_list(&self, sink: &str, limit: usize) -> Result<Vec<DeadLetter>, ApiError> {
+        let dead = self.dead_letters(sink, limit).await?;
+        Ok(dead
+            .iter()
+            .map(|e| DeadLetter::from(e).with_record(self.ledger.outcome(sink, e.message_id)))
+            .collect())
+    }
+
+    /// One dead letter of `sink` with its bundle (the queue is read, nothing taken).
+    pub async fn dead_letter(&self, sink: &str, id: u64) -> Result<Option<Envelope>, ApiError> {
+        self.known_sink(sink)?;
+        Ok(self.bus.dead_letter(sink, id).await?)
+    }
+
+    /// Pauses (`true`) or resumes `sink`; returns false when it already was so.
+    pub fn set_paused(&self, sink: &str, paused: bool, operator: &str) -> Result<bool, ApiError> {
+        self.known_sink(sink)?;
+        let changed = self.pauses.set(sink, paused).map_err(|e| ApiError::Internal(e.to_string()))?;
+        audit::record(operator, if paused { "sink pause" } else { "sink resume" }, sink, &[]);
+        Ok(changed)
+    }
+
+    /// The last `limit` messages a sink (or every sink) reported undeliverable, newest first.
+    pub fn undeliverable(&self, sink: Option<&str>, limit: usize) -> Result<Vec<Undeliverable>, ApiError> {
+        if let Some(sink) = sink {
+            self.known_sink(sink)?;
+        }
+        let found = self
+            .ledger
+            .outcomes_named(sink, "undeliverable", limit)
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        Ok(found
+            .into_iter()
+            .map(|(sink, message_id, record)| Undeliverable {
+                sink,
+                message_id,
+                reason: record.outcome.reason().unwrap_or_default().to_owned(),
+                attempts: record.attempts,
+                at: Timestamp::from_second(record.at).ok(),
+            })
+            .collect())
+    }
+
     /// Takes the dead letters `ids` of `sink` (all of them when `ids` is empty) out of the queue.
     async fn take(&self, sink: &str, ids: &[u64]) -> Result<Vec<Envelope>, ApiError> {
         self.known_sink(sink)?;
@@ -257,6 +320,9 @@ impl Admin {
         ids: &[u64],
         operator: &str,
     ) -> Result<Vec<u64>, ApiError> {
+        if !ids.is_empty() {
+            return self.replay_dead_letters_by_id(sink, ids, operator).await;
+        }
         let envelopes = self.take(sink, ids).await?;
         let ids: Vec<u64> = envelopes.iter().map(|e| e.message_id).collect();
         if let Err(error) = self.bus.publish(&envelopes).await {
@@ -268,7 +334,32 @@ impl Admin {
         Ok(ids)
     }
 
-    /// Drops dead letters of `sink` (all when `ids` is empty); returns the journal ids.
+    /// Publishes the dead letters `ids` again, each one before it leaves the dead-letter queue: a failure
+    /// leaves it a dead letter (at worst, published twice: the sink's ledger drops the copy).
+    async fn replay_dead_letters_by_id(
+        &self,
+        sink: &str,
+        ids: &[u64],
+        operator: &str,
+    ) -> Result<Vec<u64>, ApiError> {
+        self.known_sink(sink)?;
+        let mut envelopes = Vec::with_capacity(ids.len());
+        for &id in ids {
+            match self.bus.dead_letter(sink, id).await? {
+                Some(envelope) => envelopes.push(envelope),
+                None => return Err(ApiError::NotFound(format!("no dead letter {id} in sink `{sink}`"))),
+            }
+        }
+        self.bus.publish(&envelopes).await?;
+        for &id in ids {
+            self.bus.take_dead_letter(sink, id).await?;
+        }
+        audit::record(operator, "dead letter replay", sink, ids);
+        Ok(ids.to_vec())
+    }
+
+    /// Drops dead letters of `sink` (all when `ids` is empty); returns the journal ids. The ledger records
+    /// the purge, so retention may prune those messages.
     pub async fn purge_dead_letters(
         &self,
         sink: &str,
@@ -276,6 +367,11 @@ impl Admin {
         operator: &str,
     ) -> Result<Vec<u64>, ApiError> {
         let ids: Vec<u64> = self.take(sink, ids).await?.iter().map(|e| e.message_id).collect();
+        for &id in &ids {
+            if let Err(error) = self.ledger.record_purged(sink, id) {
+                tracing::error!(%error, sink, id, "purge not recorded in the sinks ledger");
+            }
+        }
         audit::record(operator, "dead letter purge", sink, &ids);
         Ok(ids)
     }
@@ -288,15 +384,16 @@ impl Admin {
             .map_err(|e| ApiError::Internal(e.to_string()))??;
         let mut flows = Vec::new();
         for sink in &self.sinks {
-            let mut flow = Flow { sink: sink.clone(), ..Flow::default() };
+            let mut flow =
+                Flow { sink: sink.clone(), paused: self.pauses.is_paused(sink), ..Flow::default() };
             for delivery in entries.iter().filter_map(|e| e.progress.as_ref()).flat_map(|p| &p.deliveries) {
                 if &delivery.destination == sink {
                     flow.routed += 1;
                     flow.published += u64::from(delivery.published);
                 }
             }
-            flow.dead_letters = match self.bus.dead_letters(sink, 10_000).await {
-                Ok(dead) => Some(dead.len() as u64),
+            flow.dead_letters = match self.bus.dead_letter_count(sink).await {
+                Ok(count) => Some(count),
                 Err(bus::Error::Unsupported(_)) => None,
                 Err(error) => return Err(error.into()),
             };
@@ -337,10 +434,53 @@ pub struct SinkStep {
     pub route: String,
     /// The bus confirmed the envelope.
     pub published: bool,
-    /// Delivered by the sink: unknown (null) until the sinks record their outcomes in the journal.
+    /// Delivered by the sink: true, false once it gave up (failed, undeliverable), null while pending
+    /// (no outcome yet, retrying, held for a person).
     pub delivered: Option<bool>,
-    /// In the sink's dead-letter queue now (null on AMQP, which cannot tell without taking it).
+    /// In the sink's dead-letter queue now (null on AMQP, where the ledger's `failed` outcome tells).
     pub dead_lettered: Option<bool>,
+    /// The sink's last outcome: `delivered`, `retry`, `failed`, `undeliverable`, `held` (null: none yet).
+    #[serde(default)]
+    pub outcome: Option<String>,
+    /// Its reason (never patient data).
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// Attempts made.
+    #[serde(default)]
+    pub attempts: Option<u32>,
+    /// When the last outcome was recorded.
+    #[serde(default)]
+    pub at: Option<Timestamp>,
+    /// An operator purged its dead letter after that outcome.
+    #[serde(default)]
+    pub purged: bool,
+    /// Every outcome the sink recorded, oldest first: each attempt with its error.
+    #[serde(default)]
+    pub history: Vec<Attempt>,
+}
+
+/// One recorded attempt of a sink.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Attempt {
+    /// `delivered`, `retry`, `failed`, `undeliverable`, `held`.
+    pub outcome: String,
+    /// The error or reason (never patient data).
+    pub reason: Option<String>,
+    /// The attempt number.
+    pub attempt: u32,
+    /// When.
+    pub at: Option<Timestamp>,
+}
+
+impl From<&SinkRecord> for Attempt {
+    fn from(record: &SinkRecord) -> Self {
+        Attempt {
+            outcome: record.outcome.as_str().to_owned(),
+            reason: record.outcome.reason().map(str::to_owned),
+            attempt: record.attempts,
+            at: Timestamp::from_second(record.at).ok(),
+        }
+    }
 }
 
 impl Timeline {
@@ -367,6 +507,12 @@ impl Timeline {
                 published: d.published,
                 delivered: None,
                 dead_lettered: None,
+                outcome: None,
+                reason: None,
+                attempts: None,
+                at: None,
+                purged: false,
+                history: Vec::new(),
             })
             .collect();
         Timeline { entry, steps, sinks }
@@ -396,6 +542,9 @@ pub struct Refused {
 pub struct Flow {
     /// The sink instance.
     pub sink: String,
+    /// Paused by an operator: takes nothing from the bus.
+    #[serde(default)]
+    pub paused: bool,
     /// Messages routed to it.
     pub routed: u64,
     /// Of those, published on the bus.
@@ -419,6 +568,42 @@ pub struct DeadLetter {
     pub partition_key: String,
     /// Size of the FHIR bundle in bytes.
     pub bundle_size: usize,
+    /// The sink's last reason (null when the broker dead-lettered it without a sink outcome).
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// Delivery attempts the sink made.
+    #[serde(default)]
+    pub attempts: Option<u32>,
+    /// When the sink recorded that outcome.
+    #[serde(default)]
+    pub at: Option<Timestamp>,
+}
+
+impl DeadLetter {
+    /// Adds the sink's last outcome from the ledger (left empty on a ledger error).
+    fn with_record<E>(mut self, record: Result<Option<SinkRecord>, E>) -> DeadLetter {
+        if let Ok(Some(record)) = record {
+            self.reason = record.outcome.reason().map(str::to_owned);
+            self.attempts = Some(record.attempts);
+            self.at = Timestamp::from_second(record.at).ok();
+        }
+        self
+    }
+}
+
+/// A message a sink could not deliver and never will (no GP, no MSSanté address, opposition...).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Undeliverable {
+    /// The sink.
+    pub sink: String,
+    /// The journal id.
+    pub message_id: u64,
+    /// Why, as the sink said it (no patient data).
+    pub reason: String,
+    /// Attempts made.
+    pub attempts: u32,
+    /// When.
+    pub at: Option<Timestamp>,
 }
 
 impl From<&Envelope> for DeadLetter {
@@ -430,6 +615,9 @@ impl From<&Envelope> for DeadLetter {
             event_class: envelope.event_class,
             partition_key: envelope.partition_key.clone(),
             bundle_size: envelope.bundle.len(),
+            reason: None,
+            attempts: None,
+            at: None,
         }
     }
 }
@@ -478,6 +666,7 @@ pub fn router(admin: Admin) -> Router {
         .route("/api/dlq/{sink}/{id}", get(dlq_show))
         .route("/api/dlq/{sink}/replay", post(dlq_replay))
         .route("/api/dlq/{sink}/purge", post(dlq_purge))
+        .route("/api/undeliverable", get(undeliverable))
         .route_layer(middleware::from_fn_with_state(admin.clone(), require_token))
         .with_state(admin)
 }
@@ -550,15 +739,32 @@ async fn flows(AxumState(admin): AxumState<Admin>) -> Result<Json<Vec<Flow>>, Ap
 
 async fn pause_resume(
     AxumState(admin): AxumState<Admin>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     Path((sink, action)): Path<(String, String)>,
-) -> Result<Response, ApiError> {
-    admin.known_sink(&sink)?;
-    if action != "pause" && action != "resume" {
-        return Err(ApiError::NotFound(format!("no action `{action}` (pause, resume)")));
-    }
-    Err(ApiError::Unsupported(format!(
-        "cannot {action} `{sink}`: no sink consumer runs in this build yet (envelopes wait on the bus)"
-    )))
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let paused = match action.as_str() {
+        "pause" => true,
+        "resume" => false,
+        _ => return Err(ApiError::NotFound(format!("no action `{action}` (pause, resume)"))),
+    };
+    let changed = admin.set_paused(&sink, paused, &operator(&headers, peer))?;
+    Ok(Json(serde_json::json!({ "sink": sink, "paused": paused, "changed": changed })))
+}
+
+/// Query of `GET /api/undeliverable`.
+#[derive(Debug, Deserialize)]
+struct UndeliverableQuery {
+    sink: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn undeliverable(
+    AxumState(admin): AxumState<Admin>,
+    Query(query): Query<UndeliverableQuery>,
+) -> Result<Json<Vec<Undeliverable>>, ApiError> {
+    let limit = query.limit.unwrap_or(100).clamp(1, 10_000);
+    admin.undeliverable(given(&query.sink), limit).map(Json)
 }
 
 /// Query of `GET /api/dlq/{sink}`.
@@ -573,22 +779,22 @@ async fn dlq_list(
     Query(query): Query<LimitQuery>,
 ) -> Result<Json<Vec<DeadLetter>>, ApiError> {
     let limit = query.limit.unwrap_or(100).clamp(1, 10_000);
-    let dead = admin.dead_letters(&sink, limit).await?;
-    Ok(Json(dead.iter().map(DeadLetter::from).collect()))
+    admin.dead_letter_list(&sink, limit).await.map(Json)
 }
 
 async fn dlq_show(
     AxumState(admin): AxumState<Admin>,
     Path((sink, id)): Path<(String, u64)>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let dead = admin.dead_letters(&sink, usize::MAX).await?;
-    let envelope = dead
-        .iter()
-        .find(|e| e.message_id == id)
+    let envelope = admin
+        .dead_letter(&sink, id)
+        .await?
         .ok_or_else(|| ApiError::NotFound(format!("no dead letter {id} in sink `{sink}`")))?;
+    let envelope = &envelope;
     let bundle: serde_json::Value = serde_json::from_slice(&envelope.bundle)
         .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&envelope.bundle).into()));
-    let mut value = serde_json::to_value(DeadLetter::from(envelope)).unwrap_or_default();
+    let listed = DeadLetter::from(envelope).with_record(admin.ledger.outcome(&sink, id));
+    let mut value = serde_json::to_value(listed).unwrap_or_default();
     value["bundle"] = bundle;
     Ok(Json(value))
 }

@@ -1,4 +1,5 @@
-//! The admin API from the command line: `relais messages`, `relais replay`, `relais dlq` (blocking reqwest).
+//! The admin API from the command line: `relais messages`, `relais replay`, `relais dlq`, `relais sinks`
+//! (blocking reqwest).
 //!
 //! Each command returns the text to print: an aligned table by default, the API's JSON with `--json`.
 //! Long replays go in chunks of [`REPLAY_CHUNK`] ids with a progress bar (indicatif) on a terminal.
@@ -9,7 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use reqwest::blocking::{Client as Http, RequestBuilder};
 use serde::de::DeserializeOwned;
 
-use super::api::{DeadLetter, IdsRequest, ReplayReport, ReplayRequest, SearchQuery};
+use super::api::{DeadLetter, Flow, IdsRequest, ReplayReport, ReplayRequest, SearchQuery, Undeliverable};
 use crate::journal::{EntryMeta, ReplayFrom};
 
 /// Ids per replay request (one progress step each).
@@ -118,6 +119,26 @@ impl Client {
     ) -> Result<serde_json::Value, Error> {
         self.post(&format!("/api/dlq/{}/{action}", segment(sink)), &IdsRequest { ids: ids.to_vec() })
     }
+
+    /// `GET /api/sinks`.
+    pub fn sinks(&self) -> Result<Vec<Flow>, Error> {
+        self.get("/api/sinks")
+    }
+
+    /// `POST /api/sinks/{sink}/pause` (`paused`) or `resume`. Returns the API's answer.
+    pub fn set_paused(&self, sink: &str, paused: bool) -> Result<serde_json::Value, Error> {
+        let action = if paused { "pause" } else { "resume" };
+        self.post(&format!("/api/sinks/{}/{action}", segment(sink)), &serde_json::json!({}))
+    }
+
+    /// `GET /api/undeliverable`.
+    pub fn undeliverable(&self, sink: Option<&str>, limit: usize) -> Result<Vec<Undeliverable>, Error> {
+        let mut query = vec![("limit", limit.to_string())];
+        if let Some(sink) = sink {
+            query.push(("sink", sink.to_owned()));
+        }
+        self.send(self.http.get(format!("{}/api/undeliverable", self.base)).query(&query))
+    }
 }
 
 fn segment(value: &str) -> String {
@@ -179,12 +200,47 @@ pub fn dead_letters_table(dead: &[DeadLetter]) -> String {
                 d.message_id.to_string(),
                 d.route.clone(),
                 d.event_class.map_or("", |e| e.as_str()).to_owned(),
-                d.partition_key.clone(),
-                d.bundle_size.to_string(),
+                d.attempts.map_or(String::new(), |n| n.to_string()),
+                d.at.map(|at| at.strftime("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_default(),
+                d.reason.clone().unwrap_or_default(),
             ]
         })
         .collect();
-    table(&["MESSAGE", "ROUTE", "EVENT", "PARTITION KEY", "BUNDLE BYTES"], &rows)
+    table(&["MESSAGE", "ROUTE", "EVENT", "ATTEMPTS", "AT", "REASON"], &rows)
+}
+
+/// The table of `relais sinks list`.
+pub fn sinks_table(flows: &[Flow]) -> String {
+    let rows: Vec<Vec<String>> = flows
+        .iter()
+        .map(|f| {
+            vec![
+                f.sink.clone(),
+                if f.paused { "paused" } else { "running" }.to_owned(),
+                f.routed.to_string(),
+                f.published.to_string(),
+                f.dead_letters.map_or("?".to_owned(), |n| n.to_string()),
+            ]
+        })
+        .collect();
+    table(&["SINK", "STATE", "ROUTED", "PUBLISHED", "DEAD LETTERS"], &rows)
+}
+
+/// The table of `relais sinks undeliverable`.
+pub fn undeliverable_table(found: &[Undeliverable]) -> String {
+    let rows: Vec<Vec<String>> = found
+        .iter()
+        .map(|u| {
+            vec![
+                u.message_id.to_string(),
+                u.sink.clone(),
+                u.at.map(|at| at.strftime("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_default(),
+                u.attempts.to_string(),
+                u.reason.clone(),
+            ]
+        })
+        .collect();
+    table(&["MESSAGE", "SINK", "AT", "ATTEMPTS", "REASON"], &rows)
 }
 
 /// The text of a replay report.

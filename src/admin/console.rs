@@ -3,7 +3,8 @@
 //! - `GET /console` (with the search fields as query): journal counts, flows per sink (with a 5 s refresh
 //!   when `?live=1`), message search, dead letters with a replay button;
 //! - `GET /console/messages/{id}`: one message's timeline;
-//! - `POST /console/dlq/{sink}/{id}/replay`: publishes the dead letter again, then back to `/console`.
+//! - `POST /console/dlq/{sink}/{id}/replay`: publishes the dead letter again, then back to `/console`;
+//! - `POST /console/sinks/{sink}/pause` / `resume`: pauses or resumes the sink, then back to `/console`.
 //!
 //! With `http.admin_token` set, the console asks for the token once and keeps it in a `SameSite=Strict`
 //! cookie (`relais_admin`) that the same check as the API accepts. Pages never show message bodies.
@@ -28,6 +29,7 @@ pub fn router(admin: Admin) -> Router {
         .route("/console", get(home))
         .route("/console/messages/{id}", get(message))
         .route("/console/dlq/{sink}/{id}/replay", post(replay_dead_letter))
+        .route("/console/sinks/{sink}/{action}", post(pause_resume))
         .route_layer(middleware::from_fn_with_state(admin.clone(), login_wall))
         .with_state(admin)
 }
@@ -36,7 +38,7 @@ const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:1.5em;color:#2
 table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.25em .6em;\
 text-align:left;font-size:.9em}th{background:#eef}h1{font-size:1.4em}h2{font-size:1.15em;margin-top:1.2em}\
 form.search input,form.search select{margin-right:.6em}.failed,.rejected{color:#b00}.published{color:#070}\
-.note{color:#666;font-size:.85em}";
+.note{color:#666;font-size:.85em}.paused{color:#b60;font-weight:bold}form.inline{display:inline}";
 
 fn page(title: &str, body: &str) -> Html<String> {
     Html(format!(
@@ -114,16 +116,23 @@ async fn render_home(admin: &Admin, query: &HomeQuery) -> Result<Html<String>, A
     body.push_str(
         "<h2>Flows per sink <span class=\"note\">(newest 1000 messages; \
          <a href=\"/console?live=1\">live</a>)</span></h2>\
-         <table id=\"flows\"><tr><th>sink</th><th>routed</th><th>published</th><th>dead letters</th></tr>",
+         <table id=\"flows\"><tr><th>sink</th><th>state</th><th>routed</th><th>published</th>\
+         <th>dead letters</th><th></th></tr>",
     );
     for flow in admin.flows(1000).await? {
         let dead = flow.dead_letters.map_or("n/a".to_owned(), |n| n.to_string());
+        let (state, action, label) =
+            if flow.paused { ("paused", "resume", "Resume") } else { ("running", "pause", "Pause") };
         let _ = write!(
             body,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{dead}</td></tr>",
+            "<tr><td>{}</td><td class=\"{state}\">{state}</td><td>{}</td><td>{}</td><td>{dead}</td>\
+             <td><form class=\"inline\" method=\"post\" action=\"/console/sinks/{}/{action}\">\
+             <button id=\"{action}-{}\">{label}</button></form></td></tr>",
             text(&flow.sink),
             flow.routed,
-            flow.published
+            flow.published,
+            attr(&urlencode(&flow.sink)),
+            attr(&flow.sink),
         );
     }
     body.push_str("</table>");
@@ -136,24 +145,28 @@ async fn render_home(admin: &Admin, query: &HomeQuery) -> Result<Html<String>, A
     body.push_str("<h2>Dead letters</h2>");
     for sink in &admin.sinks {
         let _ = write!(body, "<h3>{}</h3>", text(sink));
-        match admin.dead_letters(sink, 100).await {
+        match admin.dead_letter_list(sink, 100).await {
             Ok(dead) if dead.is_empty() => body.push_str("<p class=\"note\">none</p>"),
             Ok(dead) => {
                 body.push_str(
-                    "<table class=\"dlq\"><tr><th>message</th><th>route</th><th>event</th><th></th></tr>",
+                    "<table class=\"dlq\"><tr><th>message</th><th>route</th><th>event</th><th>attempts</th>\
+                     <th>reason</th><th></th></tr>",
                 );
-                for envelope in dead {
-                    let event = envelope.event_class.map_or("", |e| e.as_str());
+                for letter in dead {
+                    let event = letter.event_class.map_or("", |e| e.as_str());
                     let _ = write!(
                         body,
                         "<tr><td><a href=\"/console/messages/{id}\">{id}</a></td><td>{}</td><td>{}</td>\
+                         <td>{}</td><td>{}</td>\
                          <td><form method=\"post\" action=\"/console/dlq/{}/{id}/replay\">\
                          <button id=\"replay-{}-{id}\">Replay</button></form></td></tr>",
-                        text(&envelope.route),
+                        text(&letter.route),
                         text(event),
+                        letter.attempts.map_or(String::new(), |n| n.to_string()),
+                        text(letter.reason.as_deref().unwrap_or("")),
                         attr(&urlencode(sink)),
                         attr(sink),
-                        id = envelope.message_id,
+                        id = letter.message_id,
                     );
                 }
                 body.push_str("</table>");
@@ -162,6 +175,27 @@ async fn render_home(admin: &Admin, query: &HomeQuery) -> Result<Html<String>, A
                 let _ = write!(body, "<p class=\"note\">{}</p>", text(&error.to_string()));
             }
         }
+    }
+
+    body.push_str("<h2>Undeliverable <span class=\"note\">(newest 20)</span></h2>");
+    let undeliverable = admin.undeliverable(None, 20)?;
+    if undeliverable.is_empty() {
+        body.push_str("<p class=\"note\">none</p>");
+    } else {
+        body.push_str(
+            "<table id=\"undeliverable\"><tr><th>message</th><th>sink</th><th>when</th><th>reason</th></tr>",
+        );
+        for u in undeliverable {
+            let _ = write!(
+                body,
+                "<tr><td><a href=\"/console/messages/{id}\">{id}</a></td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                text(&u.sink),
+                u.at.map(|at| at.strftime("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_default(),
+                text(&u.reason),
+                id = u.message_id,
+            );
+        }
+        body.push_str("</table>");
     }
     Ok(page("Console", &body))
 }
@@ -249,21 +283,50 @@ fn render_timeline(timeline: &Timeline) -> Html<String> {
     }
     body.push_str(
         "</table><h2>Sinks</h2><table id=\"sinks\"><tr><th>sink</th><th>route</th><th>published</th>\
-                   <th>delivered</th></tr>",
+         <th>outcome</th><th>attempts</th><th>when</th><th>reason</th><th>dead letter</th></tr>",
     );
     for sink in &timeline.sinks {
-        let delivered =
-            sink.delivered.map_or("unknown (no sink report yet)", |d| if d { "yes" } else { "no" });
+        let outcome = match (&sink.outcome, sink.purged) {
+            (Some(outcome), true) => format!("{outcome} (purged)"),
+            (Some(outcome), false) => outcome.clone(),
+            (None, _) => "pending (no sink report yet)".to_owned(),
+        };
         let dead = sink.dead_lettered.map_or("n/a", |d| if d { "yes" } else { "no" });
         let _ = write!(
             body,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{delivered}</td><td>{dead}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"{}\">{}</td><td>{}</td><td>{}</td><td>{}</td>\
+             <td>{dead}</td></tr>",
             text(&sink.sink),
             text(&sink.route),
             if sink.published { "yes" } else { "no" },
+            if sink.delivered == Some(false) { "failed" } else { "published" },
+            text(&outcome),
+            sink.attempts.map_or(String::new(), |n| n.to_string()),
+            sink.at.map(|at| at.strftime("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_default(),
+            text(sink.reason.as_deref().unwrap_or("")),
         );
     }
     body.push_str("</table>");
+    if timeline.sinks.iter().any(|sink| !sink.history.is_empty()) {
+        body.push_str(
+            "<h2>Attempts</h2><table id=\"attempts\"><tr><th>sink</th><th>attempt</th><th>when</th>\
+             <th>outcome</th><th>reason</th></tr>",
+        );
+        for sink in &timeline.sinks {
+            for attempt in &sink.history {
+                let _ = write!(
+                    body,
+                    "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                    text(&sink.sink),
+                    attempt.attempt,
+                    attempt.at.map(|at| at.strftime("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_default(),
+                    text(&attempt.outcome),
+                    text(attempt.reason.as_deref().unwrap_or("")),
+                );
+            }
+        }
+        body.push_str("</table>");
+    }
     page(&format!("Message {}", entry.id), &body)
 }
 
@@ -276,6 +339,27 @@ async fn replay_dead_letter(
     match admin.replay_dead_letters(&sink, &[id], &operator(&headers, peer)).await {
         Ok(_) => {
             let done = urlencode(&format!("Dead letter {id} of {sink} published again"));
+            Redirect::to(&format!("/console?done={done}")).into_response()
+        }
+        Err(error) => error_page(error),
+    }
+}
+
+async fn pause_resume(
+    AxumState(admin): AxumState<Admin>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path((sink, action)): Path<(String, String)>,
+) -> Response {
+    let paused = match action.as_str() {
+        "pause" => true,
+        "resume" => false,
+        _ => return error_page(ApiError::NotFound(format!("no action `{action}` (pause, resume)"))),
+    };
+    match admin.set_paused(&sink, paused, &operator(&headers, peer)) {
+        Ok(_) => {
+            let state = if paused { "paused" } else { "resumed" };
+            let done = urlencode(&format!("Sink {sink} {state}"));
             Redirect::to(&format!("/console?done={done}")).into_response()
         }
         Err(error) => error_page(error),

@@ -15,8 +15,12 @@ pub mod client;
 pub mod console;
 pub mod retention;
 
+use std::sync::Arc;
+
 use crate::bus::Bus;
 use crate::journal::Journal;
+use crate::sinks::ledger::Ledger;
+use crate::sinks::pause::Pauses;
 
 /// What the admin routes and the console share.
 #[derive(Clone)]
@@ -29,6 +33,10 @@ pub struct Admin {
     pub sinks: Vec<String>,
     /// The bearer token (`http.admin_token`); empty means open (loopback only, enforced by config checks).
     pub token: String,
+    /// What each sink did with each message (`<data_dir>/sinks.redb`), read for timelines and listings.
+    pub ledger: Arc<Ledger>,
+    /// The paused sinks, changed by `pause` / `resume`.
+    pub pauses: Pauses,
 }
 
 /// Audit events: one `info` event per operator action on the `relais::audit` target, naming who (the

@@ -159,6 +159,66 @@ async fn retention_prunes_old_published_entries_only_and_keeps_raw_when_configur
     assert!(super::retention::cutoffs(&off, now).is_none());
 }
 
+#[tokio::test]
+async fn retention_waits_until_every_destination_is_done_for_good() {
+    use crate::sinks::ledger::Ledger;
+    use crate::sinks::retry::Outcome;
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(JournalConfig::new(dir.path().join("j.redb"))).unwrap();
+    let ledger = Arc::new(Ledger::open(dir.path()).unwrap());
+    let now = Timestamp::now();
+    // Routed to two sinks each.
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        let id = append(&journal, entry("F", &n.to_string(), days_ago(now, 40))).await;
+        let progress = Progress {
+            partition_key: crate::bus::partition_key("F|1"),
+            routes: vec!["adt".into()],
+            deliveries: ["gp", "mss"]
+                .iter()
+                .map(|sink| Delivery { destination: (*sink).into(), route: "adt".into(), published: false })
+                .collect(),
+            ..Progress::default()
+        };
+        let stages = vec![
+            Stage::Mapped { bundle: Bytes::from_static(b"{}") },
+            Stage::Routed { progress },
+            Stage::Published { destinations: vec!["gp".into(), "mss".into()] },
+        ];
+        journal.update(id, stages).await.unwrap();
+        ids.push(id);
+    }
+    let [both_done, one_pending, dead, purged, held] = ids[..] else { unreachable!() };
+    for id in &ids {
+        ledger.record_outcome("gp", *id, &Outcome::Delivered, 1).unwrap();
+    }
+    ledger
+        .record_outcome("mss", both_done, &Outcome::Undeliverable { reason: "no address".into() }, 1)
+        .unwrap();
+    ledger.record_outcome("mss", one_pending, &Outcome::retry("SMTP 421"), 2).unwrap();
+    ledger.record_outcome("mss", dead, &Outcome::failed("SMTP 550"), 1).unwrap();
+    ledger.record_outcome("mss", purged, &Outcome::failed("SMTP 550"), 1).unwrap();
+    ledger.record_purged("mss", purged).unwrap();
+    ledger.record_outcome("mss", held, &Outcome::Held { reason: "identity".into() }, 1).unwrap();
+
+    let settings = JournalSettings { retention_days: 30, prune_batch: 1, ..JournalSettings::default() };
+    let done = super::retention::pass_settled(&journal, &settings, &ledger, now).await.unwrap();
+    assert_eq!(done.entries, 2);
+    for (id, kept) in [(both_done, false), (one_pending, true), (dead, true), (purged, false), (held, true)] {
+        assert_eq!(journal.get(id).unwrap().is_some(), kept, "entry {id}");
+        assert_eq!(ledger.outcome("gp", id).unwrap().is_some(), kept, "ledger outcome of {id}");
+    }
+    assert!(ledger.history("mss", both_done).unwrap().is_empty(), "pruned with the message");
+    // Once the retried one is delivered, the next pass takes it.
+    ledger.record_outcome("mss", one_pending, &Outcome::Delivered, 3).unwrap();
+    let done = super::retention::pass_settled(&journal, &settings, &ledger, now).await.unwrap();
+    assert_eq!(done.entries, 1);
+    assert!(journal.get(one_pending).unwrap().is_none());
+    assert!(journal.get(dead).unwrap().is_some() && journal.get(held).unwrap().is_some());
+}
+
 #[test]
 fn search_query_debug_masks_the_patient_key() {
     let query = SearchQuery { patient: Some("CHU-A|123456".into()), ..SearchQuery::default() };

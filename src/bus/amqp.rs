@@ -249,6 +249,92 @@ impl AmqpBus {
         Ok(taken)
     }
 
+    /// Up to `limit` dead letters of `sink`, oldest first, left in the queue (see [`Self::scan_dead_letters`]).
+    pub async fn dead_letters(&self, sink: &str, limit: usize) -> Result<Vec<Envelope>, Error> {
+        Ok(self.scan_dead_letters(sink, limit, None).await?.0)
+    }
+
+    /// The dead letter of journal entry `id` in `sink`, left in the queue.
+    pub async fn dead_letter(&self, sink: &str, id: u64) -> Result<Option<Envelope>, Error> {
+        let (seen, _) = self.scan_dead_letters(sink, usize::MAX, None).await?;
+        Ok(seen.into_iter().find(|e| e.message_id == id))
+    }
+
+    /// Removes and returns the dead letter of journal entry `id` in `sink`, if there is one.
+    pub async fn take_dead_letter(&self, sink: &str, id: u64) -> Result<Option<Envelope>, Error> {
+        Ok(self.scan_dead_letters(sink, usize::MAX, Some(id)).await?.1)
+    }
+
+    /// Messages in `sink`'s dead-letter queue (a passive declare).
+    pub async fn dead_letter_count(&self, sink: &str) -> Result<u64, Error> {
+        let connection = self.connect().await?;
+        let channel = connection.create_channel().await?;
+        let options = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
+        let queue = self.dead_letter_queue(sink);
+        let declared = channel.queue_declare(queue.as_str().into(), options, FieldTable::default()).await;
+        let _ = connection.close(200, "done".into()).await;
+        Ok(u64::from(declared?.message_count()))
+    }
+
+    /// Reads `sink`'s dead-letter queue without losing anything: `basic.get` one message at a time (manual
+    /// ack) on a private channel, keeping each unacknowledged so the next get moves on, to the queue's end;
+    /// the one whose journal id is `take` (if any) is acked: it leaves the queue. Every other message read
+    /// is then `basic.nack`ed with `requeue`, one by one in the order read. A quorum queue puts returned
+    /// messages behind those it still holds, so the whole queue is read even for a short listing: everything
+    /// returns together and the order stays (a dead letter arriving during the read goes before them).
+    /// Should the connection fail midway, the broker requeues every unacknowledged message itself. Returns
+    /// (the first `limit` envelopes read and put back, the one taken).
+    async fn scan_dead_letters(
+        &self,
+        sink: &str,
+        limit: usize,
+        take: Option<u64>,
+    ) -> Result<(Vec<Envelope>, Option<Envelope>), Error> {
+        let connection = self.connect().await?;
+        let channel = connection.create_channel().await?;
+        let queue = self.dead_letter_queue(sink);
+        let result = async {
+            let mut seen = Vec::new();
+            let mut taken = None;
+            let mut read = Vec::new();
+            loop {
+                let Some(message) =
+                    channel.basic_get(queue.as_str().into(), BasicGetOptions::default()).await?
+                else {
+                    break;
+                };
+                let remaining = message.message_count;
+                let delivery = message.delivery;
+                match decode(&delivery.properties, &delivery.data) {
+                    Ok(envelope) if take == Some(envelope.message_id) && taken.is_none() => {
+                        channel.basic_ack(delivery.delivery_tag, BasicAckOptions::default()).await?;
+                        taken = Some(envelope);
+                    }
+                    Ok(envelope) => {
+                        read.push(delivery.delivery_tag);
+                        seen.push(envelope);
+                    }
+                    Err(error) => {
+                        read.push(delivery.delivery_tag);
+                        tracing::warn!(%error, %queue, "undecodable dead letter left in place");
+                    }
+                }
+                if remaining == 0 {
+                    break;
+                }
+            }
+            for tag in read {
+                let requeue = BasicNackOptions { multiple: false, requeue: true };
+                channel.basic_nack(tag, requeue).await?;
+            }
+            seen.truncate(limit);
+            Ok((seen, taken))
+        }
+        .await;
+        let _ = connection.close(200, "done".into()).await;
+        result
+    }
+
     /// Closes the publishing connection.
     pub async fn close(&self) {
         if let Some((connection, _)) = self.shared.publisher.lock().await.take() {
@@ -316,6 +402,14 @@ impl AmqpConsumer {
             .await?;
         self.live = Some((connection, channel, consumer));
         Ok(())
+    }
+
+    /// Lets go of the queue (closes this consumer's connection): a delivery prefetched but not yet taken
+    /// goes back to the broker, which keeps it at the head. The next [`Self::next`] connects again.
+    pub async fn suspend(&mut self) {
+        if let Some((connection, _, _)) = self.live.take() {
+            let _ = connection.close(200, "sink paused".into()).await;
+        }
     }
 
     /// The next delivery; on a broker or network error, reconnects (backoff 0.5 s doubling to 10 s) and

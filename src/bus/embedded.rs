@@ -142,6 +142,25 @@ impl EmbeddedBus {
         Ok(found)
     }
 
+    /// The dead letter of journal entry `id` in `sink`, left in the queue.
+    pub fn dead_letter(&self, sink: &str, id: u64) -> Result<Option<Envelope>, Error> {
+        let txn = self.shared.db.begin_read()?;
+        let dead = txn.open_table(DEAD)?;
+        dead.get((sink, id))?.map(|bytes| Envelope::decode(bytes.value())).transpose()
+    }
+
+    /// How many dead letters `sink` has.
+    pub fn dead_letter_count(&self, sink: &str) -> Result<u64, Error> {
+        let txn = self.shared.db.begin_read()?;
+        let dead = txn.open_table(DEAD)?;
+        let mut count = 0;
+        for item in dead.range((sink, 0)..=(sink, u64::MAX))? {
+            item?;
+            count += 1;
+        }
+        Ok(count)
+    }
+
     /// True when journal entry `id` is among the dead letters of `sink`.
     pub fn is_dead_letter(&self, sink: &str, id: u64) -> Result<bool, Error> {
         let txn = self.shared.db.begin_read()?;

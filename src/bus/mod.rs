@@ -208,11 +208,11 @@ impl Bus {
         }
     }
 
-    /// Up to `limit` dead letters of `sink`, oldest first, left in place (embedded bus only: an AMQP queue
-    /// cannot be browsed without taking its messages).
+    /// Up to `limit` dead letters of `sink`, oldest first, left in place (on AMQP, read with `basic.get` and
+    /// requeued, see [`amqp::AmqpBus::dead_letters`]).
     pub async fn dead_letters(&self, sink: &str, limit: usize) -> Result<Vec<Envelope>, Error> {
         match self {
-            Bus::Amqp(_) => Err(Error::Unsupported("AMQP bus: list dead letters in the RabbitMQ console")),
+            Bus::Amqp(bus) => bus.dead_letters(sink, limit).await,
             Bus::Embedded(bus) => {
                 let (bus, sink) = (bus.clone(), sink.to_owned());
                 tokio::task::spawn_blocking(move || bus.dead_letters(&sink, limit))
@@ -222,7 +222,34 @@ impl Bus {
         }
     }
 
-    /// True when journal entry `id` is a dead letter of `sink`; `None` on AMQP (cannot tell without taking).
+    /// The dead letter of journal entry `id` in `sink`, left in place.
+    pub async fn dead_letter(&self, sink: &str, id: u64) -> Result<Option<Envelope>, Error> {
+        match self {
+            Bus::Amqp(bus) => bus.dead_letter(sink, id).await,
+            Bus::Embedded(bus) => {
+                let (bus, sink) = (bus.clone(), sink.to_owned());
+                tokio::task::spawn_blocking(move || bus.dead_letter(&sink, id))
+                    .await
+                    .map_err(|e| Error::Envelope(format!("dead letter task: {e}")))?
+            }
+        }
+    }
+
+    /// How many dead letters `sink` has.
+    pub async fn dead_letter_count(&self, sink: &str) -> Result<u64, Error> {
+        match self {
+            Bus::Amqp(bus) => bus.dead_letter_count(sink).await,
+            Bus::Embedded(bus) => {
+                let (bus, sink) = (bus.clone(), sink.to_owned());
+                tokio::task::spawn_blocking(move || bus.dead_letter_count(&sink))
+                    .await
+                    .map_err(|e| Error::Envelope(format!("dead letter task: {e}")))?
+            }
+        }
+    }
+
+    /// True when journal entry `id` is a dead letter of `sink`; `None` on AMQP (reading the queue for one
+    /// timeline would be too costly: the sink's `failed` outcome in the ledger tells instead).
     pub fn is_dead_letter(&self, sink: &str, id: u64) -> Result<Option<bool>, Error> {
         match self {
             Bus::Amqp(_) => Ok(None),
@@ -230,10 +257,10 @@ impl Bus {
         }
     }
 
-    /// Removes and returns the dead letter of journal entry `id` in `sink` (embedded bus only).
+    /// Removes and returns the dead letter of journal entry `id` in `sink`.
     pub async fn take_dead_letter(&self, sink: &str, id: u64) -> Result<Option<Envelope>, Error> {
         match self {
-            Bus::Amqp(_) => Err(Error::Unsupported("AMQP bus: take dead letters by count, not by id")),
+            Bus::Amqp(bus) => bus.take_dead_letter(sink, id).await,
             Bus::Embedded(bus) => {
                 let (bus, sink) = (bus.clone(), sink.to_owned());
                 tokio::task::spawn_blocking(move || bus.take_dead_letter(&sink, id))
@@ -268,6 +295,15 @@ pub enum Consumer {
 }
 
 impl Consumer {
+    /// Stops holding deliveries while the sink is paused: on AMQP closes the consumer's connection, so a
+    /// prefetched delivery goes back to the broker (an unacknowledged delivery held through a long pause
+    /// would hit the broker's `consumer_timeout`); the embedded bus holds nothing. `next` resumes.
+    pub async fn suspend(&mut self) {
+        if let Consumer::Amqp(consumer) = self {
+            consumer.suspend().await;
+        }
+    }
+
     /// The next delivery of the partition (waits for one; reconnects on AMQP errors).
     pub async fn next(&mut self) -> Result<Received, Error> {
         match self {

@@ -14,6 +14,7 @@
 
 mod header;
 mod model;
+mod pdf;
 
 #[cfg(test)]
 mod tests;
@@ -22,6 +23,7 @@ pub use header::{encoding_of, extract};
 pub use model::{
     Body, CdaHeader, Code, Encounter, Ins, InsKind, InstanceId, Organization, Patient, Person, ServiceEvent,
 };
+pub use pdf::pdf;
 
 /// Namespace of CDA R2 elements.
 pub const HL7_V3_NS: &str = "urn:hl7-org:v3";

@@ -1,4 +1,4 @@
-//! The durable message store: `append` returns an id only after the entry is on disk (committed and fsynced).
+//! The durable message store: `append` returns an id only after the entry is on disk (logged and fsynced).
 //!
 //! Ingest hands each message to [`Journal::append`] (accepted as `Received`, refused as `Rejected` with a
 //! reason) and acknowledges only once it returns; the admin API reads [`Journal::stats`], [`Journal::list`],
@@ -6,21 +6,30 @@
 //! waits on [`Journal::committed`], reads [`Journal::unfinished`] in id order and records each stage with
 //! [`Journal::update`]: received → mapped → routed | unrouted | failed → published.
 //!
-//! - One redb file (format in [`store`]); ids are monotonic and continue after a restart.
-//! - Group commit: one writer thread writes everything queued in one transaction and one fsync, then
-//!   answers every caller of that batch (see [`writer`]); an answer never precedes its commit.
+//! - One redb file (format in [`store`]) behind a write-ahead log (format in [`wal`]); ids are dense,
+//!   monotonic and continue after a restart.
+//! - Group commit: one writer thread logs everything queued in one WAL write and one `fdatasync`, then
+//!   answers every caller of that batch (see [`writer`]); an answer never precedes its sync.
+//! - An applier thread puts the logged batches into redb without fsync, and checkpoints (a durable redb
+//!   commit, after which the covered WAL segments are recycled) every `checkpoint_interval` or
+//!   `wal_segment_bytes` applied (see [`applier`]). [`Journal::open`] replays the log past redb's last
+//!   checkpoint, so whatever was answered survives a crash (kill -9, power loss).
 //! - Deduplication: a `Received` entry with the same MSH-4 + MSH-10 and the same bytes as one stored within
 //!   `dedup_window` is not stored again ([`Appended::Duplicate`]); different bytes are stored as `Rejected`
 //!   for review ([`Appended::Conflict`]); after the window the key is simply reused.
 //!
-//! Reads are synchronous and use their own read transactions, never waiting for the writer. `stats` and
-//! `get` take tens of microseconds and may be called from async code directly; `list` and `raw` read more
-//! and belong in `tokio::task::spawn_blocking` when called from a request handler.
+//! Reads are synchronous and use their own read transactions. They first wait until redb holds every write
+//! answered before the call (read-your-writes; the applier is microseconds to a few milliseconds behind).
+//! `stats` and `get` take tens of microseconds and may be called from async code directly; `list` and `raw`
+//! read more and belong in `tokio::task::spawn_blocking` when called from a request handler.
 //!
 //! It never logs message content.
 
+mod applier;
+mod op;
 mod record;
 mod store;
+mod wal;
 mod writer;
 
 #[cfg(test)]
@@ -45,11 +54,17 @@ pub use record::{
 pub use store::{Filter, Pruned};
 pub use writer::CommitStats;
 
+use applier::{Applier, Checkpoints, Marks};
+use op::Op;
 use store::{Prepared, Update};
 use writer::{CommitCounters, Request, Writer};
 
 /// Appends waiting for the writer before `append` itself waits for room.
 const QUEUE_CAPACITY: usize = 65_536;
+
+/// Logged batches waiting for the applier before the writer itself waits: bounds the memory held and
+/// how long a read may wait for the applied watermark.
+const APPLIER_BACKLOG: usize = 64;
 
 /// redb page cache. Appends touch only the right edge of each table, so a small cache is enough.
 const CACHE_BYTES: usize = 64 * 1024 * 1024;
@@ -63,12 +78,29 @@ pub struct JournalConfig {
     pub dedup_window: Duration,
     /// Most appends in one group commit (default 4096).
     pub max_batch: usize,
+    /// Size of each write-ahead log segment file (default 16 MiB), preallocated; also the most bytes
+    /// applied between two checkpoints.
+    pub wal_segment_bytes: u64,
+    /// Longest time between a write and the checkpoint that makes it durable in redb (default 1 s).
+    pub checkpoint_interval: Duration,
 }
 
 impl JournalConfig {
-    /// A config for `path` with the default window (24 h) and batch size (4096).
+    /// A config for `path` with the default window (24 h), batch size (4096), WAL segment (16 MiB) and
+    /// checkpoint interval (1 s).
     pub fn new(path: impl Into<PathBuf>) -> JournalConfig {
-        JournalConfig { path: path.into(), dedup_window: Duration::from_secs(24 * 3600), max_batch: 4096 }
+        JournalConfig {
+            path: path.into(),
+            dedup_window: Duration::from_secs(24 * 3600),
+            max_batch: 4096,
+            wal_segment_bytes: 16 << 20,
+            checkpoint_interval: Duration::from_secs(1),
+        }
+    }
+
+    /// The write-ahead log directory: beside the redb file (`journal.redb` -> `journal-wal/`).
+    pub fn wal_dir(&self) -> PathBuf {
+        wal::dir_for(&self.path)
     }
 }
 
@@ -101,6 +133,17 @@ pub enum Error {
     /// The writer thread could not be started.
     #[error("cannot start the journal writer thread: {0}")]
     Thread(Arc<std::io::Error>),
+    /// The write-ahead log could not be read, written or synced.
+    #[error("journal write-ahead log: {0}")]
+    Wal(Arc<std::io::Error>),
+    /// A write-ahead log record with a valid checksum does not decode (written by another version?).
+    #[error("journal write-ahead log record {lsn} cannot be decoded: {reason}")]
+    WalRecord {
+        /// The record's number.
+        lsn: u64,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 /// Every redb error type converts into [`Error::Storage`].
@@ -136,6 +179,7 @@ struct Inner {
     counters: Arc<CommitCounters>,
     committed: tokio::sync::watch::Receiver<u64>,
     replays: tokio::sync::watch::Sender<u64>,
+    marks: Arc<Marks>,
 }
 
 /// An entry the pipeline has not finished with, as [`Journal::unfinished`] returns it.
@@ -150,13 +194,42 @@ pub struct Unfinished {
 }
 
 impl Journal {
-    /// Opens or creates the store (ids continue after the highest stored) and starts the writer thread.
+    /// Opens or creates the store, replays the write-ahead log past redb's last checkpoint (ids continue
+    /// after the highest stored), checkpoints, and starts the writer and applier threads.
     pub fn open(cfg: JournalConfig) -> Result<Journal, Error> {
+        let wal_error = |error: std::io::Error| Error::Wal(Arc::new(error));
         let db = redb::Builder::new().set_cache_size(CACHE_BYTES).create(&cfg.path)?;
         store::create_tables(&db)?;
         let db = Arc::new(db);
+        let wal_dir = cfg.wal_dir();
+        let recovered = wal::recover(&wal_dir).map_err(wal_error)?;
+        let (lsn, next_id) = replay(&db, &recovered.records)?;
+        let segments = Arc::new(wal::Shared::default());
+        segments.checkpointed(lsn);
+        let segment_bytes = cfg.wal_segment_bytes.max(1 << 16);
+        let wal =
+            wal::Wal::start(&wal_dir, segment_bytes, &recovered, Arc::clone(&segments)).map_err(wal_error)?;
+        drop(recovered);
+
+        let last_id = store::last_id(&db)?;
+        let marks = Arc::new(Marks::new(lsn, last_id));
         let counters = Arc::new(CommitCounters::default());
-        let (committed_tx, committed) = tokio::sync::watch::channel(store::last_id(&db)?);
+        let (committed_tx, committed) = tokio::sync::watch::channel(last_id);
+        let (to_applier, batches) = std::sync::mpsc::sync_channel(APPLIER_BACKLOG);
+        let applier = Applier {
+            db: Arc::clone(&db),
+            batches,
+            marks: Arc::clone(&marks),
+            segments,
+            checkpoints: Checkpoints { interval: cfg.checkpoint_interval, bytes: segment_bytes },
+            counters: Arc::clone(&counters),
+            committed: committed_tx,
+        };
+        let thread = |error| Error::Thread(Arc::new(error));
+        let applier_thread = std::thread::Builder::new()
+            .name("journal-apply".into())
+            .spawn(move || applier.run())
+            .map_err(thread)?;
         let (sender, queue) = mpsc::channel(QUEUE_CAPACITY);
         let writer = Writer {
             db: Arc::clone(&db),
@@ -164,12 +237,17 @@ impl Journal {
             max_batch: cfg.max_batch,
             dedup_window_us: i64::try_from(cfg.dedup_window.as_micros()).unwrap_or(i64::MAX),
             counters: Arc::clone(&counters),
-            committed: committed_tx,
+            wal,
+            next_lsn: lsn + 1,
+            next_id,
+            marks: Arc::clone(&marks),
+            applier: to_applier,
+            applier_thread,
         };
         let handle = std::thread::Builder::new()
             .name("journal-writer".into())
             .spawn(move || writer.run())
-            .map_err(|error| Error::Thread(Arc::new(error)))?;
+            .map_err(thread)?;
         Ok(Journal {
             inner: Arc::new(Inner {
                 db,
@@ -178,6 +256,7 @@ impl Journal {
                 counters,
                 committed,
                 replays: tokio::sync::watch::Sender::new(0),
+                marks,
             }),
         })
     }
@@ -226,35 +305,43 @@ impl Journal {
         Ok(answer)
     }
 
-    /// The highest stored id, updated after every commit: the pipeline waits on it for new entries.
+    /// The highest stored id, updated once each batch is in redb: the pipeline waits on it for new entries.
+    /// Every append answered before this call is already counted in the receiver's current value.
     pub fn committed(&self) -> tokio::sync::watch::Receiver<u64> {
+        // A failed applier stops the watch; readers then see the error.
+        let _ = self.inner.marks.wait_applied();
         self.inner.committed.clone()
     }
 
     /// Entries in a state the pipeline has not finished ([`State::UNFINISHED`]) with an id above `after`, in
     /// id order, at most `limit`.
     pub fn unfinished(&self, after: u64, limit: usize) -> Result<Vec<Unfinished>, Error> {
+        self.inner.marks.wait_applied()?;
         store::unfinished(&self.inner.db, after, limit)
     }
 
     /// The FHIR Bundle stored for entry `id`, once mapped.
     pub fn bundle(&self, id: u64) -> Result<Option<Vec<u8>>, Error> {
+        self.inner.marks.wait_applied()?;
         store::bundle(&self.inner.db, id)
     }
 
     /// Counts: `{"journaled": total, "received": n, "rejected": n, ...}` (every state, zeros included).
     pub fn stats(&self) -> Result<BTreeMap<String, u64>, Error> {
+        self.inner.marks.wait_applied()?;
         store::stats(&self.inner.db)
     }
 
     /// Metadata, newest first, optionally of one state only, at most `limit` entries.
     pub fn list(&self, state: Option<State>, limit: usize) -> Result<Vec<EntryMeta>, Error> {
+        self.inner.marks.wait_applied()?;
         store::list(&self.inner.db, state, limit)
     }
 
     /// Newest first, the entries `filter` matches, at most `limit`, looking at no more than `scan` entries
     /// (the newest ones, or of the filter's state). Blocking: call it from `spawn_blocking`.
     pub fn search(&self, filter: &Filter, limit: usize, scan: usize) -> Result<Vec<EntryMeta>, Error> {
+        self.inner.marks.wait_applied()?;
         store::search(&self.inner.db, filter, limit, scan)
     }
 
@@ -301,13 +388,29 @@ impl Journal {
         store::prune(&self.inner.db, meta_before, raw_before.min(meta_before), limit)
     }
 
+    /// [`Journal::prune`] of the published entries from id `from` on that `may_prune` accepts (retention
+    /// asks the sinks' ledger whether every destination is done); skipped entries stay. Looks at most
+    /// `20 * limit` entries; returns what went and the id to go on from (`None`: the pass is over).
+    pub fn prune_where(
+        &self,
+        meta_before: Timestamp,
+        raw_before: Timestamp,
+        limit: usize,
+        from: u64,
+        may_prune: &dyn Fn(&EntryMeta) -> bool,
+    ) -> Result<(Pruned, Option<u64>), Error> {
+        store::prune_where(&self.inner.db, meta_before, raw_before.min(meta_before), limit, from, may_prune)
+    }
+
     /// Metadata of entry `id`, if stored.
     pub fn get(&self, id: u64) -> Result<Option<EntryMeta>, Error> {
+        self.inner.marks.wait_applied()?;
         store::get(&self.inner.db, id)
     }
 
     /// The bytes of entry `id` exactly as received, if stored.
     pub fn raw(&self, id: u64) -> Result<Option<Vec<u8>>, Error> {
+        self.inner.marks.wait_applied()?;
         store::raw(&self.inner.db, id)
     }
 
@@ -336,6 +439,36 @@ impl Journal {
     pub fn commit_stats(&self) -> CommitStats {
         self.inner.counters.snapshot()
     }
+}
+
+/// Applies the recovered WAL records past redb's checkpoint (contiguous from it) in one durable commit;
+/// returns the last lsn redb now holds and the next id.
+fn replay(db: &Database, records: &[(u64, Vec<u8>)]) -> Result<(u64, u64), Error> {
+    let (applied, mut next_id) = store::wal_state(db)?;
+    let mut lsn = applied;
+    let mut ops = Vec::new();
+    for (record_lsn, payload) in records {
+        if *record_lsn <= applied {
+            continue;
+        }
+        if *record_lsn != lsn + 1 {
+            tracing::warn!(expected = lsn + 1, found = record_lsn, "journal WAL has a gap: replay stops");
+            break;
+        }
+        let op = Op::decode(payload)
+            .map_err(|error| Error::WalRecord { lsn: *record_lsn, reason: error.to_string() })?;
+        if let Op::Append(append) = &op {
+            next_id = next_id.max(append.id + 1);
+        }
+        ops.push(op);
+        lsn = *record_lsn;
+    }
+    if lsn > applied {
+        tracing::info!(records = ops.len(), from = applied + 1, to = lsn, "journal WAL replayed");
+    }
+    // Durable either way: the log files are reused once this returns.
+    store::apply_ops(db, &ops, lsn, next_id, redb::Durability::Immediate)?;
+    Ok((lsn, next_id))
 }
 
 /// The outcome of a queued append; resolves once its group commit is durable (or failed).

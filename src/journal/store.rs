@@ -9,23 +9,24 @@
 //! - `counters`: state name or `"journaled"` -> count, updated in the same transaction as the entries;
 //! - `bundle`: id -> the FHIR Bundle JSON the map stage produced (state `mapped` and later);
 //! - `raw_kept`: id -> received_at (µs) of a pruned entry whose raw bytes are kept longer than its metadata
-//!   (`journal.raw_retention_days` > `journal.retention_days`), so [`prune`] finds them without the record.
+//!   (`journal.raw_retention_days` > `journal.retention_days`), so [`prune`] finds them without the record;
+//! - `wal`: `"applied_lsn"` -> the last WAL record applied, `"next_id"` -> the next id, written in the same
+//!   transaction as what they describe.
 //!
-//! Pipeline updates ([`Update`]) rewrite an entry's record, move its `by_state` key and counters, and store
-//! its bundle, in the same group commit as appends.
-//!
-//! Ids are the `meta` keys: the next id is the last key + 1, so ids continue after a restart. Only entries
-//! with state `Received` and a header take part in deduplication. Writes happen only in [`write_batch`],
-//! called by the single writer thread; reads use their own read transactions from any thread.
+//! Writes come from the write-ahead log ([`super::wal`]): [`apply_ops`] applies decided [`Op`]s (appends
+//! with their id, pipeline updates with their time: a record rewritten, its `by_state` key and counters
+//! moved, its bundle stored), called by the applier thread and by recovery; retention ([`prune`]) is the
+//! only other writer. Reads use their own read transactions from any thread.
 
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
 use jiff::Timestamp;
 
-use super::record::{Appended, EntryMeta, Event, NewEntry, ReplayFrom, Stage, State, StoredRecord};
+use super::op::Op;
+use super::record::{EntryMeta, Event, NewEntry, ReplayFrom, Stage, State, StoredRecord};
 use super::{Error, Unfinished};
 use crate::facts::EventClass;
 
@@ -36,6 +37,13 @@ const DEDUP: TableDefinition<&str, (u64, i64)> = TableDefinition::new("dedup");
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 const BUNDLE: TableDefinition<u64, &[u8]> = TableDefinition::new("bundle");
 const RAW_KEPT: TableDefinition<u64, i64> = TableDefinition::new("raw_kept");
+const WAL_STATE: TableDefinition<&str, u64> = TableDefinition::new("wal");
+
+/// `wal` key: the last WAL record applied.
+const APPLIED_LSN: &str = "applied_lsn";
+
+/// `wal` key: the next id to assign.
+const NEXT_ID: &str = "next_id";
 
 /// The `stats` key counting entries whose metadata retention removed.
 pub(crate) const PRUNED: &str = "pruned";
@@ -49,16 +57,17 @@ const KEY_SEPARATOR: char = '\u{1f}';
 /// One entry ready for the writer: its record already encoded, so the writer thread only copies bytes.
 #[derive(Debug)]
 pub(crate) struct Prepared {
-    record: StoredRecord,
-    encoded: Vec<u8>,
-    raw: Bytes,
-    dedup: Option<DedupKey>,
+    pub(crate) record: StoredRecord,
+    pub(crate) encoded: Vec<u8>,
+    pub(crate) raw: Bytes,
+    pub(crate) dedup: Option<DedupKey>,
 }
 
+/// The dedup key of an entry (MSH-4 + U+001F + MSH-10) and its received-at.
 #[derive(Debug)]
-struct DedupKey {
-    key: String,
-    received_at_us: i64,
+pub(crate) struct DedupKey {
+    pub(crate) key: String,
+    pub(crate) received_at_us: i64,
 }
 
 impl Prepared {
@@ -74,6 +83,15 @@ impl Prepared {
         };
         let encoded = encode(&record)?;
         Ok(Prepared { record, encoded, raw, dedup })
+    }
+
+    /// Turns the entry into a `Rejected` one whose reason names the entry it clashes with.
+    pub(crate) fn reject_conflict(&mut self, original: u64) -> Result<(), Error> {
+        self.record.state = State::Rejected;
+        self.record.reason =
+            Some(format!("control id already used by entry {original} with different content"));
+        self.encoded = encode(&self.record)?;
+        Ok(())
     }
 }
 
@@ -98,6 +116,7 @@ pub(crate) fn create_tables(db: &Database) -> Result<(), Error> {
         txn.open_table(COUNTERS)?;
         txn.open_table(BUNDLE)?;
         txn.open_table(RAW_KEPT)?;
+        txn.open_table(WAL_STATE)?;
     }
     txn.commit()?;
     Ok(())
@@ -110,70 +129,72 @@ pub(crate) struct Update {
     pub(crate) stages: Vec<Stage>,
 }
 
-/// Why one update of a batch was not applied (the rest of the batch is).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum UpdateRefused {
-    /// No entry has this id.
-    Unknown(u64),
+/// The WAL position redb holds: every record up to `applied_lsn` is applied; `next_id` is the next id.
+pub(crate) fn wal_state(db: &Database) -> Result<(u64, u64), Error> {
+    let txn = db.begin_read()?;
+    let state = txn.open_table(WAL_STATE)?;
+    let applied = state.get(APPLIED_LSN)?.map_or(0, |guard| guard.value());
+    let stored_next = state.get(NEXT_ID)?.map_or(1, |guard| guard.value());
+    let meta = txn.open_table(META)?;
+    let after_last = meta.last()?.map_or(1, |(key, _)| key.value().saturating_add(1));
+    Ok((applied, stored_next.max(after_last)))
 }
 
-/// What one group commit wrote: each append's outcome, each update's result, the highest stored id.
-#[derive(Debug)]
-pub(crate) struct Written {
-    pub(crate) appended: Vec<Appended>,
-    pub(crate) updated: Vec<Result<(), UpdateRefused>>,
-    pub(crate) last_id: u64,
-}
-
-/// Writes a batch of appends and updates in one durable transaction and returns each append's outcome and
-/// each update's result, in order, with the highest stored id.
+/// Applies logged ops (the last of which is WAL record `lsn`) in one redb write transaction of the given
+/// durability, records `lsn` and `next_id` with them, and returns the highest stored id.
 ///
-/// Nothing is visible (nor may be acknowledged) unless this returns `Ok`: on error the transaction is
-/// dropped, which aborts it.
-pub(crate) fn write_batch(
+/// Idempotent by id: an append whose id is already stored is skipped. An update of an id no longer stored
+/// (pruned since) is skipped.
+pub(crate) fn apply_ops<'a>(
     db: &Database,
-    batch: impl IntoIterator<Item = Prepared>,
-    updates: impl IntoIterator<Item = Update>,
-    dedup_window_us: i64,
-) -> Result<Written, Error> {
+    ops: impl IntoIterator<Item = &'a Op>,
+    lsn: u64,
+    next_id: u64,
+    durability: Durability,
+) -> Result<u64, Error> {
     let mut txn = db.begin_write()?;
-    txn.set_durability(Durability::Immediate)?;
-    let outcomes = insert_all(&txn, batch, dedup_window_us)?;
-    let updated = update_all(&txn, updates)?;
-    let last = txn.open_table(META)?.last()?.map_or(0, |(key, _)| key.value());
-    txn.commit()?;
-    Ok(Written { appended: outcomes, updated, last_id: last })
-}
-
-fn update_all(
-    txn: &WriteTransaction,
-    updates: impl IntoIterator<Item = Update>,
-) -> Result<Vec<Result<(), UpdateRefused>>, Error> {
-    let mut results = Vec::new();
+    txn.set_durability(durability)?;
     let mut moved: BTreeMap<&'static str, i64> = BTreeMap::new();
     {
         let mut meta = txn.open_table(META)?;
+        let mut raw = txn.open_table(RAW)?;
         let mut by_state = txn.open_table(BY_STATE)?;
+        let mut dedup = txn.open_table(DEDUP)?;
         let mut bundles = txn.open_table(BUNDLE)?;
-        for update in updates {
-            let Some(bytes) = meta.get(update.id)?.map(|guard| guard.value().to_vec()) else {
-                results.push(Err(UpdateRefused::Unknown(update.id)));
-                continue;
-            };
-            let mut record: StoredRecord = serde_json::from_slice(&bytes)
-                .map_err(|source| Error::Corrupt { id: update.id, source: source.into() })?;
-            let before = record.state;
-            for stage in update.stages {
-                apply(&mut record, stage, update.id, &mut bundles)?;
+        for op in ops {
+            match op {
+                Op::Append(append) => {
+                    if meta.get(append.id)?.is_some() {
+                        continue;
+                    }
+                    if let Some((key, at_us)) = &append.dedup {
+                        dedup.insert(key.as_str(), (append.id, *at_us))?;
+                    }
+                    meta.insert(append.id, append.record.as_slice())?;
+                    raw.insert(append.id, append.raw.as_ref())?;
+                    by_state.insert((append.state.as_str(), append.id), ())?;
+                    *moved.entry(append.state.as_str()).or_default() += 1;
+                    *moved.entry(JOURNALED).or_default() += 1;
+                }
+                Op::Update { id, at, stages } => {
+                    let Some(bytes) = meta.get(*id)?.map(|guard| guard.value().to_vec()) else {
+                        continue;
+                    };
+                    let mut record: StoredRecord = serde_json::from_slice(&bytes)
+                        .map_err(|source| Error::Corrupt { id: *id, source: source.into() })?;
+                    let before = record.state;
+                    for stage in stages {
+                        apply(&mut record, stage.clone(), *at, *id, &mut bundles)?;
+                    }
+                    if record.state != before {
+                        by_state.remove((before.as_str(), *id))?;
+                        by_state.insert((record.state.as_str(), *id), ())?;
+                        *moved.entry(before.as_str()).or_default() -= 1;
+                        *moved.entry(record.state.as_str()).or_default() += 1;
+                    }
+                    meta.insert(*id, encode(&record)?.as_slice())?;
+                }
             }
-            if record.state != before {
-                by_state.remove((before.as_str(), update.id))?;
-                by_state.insert((record.state.as_str(), update.id), ())?;
-                *moved.entry(before.as_str()).or_default() -= 1;
-                *moved.entry(record.state.as_str()).or_default() += 1;
-            }
-            meta.insert(update.id, encode(&record)?.as_slice())?;
-            results.push(Ok(()));
         }
     }
     if !moved.is_empty() {
@@ -183,16 +204,48 @@ fn update_all(
             counters.insert(name, current.saturating_add_signed(delta))?;
         }
     }
-    Ok(results)
+    {
+        let mut state = txn.open_table(WAL_STATE)?;
+        state.insert(APPLIED_LSN, lsn)?;
+        state.insert(NEXT_ID, next_id)?;
+    }
+    let last = txn.open_table(META)?.last()?.map_or(0, |(key, _)| key.value());
+    txn.commit()?;
+    Ok(last)
+}
+
+/// A read view for the writer's decisions: dedup keys, stored bytes, whether an id is stored.
+pub(crate) struct Lookup(redb::ReadTransaction);
+
+impl Lookup {
+    /// A view of what redb holds now.
+    pub(crate) fn begin(db: &Database) -> Result<Lookup, Error> {
+        Ok(Lookup(db.begin_read()?))
+    }
+
+    /// The entry `key` points to and its received-at (µs).
+    pub(crate) fn dedup(&self, key: &str) -> Result<Option<(u64, i64)>, Error> {
+        Ok(self.0.open_table(DEDUP)?.get(key)?.map(|guard| guard.value()))
+    }
+
+    /// True when entry `id`'s raw bytes are `bytes`.
+    pub(crate) fn same_raw(&self, id: u64, bytes: &[u8]) -> Result<bool, Error> {
+        Ok(self.0.open_table(RAW)?.get(id)?.is_some_and(|stored| stored.value() == bytes))
+    }
+
+    /// True when entry `id` is stored.
+    pub(crate) fn exists(&self, id: u64) -> Result<bool, Error> {
+        Ok(self.0.open_table(META)?.get(id)?.is_some())
+    }
 }
 
 fn apply(
     record: &mut StoredRecord,
     stage: Stage,
+    at: Timestamp,
     id: u64,
     bundles: &mut redb::Table<'_, u64, &'static [u8]>,
 ) -> Result<(), Error> {
-    let at = Timestamp::now();
     let mut event = |stage: &str, detail: Option<String>| {
         record.history.push(Event { at, stage: stage.to_owned(), detail });
     };
@@ -285,72 +338,6 @@ pub(crate) fn bundle(db: &Database, id: u64) -> Result<Option<Vec<u8>>, Error> {
     let txn = db.begin_read()?;
     let bundles = txn.open_table(BUNDLE)?;
     Ok(bundles.get(id)?.map(|bytes| bytes.value().to_vec()))
-}
-
-fn insert_all(
-    txn: &WriteTransaction,
-    batch: impl IntoIterator<Item = Prepared>,
-    dedup_window_us: i64,
-) -> Result<Vec<Appended>, Error> {
-    let mut meta = txn.open_table(META)?;
-    let mut raw = txn.open_table(RAW)?;
-    let mut by_state = txn.open_table(BY_STATE)?;
-    let mut dedup = txn.open_table(DEDUP)?;
-
-    let mut next_id = match meta.last()? {
-        Some((key, _)) => key.value().saturating_add(1),
-        None => 1,
-    };
-    let mut added: BTreeMap<&'static str, u64> = BTreeMap::new();
-    let mut outcomes = Vec::new();
-
-    for mut entry in batch {
-        let id = next_id;
-        let mut clash = None;
-        if let Some(key) = &entry.dedup {
-            let previous = dedup.get(key.key.as_str())?.map(|guard| guard.value());
-            if let Some((original, original_at_us)) = previous
-                && original_at_us.abs_diff(key.received_at_us) <= dedup_window_us.unsigned_abs()
-            {
-                let same_bytes =
-                    raw.get(original)?.is_some_and(|stored| stored.value() == entry.raw.as_ref());
-                if same_bytes {
-                    outcomes.push(Appended::Duplicate { original });
-                    continue;
-                }
-                clash = Some(original);
-            }
-            if clash.is_none() {
-                dedup.insert(key.key.as_str(), (id, key.received_at_us))?;
-            }
-        }
-        if let Some(original) = clash {
-            entry.record.state = State::Rejected;
-            entry.record.reason =
-                Some(format!("control id already used by entry {original} with different content"));
-            entry.encoded = encode(&entry.record)?;
-        }
-
-        meta.insert(id, entry.encoded.as_slice())?;
-        raw.insert(id, entry.raw.as_ref())?;
-        by_state.insert((entry.record.state.as_str(), id), ())?;
-        *added.entry(entry.record.state.as_str()).or_default() += 1;
-        *added.entry(JOURNALED).or_default() += 1;
-        next_id = id.saturating_add(1);
-        outcomes.push(match clash {
-            Some(original) => Appended::Conflict { id, original },
-            None => Appended::Stored { id },
-        });
-    }
-
-    if !added.is_empty() {
-        let mut counters = txn.open_table(COUNTERS)?;
-        for (name, count) in added {
-            let current = counters.get(name)?.map_or(0, |guard| guard.value());
-            counters.insert(name, current.saturating_add(count))?;
-        }
-    }
-    Ok(outcomes)
 }
 
 /// Counts per state (every state, zeros included) and the `"journaled"` total.
@@ -510,7 +497,22 @@ pub(crate) fn prune(
     raw_before: Timestamp,
     limit: usize,
 ) -> Result<Pruned, Error> {
+    prune_where(db, meta_before, raw_before, limit, 0, &|_| true).map(|(done, _)| done)
+}
+
+/// [`prune`] of the published entries from id `from` on that `may_prune` accepts (the others are skipped
+/// and kept). Looks at most `limit * 20` entries; also returns the id to go on from, `None` once the scan
+/// reached the entries too young to prune (or the end).
+pub(crate) fn prune_where(
+    db: &Database,
+    meta_before: Timestamp,
+    raw_before: Timestamp,
+    limit: usize,
+    from: u64,
+    may_prune: &dyn Fn(&EntryMeta) -> bool,
+) -> Result<(Pruned, Option<u64>), Error> {
     let mut done = Pruned::default();
+    let mut next = None;
     let txn = db.begin_write()?;
     {
         let mut meta = txn.open_table(META)?;
@@ -520,15 +522,23 @@ pub(crate) fn prune(
         let mut kept = txn.open_table(RAW_KEPT)?;
         let name = State::Published.as_str();
         let mut candidates = Vec::new();
-        for item in by_state.range((name, 0)..=(name, u64::MAX))? {
+        let mut scanned = 0usize;
+        for item in by_state.range((name, from)..=(name, u64::MAX))? {
             let (_, id) = item?.0.value();
             let Some(bytes) = meta.get(id)? else { continue };
             let entry = decode(id, bytes.value())?;
             // Ids grow with arrival time (give or take clock steps): stop at the first one still kept.
-            if entry.received_at >= meta_before || candidates.len() >= limit {
+            if entry.received_at >= meta_before {
                 break;
             }
-            candidates.push((id, entry.received_at));
+            if candidates.len() >= limit || scanned >= limit.saturating_mul(20) {
+                next = Some(id);
+                break;
+            }
+            scanned += 1;
+            if may_prune(&entry) {
+                candidates.push((id, entry.received_at));
+            }
         }
         for (id, received_at) in candidates {
             meta.remove(id)?;
@@ -565,5 +575,5 @@ pub(crate) fn prune(
         counters.insert(PRUNED, pruned.saturating_add(done.entries))?;
     }
     txn.commit()?;
-    Ok(done)
+    Ok((done, next))
 }

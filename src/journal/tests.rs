@@ -300,22 +300,19 @@ async fn concurrent_appenders_get_distinct_ids_in_grouped_commits() {
     }
 }
 
-#[test]
-fn identical_appends_in_one_batch_deduplicate() {
+#[tokio::test]
+async fn identical_appends_queued_together_deduplicate() {
     let dir = tempfile::tempdir().unwrap();
-    let db = redb::Database::create(dir.path().join("journal.redb")).unwrap();
-    store::create_tables(&db).unwrap();
-    let window = 3_600_000_000;
-    let batch = vec![
-        Prepared::new(received("FAC", "1", b"MSH|same", at(0))).unwrap(),
-        Prepared::new(received("FAC", "1", b"MSH|same", at(0))).unwrap(),
-        Prepared::new(received("FAC", "1", b"MSH|changed", at(0))).unwrap(),
-    ];
-    let outcomes = store::write_batch(&db, batch, Vec::new(), window).unwrap().appended;
-    let Appended::Stored { id: first } = outcomes[0] else { panic!("{outcomes:?}") };
-    assert_eq!(outcomes[1], Appended::Duplicate { original: first });
-    assert!(matches!(outcomes[2], Appended::Conflict { original, .. } if original == first), "{outcomes:?}");
-    assert_eq!(store::stats(&db).unwrap()["journaled"], 2);
+    let journal = Journal::open(config(&dir)).unwrap();
+    // Queued before any is answered: they are decided in one or two group commits, before redb has any.
+    let first = journal.enqueue(received("FAC", "1", b"MSH|same", at(0))).await.unwrap();
+    let second = journal.enqueue(received("FAC", "1", b"MSH|same", at(0))).await.unwrap();
+    let third = journal.enqueue(received("FAC", "1", b"MSH|changed", at(0))).await.unwrap();
+    let first = stored_id(first.await.unwrap());
+    assert_eq!(second.await.unwrap(), Appended::Duplicate { original: first });
+    let third = third.await.unwrap();
+    assert!(matches!(third, Appended::Conflict { original, .. } if original == first), "{third:?}");
+    assert_eq!(journal.stats().unwrap()["journaled"], 2);
 }
 
 fn routed_to(destinations: &[&str]) -> Stage {
@@ -377,4 +374,128 @@ async fn pipeline_stages_move_states_counters_and_keep_the_bundle() {
     assert_eq!(counts, [1, 1, 1, 1, 0, 4]);
     assert_eq!(journal.list(Some(State::Unrouted), 10).unwrap()[0].id, ids[2]);
     assert!(matches!(journal.update(999, vec![]).await, Err(Error::Unknown(999))));
+}
+
+/// Copies the journal's files (redb file and WAL directory) as they are on disk now: what a `kill -9`
+/// would leave behind.
+fn crash_image(from: &tempfile::TempDir, wal: bool) -> tempfile::TempDir {
+    let to = tempfile::tempdir().unwrap();
+    std::fs::copy(from.path().join("journal.redb"), to.path().join("journal.redb")).unwrap();
+    if wal {
+        std::fs::create_dir(to.path().join("journal-wal")).unwrap();
+        for file in std::fs::read_dir(from.path().join("journal-wal")).unwrap() {
+            let file = file.unwrap();
+            std::fs::copy(file.path(), to.path().join("journal-wal").join(file.file_name())).unwrap();
+        }
+    }
+    to
+}
+
+#[tokio::test]
+async fn a_crash_before_any_checkpoint_loses_nothing_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let never = JournalConfig { checkpoint_interval: Duration::from_secs(3600), ..config(&dir) };
+    let journal = Journal::open(never).unwrap();
+    let mut ids = Vec::new();
+    for n in 0..30 {
+        let body = format!("MSH|message {n}");
+        ids.push(stored_id(
+            journal.append(received("FAC", &n.to_string(), body.as_bytes(), at(n))).await.unwrap(),
+        ));
+    }
+    let bundle = Bytes::from_static(b"{\"resourceType\":\"Bundle\"}");
+    journal.update(ids[0], vec![Stage::Mapped { bundle: bundle.clone() }, routed_to(&["a"])]).await.unwrap();
+    journal.update(ids[1], vec![Stage::Failed { reason: "PID-3: missing".into() }]).await.unwrap();
+    journal.update(ids[0], vec![Stage::Published { destinations: vec!["a".into()] }]).await.unwrap();
+    let conflict = journal.append(received("FAC", "7", b"MSH|other bytes", at(40))).await.unwrap();
+    let Appended::Conflict { id: conflict, original } = conflict else { panic!("{conflict:?}") };
+    assert_eq!(original, ids[7]);
+    let before: Vec<EntryMeta> = (1..=conflict).map(|id| journal.get(id).unwrap().unwrap()).collect();
+    let stats = journal.stats().unwrap();
+
+    // redb alone holds none of it (no checkpoint since open): only the log can bring it back.
+    let without_log = crash_image(&dir, false);
+    let bare = Journal::open(config(&without_log)).unwrap();
+    assert_eq!(bare.stats().unwrap()["journaled"], 0);
+
+    let image = crash_image(&dir, true);
+    let recovered = Journal::open(config(&image)).unwrap();
+    let after: Vec<EntryMeta> = (1..=conflict).map(|id| recovered.get(id).unwrap().unwrap()).collect();
+    assert_eq!(after, before, "entries differ after replay");
+    assert_eq!(recovered.stats().unwrap(), stats);
+    assert_eq!(recovered.get(ids[0]).unwrap().unwrap().state, State::Published);
+    assert_eq!(recovered.bundle(ids[0]).unwrap().as_deref(), Some(bundle.as_ref()));
+    assert_eq!(recovered.raw(ids[29]).unwrap().unwrap(), b"MSH|message 29");
+    // Deduplication and ids carry on from the log.
+    let again = recovered.append(received("FAC", "5", b"MSH|message 5", at(50))).await.unwrap();
+    assert_eq!(again, Appended::Duplicate { original: ids[5] });
+    let next = stored_id(recovered.append(received("FAC", "new", b"MSH|new", at(51))).await.unwrap());
+    assert_eq!(next, conflict + 1, "ids are not dense after recovery");
+    recovered.close().await.unwrap();
+    drop(recovered);
+
+    // Replayed once, checkpointed: opening again neither loses nor doubles anything.
+    let reopened = Journal::open(config(&image)).unwrap();
+    assert_eq!(reopened.stats().unwrap()["journaled"], stats["journaled"] + 1);
+    assert_eq!(reopened.get(next).unwrap().unwrap().header, Some(header("FAC", "new")));
+    journal.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_torn_last_batch_is_dropped_and_its_ids_given_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let never = JournalConfig { checkpoint_interval: Duration::from_secs(3600), ..config(&dir) };
+    let journal = Journal::open(never).unwrap();
+    for n in 0..5 {
+        stored_id(journal.append(received("FAC", &n.to_string(), b"MSH|kept", at(n))).await.unwrap());
+    }
+    let last = stored_id(journal.append(received("FAC", "torn", b"MSH|torn", at(9))).await.unwrap());
+    let image = crash_image(&dir, true);
+    journal.close().await.unwrap();
+
+    // The last record's tail never reached the disk: find it (it holds the raw bytes) and zero it.
+    let mut torn = false;
+    for file in std::fs::read_dir(image.path().join("journal-wal")).unwrap() {
+        let path = file.unwrap().path();
+        let mut bytes = std::fs::read(&path).unwrap();
+        if let Some(at) = bytes.windows(8).position(|w| w == b"MSH|torn") {
+            bytes[at..].iter_mut().for_each(|b| *b = 0);
+            std::fs::write(&path, &bytes).unwrap();
+            torn = true;
+        }
+    }
+    assert!(torn, "the last record was not found in the log");
+    let recovered = Journal::open(config(&image)).unwrap();
+    assert_eq!(recovered.stats().unwrap()["journaled"], 5);
+    assert_eq!(recovered.get(last).unwrap(), None);
+    let again = stored_id(recovered.append(received("FAC", "torn", b"MSH|torn", at(9))).await.unwrap());
+    assert_eq!(again, last);
+}
+
+#[tokio::test]
+async fn dedup_and_updates_see_appends_not_yet_in_redb() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(config(&dir)).unwrap();
+    let applied = stored_id(journal.append(received("FAC", "A", b"MSH|a", at(0))).await.unwrap());
+    assert_eq!(journal.get(applied).unwrap().unwrap().state, State::Received);
+
+    // While this write transaction is open the applier cannot put anything in redb.
+    let hold = journal.inner.db.begin_write().unwrap();
+    let logged = stored_id(journal.append(received("FAC", "B", b"MSH|b", at(1))).await.unwrap());
+    assert_eq!(logged, applied + 1);
+    assert!(journal.inner.marks.applied_id() < logged, "the test did not hold the applier back");
+    let again = journal.append(received("FAC", "B", b"MSH|b", at(2))).await.unwrap();
+    assert_eq!(again, Appended::Duplicate { original: logged });
+    let changed = journal.append(received("FAC", "B", b"MSH|b changed", at(3))).await.unwrap();
+    assert_eq!(changed, Appended::Conflict { id: logged + 1, original: logged });
+    let old = journal.append(received("FAC", "A", b"MSH|a", at(4))).await.unwrap();
+    assert_eq!(old, Appended::Duplicate { original: applied });
+    journal.update(logged, vec![Stage::Failed { reason: "no PID".into() }]).await.unwrap();
+    assert!(matches!(journal.update(logged + 2, vec![]).await, Err(Error::Unknown(id)) if id == logged + 2));
+    drop(hold);
+
+    let entry = journal.get(logged).unwrap().unwrap();
+    assert_eq!((entry.state, entry.reason.as_deref()), (State::Failed, Some("no PID")));
+    let stats = journal.stats().unwrap();
+    assert_eq!((stats["journaled"], stats["rejected"], stats["failed"]), (3, 1, 1));
 }

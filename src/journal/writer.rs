@@ -1,12 +1,15 @@
-//! The single writer thread: group commit of queued appends.
+//! The single writer thread: group commit of queued appends and updates into the write-ahead log.
 //!
-//! It blocks for the first queued request, takes everything else already queued (up to `max_batch`), writes
-//! them all in one redb write transaction with `Durability::Immediate` (one `fdatasync`), and only after the
-//! commit returned answers each request. If the commit fails every request of the batch gets the error, and
-//! nothing of that batch is visible. The thread ends when every sender is gone and the queue is empty.
+//! It blocks for the first queued request, takes everything else already queued (up to `max_batch`) and
+//! decides each one: an append gets the next id, or is found a duplicate (same dedup key and bytes within
+//! the window) or a conflict (stored as `rejected`); an update of an unknown id is refused. The decisions
+//! are logged as [`Op`]s in one WAL write and one `fdatasync` ([`Wal::write`]), and only then is each
+//! request answered; the ops go on to the applier thread, which puts them in redb. If the log write fails,
+//! that batch and every later request get the error (what reached the disk is unknown: restart to recover).
+//! The thread ends when every sender is gone and the queue is empty, after the applier finished.
 //!
-//! Pipeline updates ([`Request::Update`]) share the queue and the group commit with appends; after each
-//! commit the highest stored id is published on a `watch` channel so the pipeline wakes up.
+//! Deduplication must see appends that are durable in the log but not yet in redb: the writer keeps them
+//! (key -> id, received-at, bytes) until the applier reports them applied, and looks there before redb.
 //!
 //! Under load the batches tend to alternate, big then small: while a big batch is being synced only a few
 //! messages arrive (the senders wait for their ACKs), and committing those few costs a whole fsync, during
@@ -15,17 +18,23 @@
 //! queue to fill, as PostgreSQL's `commit_delay` does when other transactions are active. A lone sender
 //! (send, wait for the ACK, send) makes batches of one and never waits.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use jiff::Timestamp;
 use redb::Database;
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, oneshot};
 
 use super::Error;
+use super::applier::{Applied, Marks};
+use super::op::{Append, Op};
 use super::record::Appended;
-use super::store::{self, Prepared, Update, UpdateRefused};
+use super::store::{Lookup, Prepared, Update};
+use super::wal::Wal;
 
 /// The longest the writer waits for a batch to fill before committing it.
 pub(crate) const MAX_LINGER: Duration = Duration::from_millis(5);
@@ -56,14 +65,18 @@ pub(crate) enum Request {
 /// Group-commit figures since the journal was opened.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CommitStats {
-    /// Write transactions committed (or attempted: failed commits count too).
+    /// Group commits: WAL writes (or attempts: failed ones count too).
     pub commits: u64,
-    /// Appends handled by those commits (duplicates included).
+    /// Requests handled by those commits (appends, duplicates included, and updates).
     pub entries: u64,
-    /// Total time spent writing and committing (fsync included).
+    /// Total time spent writing the WAL and syncing it (`fdatasync` included): what an ACK waits for.
     pub commit_time: Duration,
-    /// Number of appends in the most recent commit.
+    /// Number of requests in the most recent commit.
     pub last_batch: u64,
+    /// Checkpoints: durable redb commits of what the WAL holds.
+    pub checkpoints: u64,
+    /// Total time spent in checkpoints (off the ACK path).
+    pub checkpoint_time: Duration,
 }
 
 impl CommitStats {
@@ -80,6 +93,8 @@ pub(crate) struct CommitCounters {
     entries: AtomicU64,
     commit_nanos: AtomicU64,
     last_batch: AtomicU64,
+    checkpoints: AtomicU64,
+    checkpoint_nanos: AtomicU64,
 }
 
 impl CommitCounters {
@@ -93,12 +108,20 @@ impl CommitCounters {
         crate::ops::metrics::journal_commit(batch, took);
     }
 
+    pub(crate) fn checkpoint(&self, took: Duration) {
+        self.checkpoints.fetch_add(1, Ordering::Relaxed);
+        let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        self.checkpoint_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
     pub(crate) fn snapshot(&self) -> CommitStats {
         CommitStats {
             commits: self.commits.load(Ordering::Relaxed),
             entries: self.entries.load(Ordering::Relaxed),
             commit_time: Duration::from_nanos(self.commit_nanos.load(Ordering::Relaxed)),
             last_batch: self.last_batch.load(Ordering::Relaxed),
+            checkpoints: self.checkpoints.load(Ordering::Relaxed),
+            checkpoint_time: Duration::from_nanos(self.checkpoint_nanos.load(Ordering::Relaxed)),
         }
     }
 }
@@ -110,27 +133,86 @@ pub(crate) struct Writer {
     pub(crate) max_batch: usize,
     pub(crate) dedup_window_us: i64,
     pub(crate) counters: Arc<CommitCounters>,
-    /// The highest stored id, sent after each successful commit.
-    pub(crate) committed: tokio::sync::watch::Sender<u64>,
+    pub(crate) wal: Wal,
+    /// The lsn of the next WAL record.
+    pub(crate) next_lsn: u64,
+    /// The next id to assign.
+    pub(crate) next_id: u64,
+    pub(crate) marks: Arc<Marks>,
+    /// Where durable batches go to be applied to redb.
+    pub(crate) applier: std::sync::mpsc::SyncSender<Applied>,
+    /// The applier thread, joined when the writer ends.
+    pub(crate) applier_thread: std::thread::JoinHandle<()>,
+}
+
+/// Appends logged but perhaps not yet applied, by dedup key, so deduplication sees them.
+#[derive(Default)]
+struct Unapplied {
+    by_key: HashMap<String, (u64, i64, Bytes)>,
+    /// `(id, key)` in id order, to forget them once applied.
+    order: VecDeque<(u64, String)>,
+}
+
+impl Unapplied {
+    /// Forgets the appends redb holds (ids up to `applied_id`).
+    fn forget_up_to(&mut self, applied_id: u64) {
+        while let Some((id, _)) = self.order.front()
+            && *id <= applied_id
+        {
+            let (id, key) = self.order.pop_front().expect("front exists");
+            if self.by_key.get(&key).is_some_and(|(current, _, _)| *current == id) {
+                self.by_key.remove(&key);
+            }
+        }
+    }
+}
+
+/// Now, to the microsecond: what the log keeps, so a replayed stage carries the very same time.
+fn now_us() -> Timestamp {
+    Timestamp::from_microsecond(Timestamp::now().as_microsecond()).unwrap_or_else(|_| Timestamp::now())
+}
+
+/// The batch's read view of redb, begun on first use.
+fn lookup<'a>(view: &'a mut Option<Lookup>, db: &Database) -> Result<&'a Lookup, Error> {
+    if view.is_none() {
+        *view = Some(Lookup::begin(db)?);
+    }
+    Ok(view.as_ref().expect("just set"))
+}
+
+/// A request's answer, decided before the log write and sent after it.
+enum Answer {
+    Append(oneshot::Sender<Result<Appended, Error>>, Appended),
+    Update(oneshot::Sender<Result<(), Error>>, Result<(), Error>),
+}
+
+impl Answer {
+    fn send(self) {
+        // The caller may have given up waiting; its write is durable all the same.
+        match self {
+            Answer::Append(reply, outcome) => drop(reply.send(Ok(outcome))),
+            Answer::Update(reply, outcome) => drop(reply.send(outcome)),
+        }
+    }
+
+    fn fail(self, error: &Error) {
+        match self {
+            Answer::Append(reply, _) => drop(reply.send(Err(error.clone()))),
+            Answer::Update(reply, _) => drop(reply.send(Err(error.clone()))),
+        }
+    }
 }
 
 impl Writer {
     /// The thread body: one group commit per loop, until the queue is closed and empty.
     pub(crate) fn run(mut self) {
         let max_batch = self.max_batch.max(1);
-        let mut entries = Vec::with_capacity(max_batch.min(4096));
-        let mut replies = Vec::with_capacity(max_batch.min(4096));
-        let mut updates = Vec::new();
-        let mut update_replies = Vec::new();
+        let mut batch = Vec::with_capacity(max_batch.min(4096));
+        let mut unapplied = Unapplied::default();
+        let mut failed: Option<Error> = None;
         let mut last_batch = 0;
         let mut last_commit = Duration::ZERO;
         while let Some(first) = self.queue.blocking_recv() {
-            let mut batch = Batch {
-                entries: &mut entries,
-                replies: &mut replies,
-                updates: &mut updates,
-                update_replies: &mut update_replies,
-            };
             batch.push(first);
             self.take_queued(&mut batch, max_batch);
             if let Some(target) = linger_target(last_batch, batch.len(), max_batch) {
@@ -142,59 +224,188 @@ impl Writer {
                     }
                 }
             }
-
-            let started = Instant::now();
-            let result =
-                store::write_batch(&self.db, entries.drain(..), updates.drain(..), self.dedup_window_us);
-            last_commit = started.elapsed();
-            last_batch = replies.len() + update_replies.len();
-            tracing::trace!(batch = last_batch, commit_us = last_commit.as_micros(), "group commit");
-            self.counters.record(last_batch, last_commit);
-
-            match result {
-                Ok(store::Written { appended: outcomes, updated, last_id: last }) => {
-                    self.committed.send_if_modified(|current| {
-                        let changed = *current != last;
-                        *current = last;
-                        changed
-                    });
-                    for (reply, outcome) in replies.drain(..).zip(outcomes) {
-                        // The caller may have given up waiting; its entry is stored all the same.
-                        let _ = reply.send(Ok(outcome));
-                    }
-                    for (reply, outcome) in update_replies.drain(..).zip(updated) {
-                        let _ = reply.send(outcome.map_err(|UpdateRefused::Unknown(id)| Error::Unknown(id)));
+            if let Some(error) = &failed {
+                for request in batch.drain(..) {
+                    match request {
+                        Request::Append { reply, .. } => drop(reply.send(Err(error.clone()))),
+                        Request::Update { reply, .. } => drop(reply.send(Err(error.clone()))),
                     }
                 }
-                Err(error) => {
-                    tracing::error!(%error, batch = replies.len(), "journal commit failed");
-                    crate::ops::metrics::journal_commit_failed();
-                    for reply in replies.drain(..) {
-                        let _ = reply.send(Err(error.clone()));
-                    }
-                    for reply in update_replies.drain(..) {
-                        let _ = reply.send(Err(error.clone()));
-                    }
-                }
+                continue;
             }
-            // Outcomes short of the batch would leave senders unanswered: drop them so callers see an error.
-            replies.clear();
-            update_replies.clear();
+
+            last_batch = batch.len();
+            let result = self.commit(&mut batch, &mut unapplied, &mut last_commit);
+            if let Err(error) = result {
+                tracing::error!(%error, batch = last_batch, "journal commit failed; refusing writes until restart");
+                crate::ops::metrics::journal_commit_failed();
+                failed = Some(error);
+            }
         }
-        let stats = self.counters.snapshot();
+        let Writer { applier, applier_thread, wal, counters, .. } = self;
+        drop(applier);
+        let _ = applier_thread.join();
+        drop(wal);
+        let stats = counters.snapshot();
         tracing::info!(
             commits = stats.commits,
             entries = stats.entries,
             mean_batch = format_args!("{:.1}", stats.mean_batch()),
             mean_commit_us =
                 stats.commit_time.as_micros().checked_div(u128::from(stats.commits)).unwrap_or(0),
+            checkpoints = stats.checkpoints,
             "journal writer stopped"
         );
     }
 
+    /// Decides, logs and answers one batch, then hands its ops to the applier. On error every request of
+    /// the batch is answered with it.
+    fn commit(
+        &mut self,
+        batch: &mut Vec<Request>,
+        unapplied: &mut Unapplied,
+        took: &mut Duration,
+    ) -> Result<(), Error> {
+        let started = Instant::now();
+        let size = batch.len();
+        let (first_id, first_lsn) = (self.next_id, self.next_lsn);
+        let mut answers = Vec::with_capacity(batch.len());
+        let mut ops = Vec::with_capacity(batch.len());
+        let decided = self.decide(batch.drain(..), unapplied, &mut answers, &mut ops);
+        let logged = decided.and_then(|()| self.log(&ops));
+        *took = started.elapsed();
+        tracing::trace!(batch = size, commit_us = took.as_micros(), "group commit");
+        self.counters.record(size, *took);
+        if let Err(error) = logged {
+            self.next_id = first_id;
+            self.next_lsn = first_lsn;
+            for answer in answers {
+                answer.fail(&error);
+            }
+            return Err(error);
+        }
+        let last_lsn = self.next_lsn - 1;
+        if !ops.is_empty() {
+            self.marks.durable(last_lsn);
+        }
+        for answer in answers {
+            answer.send();
+        }
+        if !ops.is_empty() {
+            let applied = Applied { ops, lsn: last_lsn, next_id: self.next_id };
+            self.applier.send(applied).map_err(|_| self.marks.failure().unwrap_or(Error::WriterLost))?;
+        }
+        Ok(())
+    }
+
+    /// Gives each request its op (if it writes anything) and its answer.
+    fn decide(
+        &mut self,
+        requests: impl Iterator<Item = Request>,
+        unapplied: &mut Unapplied,
+        answers: &mut Vec<Answer>,
+        ops: &mut Vec<Op>,
+    ) -> Result<(), Error> {
+        // Read what redb holds no earlier than the watermark, so nothing unapplied is forgotten unseen.
+        let applied_id = self.marks.applied_id();
+        unapplied.forget_up_to(applied_id);
+        let mut view: Option<Lookup> = None;
+        for request in requests {
+            match request {
+                Request::Append { mut entry, reply } => {
+                    let id = self.next_id;
+                    let mut clash = None;
+                    if let Some(key) = &entry.dedup {
+                        let previous = match unapplied.by_key.get(&key.key) {
+                            Some((original, at_us, raw)) => {
+                                Some((*original, *at_us, Some(raw.as_ref() == entry.raw.as_ref())))
+                            }
+                            None => lookup(&mut view, &self.db)?
+                                .dedup(&key.key)?
+                                .map(|(original, at_us)| (original, at_us, None)),
+                        };
+                        if let Some((original, original_at_us, same)) = previous
+                            && original_at_us.abs_diff(key.received_at_us)
+                                <= self.dedup_window_us.unsigned_abs()
+                        {
+                            let same = match same {
+                                Some(same) => same,
+                                None => lookup(&mut view, &self.db)?.same_raw(original, &entry.raw)?,
+                            };
+                            if same {
+                                answers.push(Answer::Append(reply, Appended::Duplicate { original }));
+                                continue;
+                            }
+                            clash = Some(original);
+                        }
+                    }
+                    let dedup = match (clash, entry.dedup.take()) {
+                        (None, Some(key)) => {
+                            unapplied
+                                .by_key
+                                .insert(key.key.clone(), (id, key.received_at_us, entry.raw.clone()));
+                            unapplied.order.push_back((id, key.key.clone()));
+                            Some((key.key, key.received_at_us))
+                        }
+                        _ => None,
+                    };
+                    if let Some(original) = clash {
+                        entry.reject_conflict(original)?;
+                    }
+                    ops.push(Op::Append(Append {
+                        id,
+                        state: entry.record.state,
+                        record: entry.encoded,
+                        raw: entry.raw,
+                        dedup,
+                    }));
+                    self.next_id += 1;
+                    let outcome = match clash {
+                        Some(original) => Appended::Conflict { id, original },
+                        None => Appended::Stored { id },
+                    };
+                    answers.push(Answer::Append(reply, outcome));
+                }
+                Request::Update { update: Update { id, stages }, reply } => {
+                    let known = id != 0
+                        && id < self.next_id
+                        && (id > applied_id || lookup(&mut view, &self.db)?.exists(id)?);
+                    if known {
+                        ops.push(Op::Update { id, at: now_us(), stages });
+                        answers.push(Answer::Update(reply, Ok(())));
+                    } else {
+                        answers.push(Answer::Update(reply, Err(Error::Unknown(id))));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the ops to the log, one record each, and syncs it.
+    fn log(&mut self, ops: &[Op]) -> Result<(), Error> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let mut payloads = Vec::new();
+        let mut ends = Vec::with_capacity(ops.len());
+        for op in ops {
+            op.encode(&mut payloads);
+            ends.push(payloads.len());
+        }
+        let mut records = Vec::with_capacity(ops.len());
+        let mut start = 0;
+        for end in ends {
+            records.push((self.next_lsn, &payloads[start..end]));
+            self.next_lsn += 1;
+            start = end;
+        }
+        self.wal.write(&records).map_err(|error| Error::Wal(Arc::new(error)))
+    }
+
     /// Moves what is already queued into the batch, up to `limit` requests in all. Returns false once the
     /// queue is closed and empty.
-    fn take_queued(&mut self, batch: &mut Batch<'_>, limit: usize) -> bool {
+    fn take_queued(&mut self, batch: &mut Vec<Request>, limit: usize) -> bool {
         while batch.len() < limit {
             match self.queue.try_recv() {
                 Ok(request) => batch.push(request),
@@ -203,34 +414,6 @@ impl Writer {
             }
         }
         true
-    }
-}
-
-/// The requests of the next group commit, split by kind (borrowed buffers, reused from one commit to the
-/// next).
-struct Batch<'a> {
-    entries: &'a mut Vec<Prepared>,
-    replies: &'a mut Vec<oneshot::Sender<Result<Appended, Error>>>,
-    updates: &'a mut Vec<Update>,
-    update_replies: &'a mut Vec<oneshot::Sender<Result<(), Error>>>,
-}
-
-impl Batch<'_> {
-    fn push(&mut self, request: Request) {
-        match request {
-            Request::Append { entry, reply } => {
-                self.entries.push(entry);
-                self.replies.push(reply);
-            }
-            Request::Update { update, reply } => {
-                self.updates.push(update);
-                self.update_replies.push(reply);
-            }
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.replies.len() + self.update_replies.len()
     }
 }
 

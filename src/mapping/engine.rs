@@ -4,6 +4,8 @@
 //! The FHIR shape of each element is code (through relais-fhir's typed builders); where each value comes from
 //! and how codes translate is data (`mappings/`).
 
+use std::borrow::Cow;
+
 use jiff::tz::TimeZone;
 use relais_fhir::model::{
     Addr, Code, Deceased, EncounterData, Endpoint, Ext, ExtValue, HeaderData, Ident, Link, LocationEntry,
@@ -12,8 +14,8 @@ use relais_fhir::model::{
 use relais_fhir::{BundleData, BundleKind, Entry};
 
 use super::file::{Rules, SegmentExtension, TableEntry, ValueType};
-use super::ids::{id, query_escape};
-use super::path::{SourcePath, component};
+use super::ids::{id, query_escape, urn};
+use super::path::{SourcePath, component, component_ref};
 use super::time;
 use crate::facts::{EventClass, Facts, MapFailure, Mapped, MessageKind};
 use crate::hl7v2::{Charset, Delimiters, Field, Message};
@@ -28,6 +30,15 @@ const RELIABILITY_URL: &str = "https://hl7.fr/ig/fhir/core/StructureDefinition/f
 const BIRTH_PLACE_URL: &str = "http://hl7.org/fhir/StructureDefinition/patient-birthPlace";
 const INSEE_SYSTEM: &str = "https://mos.esante.gouv.fr/NOS/TRE_R13-CommuneOM/FHIR/TRE-R13-CommuneOM";
 
+/// The parts joined, in one allocation (no formatting machinery on the per-message path).
+fn concat(parts: &[&str]) -> String {
+    let mut out = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for p in parts {
+        out.push_str(p);
+    }
+    out
+}
+
 fn fail(location: impl Into<String>, reason: impl Into<String>) -> MapFailure {
     MapFailure { location: location.into(), reason: reason.into() }
 }
@@ -36,9 +47,49 @@ fn fhir_fail(e: relais_fhir::Error) -> MapFailure {
     fail("FHIR", e.to_string())
 }
 
+/// The `[source]` elements of `adt.toml`, in [`super::file::ELEMENTS`] order: the engine reads an element's
+/// paths by index, resolved once at load ([`sources`]), never by name per message.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum El {
+    PatientIdentifiers = 0,
+    PatientNames = 1,
+    PatientBirthDate = 2,
+    PatientGender = 3,
+    PatientAddresses = 4,
+    PatientTelecom = 5,
+    PatientDeathDate = 6,
+    PatientDeathIndicator = 7,
+    PatientIdentityReliability = 8,
+    PatientGeneralPractitioner = 9,
+    PatientGeneralPractitionerAction = 10,
+    PatientGeneralPractitionerAddress = 11,
+    PatientGeneralPractitionerTelecom = 12,
+    MergePriorIdentifiers = 13,
+    EncounterNda = 14,
+    EncounterVisitNumber = 15,
+    EncounterPatientClass = 16,
+    EncounterStart = 17,
+    EncounterEnd = 18,
+    EncounterAdmitSource = 19,
+    EncounterAdmitSourceV2 = 20,
+    EncounterDischargeMode = 21,
+    EncounterDischargeV2 = 22,
+    EncounterLocation = 23,
+    EncounterUnit = 24,
+    MovementStart = 26,
+    MovementOriginalTrigger = 28,
+}
+
+/// Each element's source paths, in [`El`] order.
+pub(crate) fn sources(rules: &Rules) -> Vec<Vec<SourcePath>> {
+    super::file::ELEMENTS.iter().map(|e| rules.source.get(*e).cloned().unwrap_or_default()).collect()
+}
+
 /// One message being mapped.
 pub(crate) struct Ctx<'r, 'm, 'a> {
     pub rules: &'r Rules,
+    /// [`sources`] of the rules.
+    pub sources: &'r [Vec<SourcePath>],
     pub msg: &'m Message<'a>,
     pub cs: Charset,
     pub d: Delimiters,
@@ -49,27 +100,32 @@ pub(crate) struct Ctx<'r, 'm, 'a> {
     pub message_type: String,
 }
 
-impl Ctx<'_, '_, '_> {
-    fn paths(&self, element: &str) -> &[SourcePath] {
-        self.rules.source.get(element).map_or(&[], Vec::as_slice)
+impl<'a> Ctx<'_, '_, 'a> {
+    fn paths(&self, element: El) -> &[SourcePath] {
+        self.sources.get(element as usize).map_or(&[], Vec::as_slice)
     }
 
     /// The first non-empty text among the element's paths, with the path it came from.
-    fn text_at(&self, element: &str) -> Option<(String, &SourcePath)> {
+    fn text_at(&self, element: El) -> Option<(String, &SourcePath)> {
         self.paths(element).iter().find_map(|p| p.text(self.msg, self.cs).map(|t| (t, p)))
     }
 
-    fn text(&self, element: &str) -> Option<String> {
+    fn text(&self, element: El) -> Option<String> {
         self.text_at(element).map(|(t, _)| t)
     }
 
+    /// [`Ctx::text`] borrowed from the message when possible (for comparisons and table keys).
+    fn text_ref(&self, element: El) -> Option<Cow<'a, str>> {
+        self.paths(element).iter().find_map(|p| p.text_ref(self.msg, self.cs))
+    }
+
     /// The first non-empty field among the element's paths.
-    fn field(&self, element: &str) -> Option<Field<'_>> {
+    fn field(&self, element: El) -> Option<Field<'a>> {
         self.paths(element).iter().find_map(|p| p.field(self.msg, self.cs))
     }
 
     /// Every non-empty field among the element's paths (telecom reads all).
-    fn fields(&self, element: &str) -> Vec<Field<'_>> {
+    fn fields(&self, element: El) -> Vec<Field<'a>> {
         self.paths(element).iter().filter_map(|p| p.field(self.msg, self.cs)).collect()
     }
 
@@ -77,12 +133,21 @@ impl Ctx<'_, '_, '_> {
         component(rep, &self.d, self.cs, c, None)
     }
 
+    /// [`Ctx::comp`] borrowed from the message when possible (for comparisons and table keys).
+    fn comp_ref(&self, rep: &Field<'a>, c: usize) -> Option<Cow<'a, str>> {
+        component_ref(rep, &self.d, self.cs, c, None)
+    }
+
+    fn sub_ref(&self, rep: &Field<'a>, c: usize, s: usize) -> Option<Cow<'a, str>> {
+        component_ref(rep, &self.d, self.cs, c, Some(s))
+    }
+
     fn sub(&self, rep: &Field<'_>, c: usize, s: usize) -> Option<String> {
         component(rep, &self.d, self.cs, c, Some(s))
     }
 
     /// An element's time, converted; a malformed time is an error naming its field.
-    fn time(&self, element: &str) -> Result<Option<String>, MapFailure> {
+    fn time(&self, element: El) -> Result<Option<String>, MapFailure> {
         match self.text_at(element) {
             None => Ok(None),
             Some((t, p)) => time::to_fhir(&t, self.tz).map(Some).map_err(|why| bad_time(p, &t, &why)),
@@ -102,17 +167,25 @@ impl Ctx<'_, '_, '_> {
     }
 
     fn local_system(&self, namespace: &str) -> String {
-        let ns: String = namespace
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || "-._".contains(c) { c } else { '_' })
-            .collect();
-        self.rules.local_identifier_system.replace("{namespace}", &ns)
+        let template = &self.rules.local_identifier_system;
+        let mut out = String::with_capacity(template.len() + namespace.len());
+        let mut pieces = template.split("{namespace}");
+        out.push_str(pieces.next().unwrap_or_default());
+        for piece in pieces {
+            out.extend(
+                namespace
+                    .chars()
+                    .map(|c| if c.is_ascii_alphanumeric() || "-._".contains(c) { c } else { '_' }),
+            );
+            out.push_str(piece);
+        }
+        out
     }
 
     /// The system of a CX/XCN/XON assigning authority (HD `name&id&type`): `urn:oid:id` when ISO, else local.
     fn hd_system(&self, name: Option<String>, universal: Option<String>, kind: Option<String>) -> String {
         match (universal, kind.as_deref()) {
-            (Some(oid), Some("ISO")) => format!("urn:oid:{oid}"),
+            (Some(oid), Some("ISO")) => concat(&["urn:oid:", &oid]),
             (universal, _) => {
                 let ns = name.or(universal).unwrap_or_else(|| self.facility.clone());
                 self.local_system(&ns)
@@ -140,8 +213,12 @@ pub(crate) fn classify(ctx: &Ctx<'_, '_, '_>) -> Option<EventClass> {
         let cond_ok = match &rule.path {
             None => true,
             Some(p) => {
-                let value = p.text(ctx.msg, ctx.cs);
-                if rule.present { value.is_some() } else { value.is_some_and(|v| rule.equals.contains(&v)) }
+                let value = p.text_ref(ctx.msg, ctx.cs);
+                if rule.present {
+                    value.is_some()
+                } else {
+                    value.is_some_and(|v| rule.equals.iter().any(|e| *e == v))
+                }
             }
         };
         cond_ok.then_some(rule.class)
@@ -164,12 +241,12 @@ fn patient_part(ctx: &Ctx<'_, '_, '_>, class: Option<EventClass>) -> Result<Pati
     let rules = ctx.rules;
     let mut ipp = None;
     let mut ins: Option<Ident> = None;
-    if let Some(field) = ctx.field("patient.identifiers") {
+    if let Some(field) = ctx.field(El::PatientIdentifiers) {
         for rep in field.repetitions() {
             let Some(value) = ctx.comp(&rep, 1) else { continue };
-            let type_code = ctx.comp(&rep, 5).unwrap_or_default();
-            if type_code == rules.ins_type_code {
-                let oid = ctx.sub(&rep, 4, 2).unwrap_or_default();
+            let type_code = ctx.comp_ref(&rep, 5).unwrap_or_default();
+            if type_code == rules.ins_type_code.as_str() {
+                let oid = ctx.sub_ref(&rep, 4, 2).unwrap_or_default();
                 if let Some(o) = rules.ins_oids.iter().find(|o| o.oid == oid)
                     && ins.is_none()
                 {
@@ -180,7 +257,7 @@ fn patient_part(ctx: &Ctx<'_, '_, '_>, class: Option<EventClass>) -> Result<Pati
                             code: o.type_code.clone(),
                             display: None,
                         }),
-                        system: format!("urn:oid:{oid}"),
+                        system: concat(&["urn:oid:", &oid]),
                         value,
                         assigner: None,
                     });
@@ -196,7 +273,7 @@ fn patient_part(ctx: &Ctx<'_, '_, '_>, class: Option<EventClass>) -> Result<Pati
         }
     }
     let statuses: Vec<String> = ctx
-        .field("patient.identity_reliability")
+        .field(El::PatientIdentityReliability)
         .map(|f| f.repetitions().filter_map(|r| ctx.comp(&r, 1)).collect())
         .unwrap_or_default();
     let first_status = statuses.first().cloned();
@@ -263,14 +340,14 @@ fn patient_part(ctx: &Ctx<'_, '_, '_>, class: Option<EventClass>) -> Result<Pati
     }
 
     // Names.
-    if let Some(field) = ctx.field("patient.names") {
+    if let Some(field) = ctx.field(El::PatientNames) {
         for rep in field.repetitions() {
             let family = ctx.sub(&rep, 1, 1);
             let given = ctx.comp(&rep, 2);
             if family.is_none() && given.is_none() {
                 continue;
             }
-            let kind = ctx.comp(&rep, 7).unwrap_or_default();
+            let kind = ctx.comp_ref(&rep, 7).unwrap_or_default();
             data.names.push(Name {
                 use_: ctx.table("name-use", &kind).map(|e| e.code.clone()),
                 family,
@@ -281,13 +358,14 @@ fn patient_part(ctx: &Ctx<'_, '_, '_>, class: Option<EventClass>) -> Result<Pati
         }
     }
 
-    data.gender = ctx.text("patient.gender").and_then(|g| ctx.table("gender", &g).map(|e| e.code.clone()));
-    data.birth_date = ctx.time("patient.birth_date")?.map(|t| time::date_part(&t).to_owned());
+    data.gender =
+        ctx.text_ref(El::PatientGender).and_then(|g| ctx.table("gender", &g).map(|e| e.code.clone()));
+    data.birth_date = ctx.time(El::PatientBirthDate)?.map(|t| time::date_part(&t).to_owned());
 
     // Addresses and birth place.
-    if let Some(field) = ctx.field("patient.addresses") {
+    if let Some(field) = ctx.field(El::PatientAddresses) {
         for rep in field.repetitions() {
-            let kind = ctx.comp(&rep, 7).unwrap_or_default();
+            let kind = ctx.comp_ref(&rep, 7).unwrap_or_default();
             if kind == "BDL" {
                 let insee = ctx.comp(&rep, 9);
                 let city = ctx.comp(&rep, 3);
@@ -308,7 +386,7 @@ fn patient_part(ctx: &Ctx<'_, '_, '_>, class: Option<EventClass>) -> Result<Pati
         }
     }
 
-    for field in ctx.fields("patient.telecom") {
+    for field in ctx.fields(El::PatientTelecom) {
         for rep in field.repetitions() {
             if let Some(t) = telecom(ctx, &rep) {
                 data.telecom.push(t);
@@ -317,21 +395,22 @@ fn patient_part(ctx: &Ctx<'_, '_, '_>, class: Option<EventClass>) -> Result<Pati
     }
 
     // Death: PID-29 date, else PID-30 flag, else the death class (A03 with ZFM-2 = 9).
-    data.deceased = match (ctx.time("patient.death_date")?, ctx.text("patient.death_indicator").as_deref()) {
-        (Some(at), _) => Deceased::At(at),
-        (None, Some("Y")) => Deceased::Flag(true),
-        (None, _) if class == Some(EventClass::Death) => Deceased::Flag(true),
-        (None, Some("N")) => Deceased::Flag(false),
-        _ => Deceased::Unknown,
-    };
+    data.deceased =
+        match (ctx.time(El::PatientDeathDate)?, ctx.text_ref(El::PatientDeathIndicator).as_deref()) {
+            (Some(at), _) => Deceased::At(at),
+            (None, Some("Y")) => Deceased::Flag(true),
+            (None, _) if class == Some(EventClass::Death) => Deceased::Flag(true),
+            (None, Some("N")) => Deceased::Flag(false),
+            _ => Deceased::Unknown,
+        };
 
     // Médecin traitant.
-    let removed = ctx.text("patient.general_practitioner_action").is_some_and(|a| a == "DE");
-    let gp = if removed { None } else { ctx.field("patient.general_practitioner").and_then(|f| gp(ctx, &f)) };
+    let removed = ctx.text_ref(El::PatientGeneralPractitionerAction).is_some_and(|a| a == "DE");
+    let gp = if removed { None } else { ctx.field(El::PatientGeneralPractitioner).and_then(|f| gp(ctx, &f)) };
     let gp_known = gp.as_ref().is_some_and(|g| g.identifiers.iter().any(|i| i.system == RPPS_SYSTEM));
     if let Some(g) = &gp {
         data.general_practitioner.push(Ref {
-            reference: Some(format!("urn:uuid:{}", g.id)),
+            reference: Some(urn(&g.id)),
             display: g.names.first().and_then(|n| n.family.clone()),
             ..Ref::default()
         });
@@ -341,9 +420,9 @@ fn patient_part(ctx: &Ctx<'_, '_, '_>, class: Option<EventClass>) -> Result<Pati
     let mut merged = None;
     let mut merged_key = None;
     if ctx.trigger == "A40" || ctx.trigger == "A47" {
-        let prior = ctx.field("merge.prior_identifiers").and_then(|f| {
+        let prior = ctx.field(El::MergePriorIdentifiers).and_then(|f| {
             f.repetitions().find_map(|rep| {
-                (ctx.comp(&rep, 5).as_deref() == Some("PI"))
+                (ctx.comp_ref(&rep, 5).as_deref() == Some("PI"))
                     .then(|| ctx.comp(&rep, 1).map(|v| (ctx.cx_system(&rep), v)))
                     .flatten()
             })
@@ -362,7 +441,7 @@ fn patient_part(ctx: &Ctx<'_, '_, '_>, class: Option<EventClass>) -> Result<Pati
                 let merged_id = id("Patient", &[&system, &value]);
                 data.links.push(Link {
                     type_: "replaces".into(),
-                    other: Ref { reference: Some(format!("urn:uuid:{merged_id}")), ..Ref::default() },
+                    other: Ref { reference: Some(urn(&merged_id)), ..Ref::default() },
                 });
                 merged = Some(PatientData {
                     id: merged_id,
@@ -371,7 +450,7 @@ fn patient_part(ctx: &Ctx<'_, '_, '_>, class: Option<EventClass>) -> Result<Pati
                     active: Some(false),
                     links: vec![Link {
                         type_: "replaced-by".into(),
-                        other: Ref { reference: Some(format!("urn:uuid:{patient_id}")), ..Ref::default() },
+                        other: Ref { reference: Some(urn(&patient_id)), ..Ref::default() },
                     }],
                     ..PatientData::default()
                 });
@@ -401,9 +480,9 @@ fn address(ctx: &Ctx<'_, '_, '_>, rep: &Field<'_>, kind: &str) -> Option<Addr> {
     (!empty).then_some(a)
 }
 
-fn telecom(ctx: &Ctx<'_, '_, '_>, rep: &Field<'_>) -> Option<Telecom> {
-    let use_code = ctx.comp(rep, 2).unwrap_or_default();
-    let equipment = ctx.comp(rep, 3).unwrap_or_default();
+fn telecom<'a>(ctx: &Ctx<'_, '_, 'a>, rep: &Field<'a>) -> Option<Telecom> {
+    let use_code = ctx.comp_ref(rep, 2).unwrap_or_default();
+    let equipment = ctx.comp_ref(rep, 3).unwrap_or_default();
     let email = ctx.comp(rep, 4);
     let number = ctx.comp(rep, 12).or_else(|| ctx.comp(rep, 1));
     let system = ctx.table("telecom-equipment", &equipment).map(|e| e.code.clone());
@@ -423,11 +502,11 @@ fn telecom(ctx: &Ctx<'_, '_, '_>, rep: &Field<'_>) -> Option<Telecom> {
 }
 
 /// The médecin traitant from an XCN: a Practitioner when it has an RPPS or IDNPS number.
-fn gp(ctx: &Ctx<'_, '_, '_>, field: &Field<'_>) -> Option<PractitionerData> {
+fn gp<'a>(ctx: &Ctx<'_, '_, 'a>, field: &Field<'a>) -> Option<PractitionerData> {
     let rep = field.repetitions().next()?;
     let number = ctx.comp(&rep, 1)?;
-    let kind = ctx.comp(&rep, 13).unwrap_or_default();
-    let ident = match kind.as_str() {
+    let kind = ctx.comp_ref(&rep, 13).unwrap_or_default();
+    let ident = match &*kind {
         "RPPS" if number.len() == 11 && number.bytes().all(|b| b.is_ascii_digit()) => Ident {
             use_: Some("official".into()),
             type_: Some(Code { system: FR_V2_0203.into(), code: "RPPS".into(), display: None }),
@@ -459,15 +538,15 @@ fn gp(ctx: &Ctx<'_, '_, '_>, field: &Field<'_>) -> Option<PractitionerData> {
         names: if name.family.is_some() || !name.given.is_empty() { vec![name] } else { Vec::new() },
         ..PractitionerData::default()
     };
-    if let Some(f) = ctx.field("patient.general_practitioner_address") {
+    if let Some(f) = ctx.field(El::PatientGeneralPractitionerAddress) {
         for rep in f.repetitions() {
-            let kind = ctx.comp(&rep, 7).unwrap_or_default();
+            let kind = ctx.comp_ref(&rep, 7).unwrap_or_default();
             if let Some(a) = address(ctx, &rep, &kind) {
                 data.addresses.push(a);
             }
         }
     }
-    if let Some(f) = ctx.field("patient.general_practitioner_telecom") {
+    if let Some(f) = ctx.field(El::PatientGeneralPractitionerTelecom) {
         for rep in f.repetitions() {
             if let Some(t) = telecom(ctx, &rep) {
                 data.telecom.push(t);
@@ -486,7 +565,7 @@ fn encounter_part(
     patient_id: &str,
     control_id: &str,
 ) -> Result<Option<EncounterPart>, MapFailure> {
-    let Some((pclass, pclass_path)) = ctx.text_at("encounter.patient_class") else { return Ok(None) };
+    let Some((pclass, pclass_path)) = ctx.text_at(El::EncounterPatientClass) else { return Ok(None) };
     if pclass == "N" {
         return Ok(None);
     }
@@ -498,7 +577,7 @@ fn encounter_part(
     })?;
     let mut identifiers = Vec::new();
     let mut key = None;
-    for (element, code) in [("encounter.nda", "AN"), ("encounter.visit_number", "VN")] {
+    for (element, code) in [(El::EncounterNda, "AN"), (El::EncounterVisitNumber, "VN")] {
         let rep = ctx.field(element).and_then(|f| f.repetitions().next());
         if let Some(rep) = rep
             && let Some(value) = ctx.comp(&rep, 1)
@@ -520,7 +599,7 @@ fn encounter_part(
         Some((s, v)) => id("Encounter", &[s, v]),
         None => id("Encounter", &[&ctx.facility, "MSH-10", control_id]),
     };
-    let end = ctx.time("encounter.end")?;
+    let end = ctx.time(El::EncounterEnd)?;
     let status = match ctx.table("encounter-status", &ctx.trigger).map(|e| e.code.as_str()) {
         Some("derive") | None => if end.is_some() { "finished" } else { "in-progress" }.to_owned(),
         Some(code) => code.to_owned(),
@@ -531,24 +610,24 @@ fn encounter_part(
         identifiers,
         status: status.clone(),
         class,
-        subject: Some(Ref { reference: Some(format!("urn:uuid:{patient_id}")), ..Ref::default() }),
-        start: ctx.time("encounter.start")?,
+        subject: Some(Ref { reference: Some(urn(patient_id)), ..Ref::default() }),
+        start: ctx.time(El::EncounterStart)?,
         end,
         ..EncounterData::default()
     };
-    if let Some(code) = ctx.text("encounter.admit_source") {
+    if let Some(code) = ctx.text(El::EncounterAdmitSource) {
         data.admit_source = ctx.coded("admit-source", &code);
-        data.admit_source_text = Some(format!("PMSI mode d'entrée {code}"));
-    } else if let Some(code) = ctx.text("encounter.admit_source_v2") {
+        data.admit_source_text = Some(concat(&["PMSI mode d'entrée ", &code]));
+    } else if let Some(code) = ctx.text(El::EncounterAdmitSourceV2) {
         data.admit_source = ctx.coded("admit-source-v2", &code);
-        data.admit_source_text = Some(format!("PV1-14 {code}"));
+        data.admit_source_text = Some(concat(&["PV1-14 ", &code]));
     }
-    if let Some(code) = ctx.text("encounter.discharge_mode") {
+    if let Some(code) = ctx.text(El::EncounterDischargeMode) {
         data.discharge_disposition = ctx.coded("discharge-disposition", &code);
-        data.discharge_disposition_text = Some(format!("PMSI mode de sortie {code}"));
-    } else if let Some(code) = ctx.text("encounter.discharge_v2") {
+        data.discharge_disposition_text = Some(concat(&["PMSI mode de sortie ", &code]));
+    } else if let Some(code) = ctx.text(El::EncounterDischargeV2) {
         data.discharge_disposition = ctx.coded("discharge-disposition-v2", &code);
-        data.discharge_disposition_text = Some(format!("PV1-36 {code}"));
+        data.discharge_disposition_text = Some(concat(&["PV1-36 ", &code]));
     }
     if data.admit_source.is_none() {
         data.admit_source_text = None;
@@ -557,7 +636,7 @@ fn encounter_part(
         data.discharge_disposition_text = None;
     }
     // The current location (PV1-3: point of care / room / bed), from the movement start.
-    if let Some(field) = ctx.field("encounter.location") {
+    if let Some(field) = ctx.field(El::EncounterLocation) {
         let parts: Vec<String> = [1, 2, 3].iter().filter_map(|&c| ctx.comp(&field, c)).collect();
         if !parts.is_empty() {
             let ns = ctx.sub(&field, 4, 1).unwrap_or_else(|| ctx.facility.clone());
@@ -579,13 +658,13 @@ fn encounter_part(
                     ..Ref::default()
                 },
                 status: location_status,
-                start: ctx.time("movement.start")?,
+                start: ctx.time(El::MovementStart)?,
                 end: None,
             });
         }
     }
     // The medical responsibility UF (ZBE-7, XON): the service provider.
-    if let Some(field) = ctx.field("encounter.unit") {
+    if let Some(field) = ctx.field(El::EncounterUnit) {
         let code = ctx.comp(&field, 10);
         let label = ctx.comp(&field, 1);
         if code.is_some() || label.is_some() {
@@ -671,22 +750,20 @@ pub(crate) fn map(ctx: &Ctx<'_, '_, '_>, kind: BundleKind, pretty: bool) -> Resu
     };
 
     let undoes = if class == Some(EventClass::Cancel) || ctx.trigger == "Z99" {
-        ctx.text("movement.original_trigger")
+        ctx.text(El::MovementOriginalTrigger)
             .or_else(|| ctx.table("undoes", &ctx.trigger).map(|e| e.code.clone()))
     } else {
         None
     };
-    let dmp_opposition = ctx
-        .rules
-        .dmp_opposition
-        .as_ref()
-        .is_some_and(|(p, values)| p.text(ctx.msg, ctx.cs).is_some_and(|v| values.contains(&v)));
+    let dmp_opposition = ctx.rules.dmp_opposition.as_ref().is_some_and(|(p, values)| {
+        p.text_ref(ctx.msg, ctx.cs).is_some_and(|v| values.iter().any(|e| *e == v))
+    });
     let unit = ctx
-        .field("encounter.unit")
+        .field(El::EncounterUnit)
         .and_then(|f| ctx.comp(&f, 10).or_else(|| ctx.comp(&f, 1)))
-        .or_else(|| ctx.field("encounter.location").and_then(|f| ctx.comp(&f, 1)));
+        .or_else(|| ctx.field(El::EncounterLocation).and_then(|f| ctx.comp(&f, 1)));
     let patient_key = match &part.ipp {
-        Some((_, value, assigner)) => format!("{assigner}|{value}"),
+        Some((_, value, assigner)) => concat(&[assigner, "|", value]),
         None => part.data.identifiers.first().map(|i| i.value.clone()).unwrap_or_default(),
     };
     let facts = Facts {
@@ -695,7 +772,7 @@ pub(crate) fn map(ctx: &Ctx<'_, '_, '_>, kind: BundleKind, pretty: bool) -> Resu
         message_type: ctx.message_type.clone(),
         sending_application: ctx.app.clone(),
         sending_facility: ctx.facility.clone(),
-        patient_class: ctx.text("encounter.patient_class"),
+        patient_class: ctx.text(El::EncounterPatientClass),
         unit,
         document_type: None,
         confidentiality: None,
@@ -703,7 +780,9 @@ pub(crate) fn map(ctx: &Ctx<'_, '_, '_>, kind: BundleKind, pretty: bool) -> Resu
             .rules
             .flags
             .iter()
-            .filter(|(p, values, _)| p.text(ctx.msg, ctx.cs).is_some_and(|v| values.contains(&v)))
+            .filter(|(p, values, _)| {
+                p.text_ref(ctx.msg, ctx.cs).is_some_and(|v| values.iter().any(|e| *e == v))
+            })
             .map(|(_, _, flag)| flag.clone())
             .collect(),
         ins_qualified: part.ins_qualified,
@@ -717,36 +796,28 @@ pub(crate) fn map(ctx: &Ctx<'_, '_, '_>, kind: BundleKind, pretty: bool) -> Resu
     let patient_put = part.data.identifiers.first().map(|i| put_url("Patient", &i.system, &i.value));
     let mut entries = Vec::with_capacity(5);
     let focus = match &encounter {
-        Some((e, _)) => Ref { reference: Some(format!("urn:uuid:{}", e.id)), ..Ref::default() },
-        None => Ref { reference: Some(format!("urn:uuid:{patient_id}")), ..Ref::default() },
+        Some((e, _)) => Ref { reference: Some(urn(&e.id)), ..Ref::default() },
+        None => Ref { reference: Some(urn(&patient_id)), ..Ref::default() },
     };
     if kind == BundleKind::Message {
         let header = message_header(ctx, &control_id, focus)?;
-        entries.push(Entry {
-            full_url: format!("urn:uuid:{}", header.id()),
-            resource: header,
-            put_url: None,
-        });
+        entries.push(Entry { full_url: urn(header.id()), resource: header, put_url: None });
     }
     let patient = relais_fhir::patient(part.data).map_err(fhir_fail)?;
-    entries.push(Entry {
-        full_url: format!("urn:uuid:{patient_id}"),
-        resource: patient,
-        put_url: patient_put,
-    });
+    entries.push(Entry { full_url: urn(&patient_id), resource: patient, put_url: patient_put });
     if let (Some(m), Some((s, v))) = (part.merged, &part.merged_key) {
-        let full_url = format!("urn:uuid:{}", m.id);
+        let full_url = urn(&m.id);
         let built = relais_fhir::patient(m).map_err(fhir_fail)?;
         entries.push(Entry { full_url, resource: built, put_url: Some(put_url("Patient", s, v)) });
     }
     if let Some((e, key)) = encounter {
-        let full_url = format!("urn:uuid:{}", e.id);
+        let full_url = urn(&e.id);
         let built = relais_fhir::encounter(e).map_err(fhir_fail)?;
         let put = key.as_ref().map(|(s, v)| put_url("Encounter", s, v));
         entries.push(Entry { full_url, resource: built, put_url: put });
     }
     if let Some(g) = part.gp {
-        let full_url = format!("urn:uuid:{}", g.id);
+        let full_url = urn(&g.id);
         let put = g.identifiers.first().map(|i| put_url("Practitioner", &i.system, &i.value));
         let built = relais_fhir::practitioner(g).map_err(fhir_fail)?;
         entries.push(Entry { full_url, resource: built, put_url: put });
@@ -780,14 +851,14 @@ pub(crate) fn map(ctx: &Ctx<'_, '_, '_>, kind: BundleKind, pretty: bool) -> Resu
 }
 
 fn put_url(resource: &str, system: &str, value: &str) -> String {
-    format!("{resource}?identifier={}|{}", query_escape(system), query_escape(value))
+    concat(&[resource, "?identifier=", &query_escape(system), "|", &query_escape(value)])
 }
 
 fn endpoint(app: &str, facility: &str) -> String {
     let clean = |s: &str| -> String {
         s.chars().map(|c| if c.is_ascii_alphanumeric() || "-._".contains(c) { c } else { '_' }).collect()
     };
-    format!("urn:relais:hl7v2:{}:{}", clean(app), clean(facility))
+    concat(&["urn:relais:hl7v2:", &clean(app), ":", &clean(facility)])
 }
 
 fn message_header(
@@ -825,4 +896,51 @@ fn message_header(
 
 fn relais_or_empty(raw: &[u8], ctx: &Ctx<'_, '_, '_>) -> String {
     crate::hl7v2::decode_text(raw, &ctx.d, ctx.cs).trim().to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::El;
+    use crate::mapping::file::ELEMENTS;
+
+    #[test]
+    fn element_indexes_follow_the_element_list() {
+        let names: Vec<String> = [
+            (El::PatientIdentifiers, "patient.identifiers"),
+            (El::PatientNames, "patient.names"),
+            (El::PatientBirthDate, "patient.birth_date"),
+            (El::PatientGender, "patient.gender"),
+            (El::PatientAddresses, "patient.addresses"),
+            (El::PatientTelecom, "patient.telecom"),
+            (El::PatientDeathDate, "patient.death_date"),
+            (El::PatientDeathIndicator, "patient.death_indicator"),
+            (El::PatientIdentityReliability, "patient.identity_reliability"),
+            (El::PatientGeneralPractitioner, "patient.general_practitioner"),
+            (El::PatientGeneralPractitionerAction, "patient.general_practitioner_action"),
+            (El::PatientGeneralPractitionerAddress, "patient.general_practitioner_address"),
+            (El::PatientGeneralPractitionerTelecom, "patient.general_practitioner_telecom"),
+            (El::MergePriorIdentifiers, "merge.prior_identifiers"),
+            (El::EncounterNda, "encounter.nda"),
+            (El::EncounterVisitNumber, "encounter.visit_number"),
+            (El::EncounterPatientClass, "encounter.patient_class"),
+            (El::EncounterStart, "encounter.start"),
+            (El::EncounterEnd, "encounter.end"),
+            (El::EncounterAdmitSource, "encounter.admit_source"),
+            (El::EncounterAdmitSourceV2, "encounter.admit_source_v2"),
+            (El::EncounterDischargeMode, "encounter.discharge_mode"),
+            (El::EncounterDischargeV2, "encounter.discharge_v2"),
+            (El::EncounterLocation, "encounter.location"),
+            (El::EncounterUnit, "encounter.unit"),
+            (El::MovementStart, "movement.start"),
+            (El::MovementOriginalTrigger, "movement.original_trigger"),
+        ]
+        .iter()
+        .map(|(el, name)| {
+            assert_eq!(ELEMENTS.get(*el as usize), Some(name), "{el:?}");
+            (*name).to_owned()
+        })
+        .collect();
+        // Every element the engine reads has its variant (movement.id and .action are read by no rule).
+        assert_eq!(names.len() + 2, ELEMENTS.len());
+    }
 }

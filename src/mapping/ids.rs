@@ -17,7 +17,16 @@ pub fn id(kind: &str, parts: &[&str]) -> String {
         name.push('|');
         name.push_str(p);
     }
-    Uuid::new_v5(&NAMESPACE, name.as_bytes()).to_string()
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    Uuid::new_v5(&NAMESPACE, name.as_bytes()).hyphenated().encode_lower(&mut buf).to_owned()
+}
+
+/// `urn:uuid:<id>`: the fullUrl of a Bundle entry and the literal reference to it.
+pub fn urn(id: &str) -> String {
+    let mut out = String::with_capacity(9 + id.len());
+    out.push_str("urn:uuid:");
+    out.push_str(id);
+    out
 }
 
 /// Percent-encodes a search parameter value (conditional `PUT` URLs).
@@ -27,7 +36,10 @@ pub fn query_escape(text: &str) -> String {
         if b.is_ascii_alphanumeric() || b"-._~:/".contains(&b) {
             out.push(char::from(b));
         } else {
-            out.push_str(&format!("%{b:02X}"));
+            const HEX: &[u8; 16] = b"0123456789ABCDEF";
+            out.push('%');
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 0xF)]));
         }
     }
     out

@@ -35,6 +35,8 @@ pub const DEFAULT_TIMEZONE: &str = "Europe/Paris";
 #[derive(Debug, Clone)]
 pub struct Mapper {
     rules: Rules,
+    /// The rules' source paths by element index (resolved once here, read per message by index).
+    sources: Vec<Vec<path::SourcePath>>,
     default_tz: TimeZone,
     sender_tz: BTreeMap<String, TimeZone>,
     default_charset: Charset,
@@ -53,6 +55,7 @@ impl Mapper {
             }])
         })?;
         Ok(Mapper {
+            sources: engine::sources(&rules),
             rules,
             default_tz,
             sender_tz: BTreeMap::new(),
@@ -130,8 +133,18 @@ impl Mapper {
             });
         }
         let tz = self.sender_tz.get(&facility).unwrap_or(&self.default_tz);
-        let ctx =
-            engine::Ctx { rules: &self.rules, msg: &msg, cs, d, tz, facility, app, trigger, message_type };
+        let ctx = engine::Ctx {
+            rules: &self.rules,
+            sources: &self.sources,
+            msg: &msg,
+            cs,
+            d,
+            tz,
+            facility,
+            app,
+            trigger,
+            message_type,
+        };
         engine::map(&ctx, kind, pretty)
     }
 }

@@ -1,8 +1,9 @@
 //! Source paths of the mapping files (`PID-3`, `ZBE-7.10`, `ROL[3=ODRP]-4`) and their resolution on a message.
 
+use std::borrow::Cow;
 use std::fmt;
 
-use crate::hl7v2::{Charset, Delimiters, Field, Message, decode_text};
+use crate::hl7v2::{Charset, Delimiters, Field, Message, unescape};
 
 /// A parsed source path: a segment (optionally the first one whose field N equals a value), a field, and
 /// optionally a component and subcomponent of its first repetition.
@@ -62,7 +63,7 @@ impl SourcePath {
         let d = msg.delimiters();
         let segment = msg.segments_named(&self.segment).find(|s| match &self.selector {
             None => true,
-            Some((n, value)) => decode_text(s.field(*n).component(1), &d, cs).trim() == value,
+            Some((n, value)) => decode(s.field(*n).component(1), &d, cs).trim() == value,
         })?;
         let field = segment.field(self.field);
         (!field.is_empty()).then_some(field)
@@ -72,6 +73,11 @@ impl SourcePath {
     /// A path without a component reads the first component of the first repetition (a TS `DTM^precision`
     /// gives its DTM, a CWE its code).
     pub fn text(&self, msg: &Message<'_>, cs: Charset) -> Option<String> {
+        self.text_ref(msg, cs).map(Cow::into_owned)
+    }
+
+    /// [`SourcePath::text`], borrowed from the message when nothing needed unescaping or transcoding.
+    pub fn text_ref<'a>(&self, msg: &Message<'a>, cs: Charset) -> Option<Cow<'a, str>> {
         let field = self.field(msg, cs)?;
         let d = msg.delimiters();
         let raw = match (self.component, self.subcomponent) {
@@ -79,7 +85,7 @@ impl SourcePath {
             (Some(c), None) => field.component(c),
             (Some(c), Some(s)) => field.subcomponent(c, s),
         };
-        clean(decode_text(raw, &d, cs))
+        clean(decode(raw, &d, cs))
     }
 }
 
@@ -102,6 +108,17 @@ impl fmt::Display for SourcePath {
 
 /// Decoded text of component `c` (and subcomponent `s` when given) of one repetition; `None` when empty.
 pub fn component(rep: &Field<'_>, d: &Delimiters, cs: Charset, c: usize, s: Option<usize>) -> Option<String> {
+    component_ref(rep, d, cs, c, s).map(Cow::into_owned)
+}
+
+/// [`component`], borrowed from the message when nothing needed unescaping or transcoding.
+pub fn component_ref<'a>(
+    rep: &Field<'a>,
+    d: &Delimiters,
+    cs: Charset,
+    c: usize,
+    s: Option<usize>,
+) -> Option<Cow<'a, str>> {
     let raw = match s {
         None => rep.component(c),
         Some(s) => rep.subcomponent(c, s),
@@ -109,18 +126,35 @@ pub fn component(rep: &Field<'_>, d: &Delimiters, cs: Charset, c: usize, s: Opti
     if raw.is_empty() {
         return None;
     }
-    clean(decode_text(raw, d, cs))
+    clean(decode(raw, d, cs))
+}
+
+/// Unescaped and decoded text (as [`crate::hl7v2::decode_text`]), borrowed when the bytes hold no escape
+/// and are already text in `cs`.
+fn decode<'a>(raw: &'a [u8], d: &Delimiters, cs: Charset) -> Cow<'a, str> {
+    match unescape(raw, d) {
+        // Valid UTF-8 borrows as is (the fast check first; `decode` goes through the lossy chunks).
+        Cow::Borrowed(bytes) if cs == Charset::Utf8 => match std::str::from_utf8(bytes) {
+            Ok(text) => Cow::Borrowed(text),
+            Err(_) => cs.decode(bytes),
+        },
+        Cow::Borrowed(bytes) => cs.decode(bytes),
+        Cow::Owned(bytes) => Cow::Owned(cs.decode(&bytes).into_owned()),
+    }
 }
 
 /// Trimmed text, `None` when empty or the HL7 null `""`.
-fn clean(text: String) -> Option<String> {
+fn clean(text: Cow<'_, str>) -> Option<Cow<'_, str>> {
     let t = text.trim();
     if t.is_empty() || t == "\"\"" {
         None
     } else if t.len() == text.len() {
         Some(text)
     } else {
-        Some(t.to_owned())
+        match text {
+            Cow::Borrowed(b) => Some(Cow::Borrowed(b.trim())),
+            Cow::Owned(o) => Some(Cow::Owned(o.trim().to_owned())),
+        }
     }
 }
 

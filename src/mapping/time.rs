@@ -31,15 +31,21 @@ pub fn to_fhir(ts: &str, tz: &TimeZone) -> Result<String, String> {
     let month = num(4..6);
     let day = num(6..8);
     match main.len() {
-        4 => return Ok(format!("{year:04}")),
+        4 => return Ok(main.to_owned()),
         6 => {
             let m = month.filter(|m| (1..=12).contains(m)).ok_or("bad month")?;
-            return Ok(format!("{year:04}-{m:02}"));
+            let mut out = String::with_capacity(7);
+            push_digits(&mut out, year, 4);
+            out.push('-');
+            push_digits(&mut out, m, 2);
+            return Ok(out);
         }
         8 => {
             let date = jiff::civil::Date::new(year, month.unwrap_or(0) as i8, day.unwrap_or(0) as i8)
                 .map_err(|_| "not a calendar date")?;
-            return Ok(date.to_string());
+            let mut out = String::with_capacity(10);
+            push_date(&mut out, date.year(), date.month(), date.day());
+            return Ok(out);
         }
         _ => {}
     }
@@ -47,8 +53,8 @@ pub fn to_fhir(ts: &str, tz: &TimeZone) -> Result<String, String> {
     let minute = num(10..12).unwrap_or(0);
     let second = num(12..14).unwrap_or(0);
     let nanos = fraction.map_or(0, |f| {
-        let padded = format!("{f:0<9}");
-        padded.parse::<i32>().unwrap_or(0)
+        // Right-pad to nanoseconds (`25` → 250000000).
+        f.bytes().chain(std::iter::repeat(b'0')).take(9).fold(0i32, |n, b| n * 10 + i32::from(b - b'0'))
     });
     let dt = DateTime::new(
         year,
@@ -64,24 +70,44 @@ pub fn to_fhir(ts: &str, tz: &TimeZone) -> Result<String, String> {
         Some(o) => o,
         None => tz.to_ambiguous_zoned(dt).compatible().map_err(|e| e.to_string())?.offset(),
     };
-    let mut out = format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
-        dt.year(),
-        dt.month(),
-        dt.day(),
-        dt.hour(),
-        dt.minute(),
-        dt.second()
-    );
+    let mut out = String::with_capacity(25 + fraction.map_or(0, |f| f.len() + 1));
+    push_date(&mut out, dt.year(), dt.month(), dt.day());
+    out.push('T');
+    push_digits(&mut out, i16::from(dt.hour()), 2);
+    out.push(':');
+    push_digits(&mut out, i16::from(dt.minute()), 2);
+    out.push(':');
+    push_digits(&mut out, i16::from(dt.second()), 2);
     if let Some(f) = fraction {
         out.push('.');
         out.push_str(f);
     }
     let secs = offset.seconds();
-    let sign = if secs < 0 { '-' } else { '+' };
+    out.push(if secs < 0 { '-' } else { '+' });
     let abs = secs.unsigned_abs();
-    out.push_str(&format!("{sign}{:02}:{:02}", abs / 3600, (abs % 3600) / 60));
+    // |offset| < 26 h, so both parts fit in an i16.
+    push_digits(&mut out, (abs / 3600) as i16, 2);
+    out.push(':');
+    push_digits(&mut out, ((abs % 3600) / 60) as i16, 2);
     Ok(out)
+}
+
+/// `YYYY-MM-DD`.
+fn push_date(out: &mut String, year: i16, month: i8, day: i8) {
+    push_digits(out, year, 4);
+    out.push('-');
+    push_digits(out, i16::from(month), 2);
+    out.push('-');
+    push_digits(out, i16::from(day), 2);
+}
+
+/// `n` (0 ≤ n < 10^width) zero-padded to `width` digits, without the formatting machinery.
+fn push_digits(out: &mut String, n: i16, width: u32) {
+    let n = n.unsigned_abs();
+    for place in (0..width).rev() {
+        let digit = (n / 10u16.pow(place)) % 10;
+        out.push(char::from(b'0' + digit as u8));
+    }
 }
 
 /// True when `fhir` is a full dateTime (has a time of day), i.e. usable as a FHIR instant.

@@ -81,6 +81,14 @@ pub const SINK_DELIVERY_SECONDS: &str = "relais_sink_delivery_seconds";
 pub const SINK_QUEUE_DEPTH: &str = "relais_sink_queue_depth";
 /// Age of the oldest message waiting for a sink (`sink`). Recorded by the bus/sinks.
 pub const SINK_OLDEST_AGE_SECONDS: &str = "relais_sink_oldest_message_age_seconds";
+/// ZAM send attempts to the DPI (`trigger` = Z01 | Z02 | Z03, `outcome` = delivered | retried |
+/// dead_lettered). Recorded by the acks outbox.
+pub const ACKS_SENT: &str = "relais_acks_sent_total";
+/// MDNs received on the inbound SMTP port (`result` = correlated | ignored | uncorrelated | rejected).
+/// Recorded by the MDN listener.
+pub const ACKS_MDN: &str = "relais_acks_mdn_total";
+/// 1 while an operator has paused the sink, else 0 (`sink`). Recorded by the sinks' pause control.
+pub const SINK_PAUSED: &str = "relais_sink_paused";
 
 /// Prometheus metric type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -264,6 +272,23 @@ pub const CATALOG: &[MetricSpec] = &[
         "sinks",
         "Age of the oldest message waiting for a sink, in seconds.",
     ),
+    spec(
+        ACKS_SENT,
+        Kind::Counter,
+        &["trigger", "outcome"],
+        "sinks",
+        "ZAM business acknowledgements sent to the DPI, by trigger and outcome: delivered (AA), retried, \
+         dead_lettered.",
+    ),
+    spec(
+        ACKS_MDN,
+        Kind::Counter,
+        &["result"],
+        "sinks",
+        "MDNs received on the inbound SMTP port: correlated (a ZAM^Z03 queued), ignored (not displayed), \
+         uncorrelated (no document of ours), rejected (not an MDN).",
+    ),
+    spec(SINK_PAUSED, Kind::Gauge, &["sink"], "sinks", "1 while an operator has paused the sink, else 0."),
 ];
 
 const fn spec(

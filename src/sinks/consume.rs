@@ -10,9 +10,11 @@
 //! | delivered | ack (and the journal id is recorded as delivered first) |
 //! | undeliverable, held | ack (nothing to retry; the reason stays in the ledger) |
 //! | failed | dead letter |
-//! | retry | `retry` (the bus waits and redelivers at the head of the partition) unless the sink's retry policy gives up (max attempts or age): dead letter |
+//! | retry | `retry` (the bus waits and redelivers at the head of the partition) unless the sink's retry policy gives up (max attempts — never more than the bus's `max_attempts` — or age): dead letter, recorded `failed` |
 //!
 //! The loop stops when the shutdown fires, leaving the current envelope unanswered (the bus redelivers it).
+//! While the sink is paused ([`Pauses`]) the loop finishes the delivery in hand and takes nothing more until
+//! it is resumed: what waits stays on the bus, in order.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -22,6 +24,7 @@ use crate::bus::{Bus, Envelope, Error as BusError, Received};
 use crate::ops::metrics::{SINK_DELIVERIES, SINK_DELIVERY_SECONDS};
 use crate::shutdown::Shutdown;
 use crate::sinks::ledger::Ledger;
+use crate::sinks::pause::Pauses;
 use crate::sinks::retry::{Next, Outcome, RetryPolicy};
 
 /// The ledger key under which a journal entry counts as delivered by a sink.
@@ -30,7 +33,7 @@ pub fn journal_key(message_id: u64) -> String {
 }
 
 /// Runs `sink` over partitions `0..partitions` of the bus until `stop` fires; `deliver` is called with each
-/// envelope and the attempt number (1 for the first delivery).
+/// envelope and the attempt number (1 for the first delivery). Never paused: see [`run_sink_with`].
 pub async fn run_sink<F, Fut>(
     bus: Bus,
     sink: String,
@@ -43,13 +46,34 @@ where
     F: Fn(Envelope, u32) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Outcome> + Send + 'static,
 {
+    run_sink_with(bus, sink, policy, ledger, Pauses::in_memory(), stop, deliver).await
+}
+
+/// [`run_sink`] that takes nothing from the bus while `pauses` says `sink` is paused.
+pub async fn run_sink_with<F, Fut>(
+    bus: Bus,
+    sink: String,
+    policy: RetryPolicy,
+    ledger: Arc<Ledger>,
+    pauses: Pauses,
+    stop: Shutdown,
+    deliver: F,
+) -> Result<(), BusError>
+where
+    F: Fn(Envelope, u32) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Outcome> + Send + 'static,
+{
     let partitions = bus.settings().partitions;
+    // The bus dead-letters a retry past its own `max_attempts`: give up there too, so the ledger says
+    // `failed` (with the reason) for every dead letter rather than a last `retry`.
+    let mut policy = policy;
+    policy.max_attempts = policy.max_attempts.min(bus.settings().max_attempts);
     let mut tasks = tokio::task::JoinSet::new();
     for partition in 0..partitions {
         let consumer = bus.consume(&sink, partition).await?;
-        let (sink, policy, ledger, stop, deliver) =
-            (sink.clone(), policy.clone(), ledger.clone(), stop.clone(), deliver.clone());
-        tasks.spawn(run_partition(consumer, sink, policy, ledger, stop, deliver));
+        let (sink, policy, ledger, pauses, stop, deliver) =
+            (sink.clone(), policy.clone(), ledger.clone(), pauses.clone(), stop.clone(), deliver.clone());
+        tasks.spawn(run_partition(consumer, sink, policy, ledger, pauses, stop, deliver));
     }
     let mut result = Ok(());
     while let Some(joined) = tasks.join_next().await {
@@ -66,6 +90,7 @@ pub async fn run_partition<F, Fut>(
     sink: String,
     policy: RetryPolicy,
     ledger: Arc<Ledger>,
+    pauses: Pauses,
     mut stop: Shutdown,
     deliver: F,
 ) -> Result<(), BusError>
@@ -74,8 +99,17 @@ where
     Fut: Future<Output = Outcome> + Send,
 {
     loop {
+        if pauses.is_paused(&sink) {
+            consumer.suspend().await;
+            tokio::select! {
+                () = pauses.wait_resumed(&sink) => {}
+                () = stop.recv() => return Ok(()),
+            }
+        }
+        // Both `next` futures hold no delivery until they return one, so dropping them on a pause is safe.
         let received = tokio::select! {
             r = consumer.next() => r?,
+            () = pauses.wait_paused(&sink) => continue,
             () = stop.recv() => return Ok(()),
         };
         handle(received, &sink, &policy, &ledger, &deliver).await?;

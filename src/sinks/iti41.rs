@@ -6,21 +6,18 @@
 //! 1. [`check_before_feed`]: a qualified INS, no opposition (ZFA), confidentiality codes the DMP knows;
 //!    otherwise [`Outcome::Held`] for identity review, nothing sent.
 //! 2. [`build_request`]: the SOAP envelope (WS-Addressing Action/MessageID/To/ReplyTo, a WS-Security header
-//!    holding the VIHF SAML 2.0 assertion built from [`VihfConfig`]), the `ProvideAndRegisterDocumentSetRequest`
+//!    holding the VIHF SAML 2.0 assertion built by [`Vihf`]), the `ProvideAndRegisterDocumentSetRequest`
 //!    whose `xds:Document` is an `xop:Include` of a second MIME part carrying the document bytes, an RPLC
 //!    association when the document replaces another.
 //! 3. [`DmpClient::send`]: one POST; network errors, timeouts and 5xx are transient; the body's
 //!    `RegistryResponse` ([`parse_registry_response`]) gives Success / PartialSuccess / Failure and its
 //!    RegistryErrorList says transient or permanent ([`crate::sinks::retry::registry_code_is_transient`]).
 //!
-//! **VIHF signing is not done here.** The DMP wants the assertion signed (enveloped XML-DSig, exclusive C14N,
-//! RSA-SHA256, the structure's *certificat de cachet* in `KeyInfo/X509Data`, the `ds:Signature` right after
-//! `saml2:Issuer`). No well-kept Rust crate does XML-DSig today: `samael` signs through the libxmlsec1 C
-//! library (bindgen, libxml2 + xmlsec1 + OpenSSL system packages), and the pure-Rust `xml-sec` / `bergshamra`
-//! are 0.x releases with little use. The assertion is therefore sent unsigned, with the slot kept: signing
-//! is one function over [`vihf_assertion`]'s output once such a crate is chosen. Likewise the detached
-//! XAdES signature of the submission set (IHE DSG) is not built.
+//! The VIHF assertion comes from [`crate::sinks::vihf`] (signed with the structure's *certificat de cachet*
+//! when `vihf.signing_key` / `vihf.signing_cert` are set) and is copied into `wsse:Security` byte for byte.
+//! Not built: the detached XAdES signature of the submission set (IHE DSG).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use quick_xml::Writer;
@@ -30,68 +27,19 @@ use uuid::Uuid;
 
 use crate::sinks::ebrim::Submission;
 use crate::sinks::retry::{self, Outcome, RetryPolicy};
+use crate::sinks::vihf::{self, Vihf, VihfConfig};
 
 /// The ITI-41 SOAP action.
 pub const ACTION: &str = "urn:ihe:iti:2007:ProvideAndRegisterDocumentSet-b";
 const NS_SOAP: &str = "http://www.w3.org/2003/05/soap-envelope";
 const NS_WSA: &str = "http://www.w3.org/2005/08/addressing";
 const NS_WSSE: &str = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-secext-1.0.xsd";
-const NS_SAML: &str = "urn:oasis:names:tc:SAML:2.0:assertion";
 const NS_XDS: &str = "urn:ihe:iti:xds-b:2007";
 const NS_XOP: &str = "http://www.w3.org/2004/08/xop/include";
 const STATUS_PREFIX: &str = "urn:oasis:names:tc:ebxml-regrep:ResponseStatusType:";
 /// Confidentiality codes the DMP accepts (first N/R/V, then the masking codes of `1.2.250.1.213.1.1.4.13`).
 const DMP_CONFIDENTIALITY: &[&str] =
     &["N", "R", "V", "MASQUE_PS", "INVISIBLE_PATIENT", "INVISIBLE_REPRESENTANTS_LEGAUX"];
-
-/// The VIHF (SAML 2.0 assertion) content, from `sinks.dmp.vihf.*`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct VihfConfig {
-    /// `Issuer`: the subject DN of the structure's certificate (`X509SubjectName`).
-    pub issuer: String,
-    /// `Subject/NameID`: the person responsible for the automated processing (or the structure).
-    pub subject_id: String,
-    /// `subject-id`: that person's or service's name.
-    pub subject_name: String,
-    /// `Identifiant_Structure`: the structure's national id (`1` + FINESS).
-    pub structure_id: String,
-    /// `Secteur_Activite` (JDV_J61 code with its system, e.g. `SA01^1.2.250.1.71.4.2.4`).
-    pub sector: String,
-    /// `subject:role` values as `code^system^display` (JDV_J65; doctors need a second, the specialty).
-    pub roles: Vec<String>,
-    /// `Authentification_Mode` (`INDIRECTE` for a platform).
-    pub auth_mode: String,
-    /// `VIHF_Version` (`3.0`).
-    pub version: String,
-    /// `AuthnContextClassRef`.
-    pub authn_context: String,
-    /// `LPS_Nom`.
-    pub software_name: String,
-    /// `LPS_Version`.
-    pub software_version: String,
-    /// `LPS_ID_HOMOLOGATION_DMP`.
-    pub homologation: String,
-}
-
-impl Default for VihfConfig {
-    fn default() -> Self {
-        VihfConfig {
-            issuer: String::new(),
-            subject_id: String::new(),
-            subject_name: String::new(),
-            structure_id: String::new(),
-            sector: "SA01^1.2.250.1.71.4.2.4".into(),
-            roles: Vec::new(),
-            auth_mode: "INDIRECTE".into(),
-            version: "3.0".into(),
-            authn_context: "urn:oasis:names:tc:SAML:2.0:ac:classes:TLSClient".into(),
-            software_name: "Relais".into(),
-            software_version: env!("CARGO_PKG_VERSION").into(),
-            homologation: String::new(),
-        }
-    }
-}
 
 /// `sinks.dmp.*`: where and how to feed the DMP.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -152,10 +100,7 @@ impl DmpConfig {
         if self.source_id.is_empty() {
             return Err(("sinks.dmp.source_id".into(), "required: the sending system's OID".into()));
         }
-        if self.vihf.structure_id.is_empty() {
-            return Err(("sinks.dmp.vihf.structure_id".into(), "required".into()));
-        }
-        Ok(())
+        self.vihf.check()
     }
 }
 
@@ -187,113 +132,6 @@ pub fn check_before_feed(
     Ok(())
 }
 
-/// The VIHF SAML 2.0 assertion (unsigned, see the module doc) for a patient whose INS is `ins_cx`.
-pub fn vihf_assertion(cfg: &VihfConfig, ins_cx: &str, now: jiff::Timestamp) -> Vec<u8> {
-    let mut w = Writer::new(Vec::new());
-    write_vihf(&mut w, cfg, ins_cx, now).expect("writing XML into memory cannot fail");
-    w.into_inner()
-}
-
-fn write_vihf<W: std::io::Write>(
-    w: &mut Writer<W>,
-    cfg: &VihfConfig,
-    ins_cx: &str,
-    now: jiff::Timestamp,
-) -> std::io::Result<()> {
-    let instant = now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
-    let until = (now + jiff::SignedDuration::from_secs(300)).strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
-    let id = format!("_{}", Uuid::new_v4().simple());
-    w.create_element("saml2:Assertion")
-        .with_attribute(("xmlns:saml2", NS_SAML))
-        .with_attribute(("ID", id.as_str()))
-        .with_attribute(("IssueInstant", instant.as_str()))
-        .with_attribute(("Version", "2.0"))
-        .write_inner_content(|w| {
-            w.create_element("saml2:Issuer")
-                .with_attribute(("Format", "urn:oasis:names:tc:SAML:1.1:nameid-format:X509SubjectName"))
-                .write_text_content(BytesText::new(&cfg.issuer))?;
-            // ds:Signature goes here once the assertion is signed (module doc).
-            w.create_element("saml2:Subject").write_inner_content(|w| {
-                w.create_element("saml2:NameID")
-                    .with_attribute(("Format", "urn:oasis:names:tc:SAML:1.1:nameid-format:unspecified"))
-                    .write_text_content(BytesText::new(&cfg.subject_id))?;
-                Ok(())
-            })?;
-            w.create_element("saml2:Conditions")
-                .with_attribute(("NotBefore", instant.as_str()))
-                .with_attribute(("NotOnOrAfter", until.as_str()))
-                .write_empty()?;
-            w.create_element("saml2:AuthnStatement")
-                .with_attribute(("AuthnInstant", instant.as_str()))
-                .write_inner_content(|w| {
-                    w.create_element("saml2:AuthnContext").write_inner_content(|w| {
-                        w.create_element("saml2:AuthnContextClassRef")
-                            .write_text_content(BytesText::new(&cfg.authn_context))?;
-                        Ok(())
-                    })?;
-                    Ok(())
-                })?;
-            w.create_element("saml2:AttributeStatement").write_inner_content(|w| {
-                let simple = [
-                    ("VIHF_Version", cfg.version.as_str()),
-                    ("Identifiant_Structure", cfg.structure_id.as_str()),
-                    ("Secteur_Activite", cfg.sector.as_str()),
-                    ("urn:oasis:names:tc:xspa:1.0:subject:subject-id", cfg.subject_name.as_str()),
-                    ("Authentification_Mode", cfg.auth_mode.as_str()),
-                    ("urn:oasis:names:tc:xacml:2.0:resource:resource-id", ins_cx),
-                    ("Ressource_URN", "urn:dmp"),
-                    ("urn:oasis:names:tc:xspa:1.0:subject:purposeofuse", "normal"),
-                    ("LPS_Nom", cfg.software_name.as_str()),
-                    ("LPS_Version", cfg.software_version.as_str()),
-                    ("LPS_ID_HOMOLOGATION_DMP", cfg.homologation.as_str()),
-                ];
-                for (name, value) in simple {
-                    attribute(w, name, |w| {
-                        w.create_element("saml2:AttributeValue").write_text_content(BytesText::new(value))?;
-                        Ok(())
-                    })?;
-                }
-                if !cfg.roles.is_empty() {
-                    attribute(w, "urn:oasis:names:tc:xacml:2.0:subject:role", |w| {
-                        for role in &cfg.roles {
-                            let mut parts = role.splitn(3, '^');
-                            let code = parts.next().unwrap_or_default();
-                            let system = parts.next().unwrap_or_default();
-                            let display = parts.next().unwrap_or_default();
-                            w.create_element("saml2:AttributeValue").write_inner_content(|w| {
-                                w.create_element("Role")
-                                    .with_attribute(("xmlns", "urn:hl7-org:v3"))
-                                    .with_attribute((
-                                        "xmlns:xsi",
-                                        "http://www.w3.org/2001/XMLSchema-instance",
-                                    ))
-                                    .with_attribute(("xsi:type", "CE"))
-                                    .with_attribute(("code", code))
-                                    .with_attribute(("codeSystem", system))
-                                    .with_attribute(("displayName", display))
-                                    .write_empty()?;
-                                Ok(())
-                            })?;
-                        }
-                        Ok(())
-                    })?;
-                }
-                Ok(())
-            })?;
-            Ok(())
-        })?;
-    Ok(())
-}
-
-fn attribute<W: std::io::Write>(
-    w: &mut Writer<W>,
-    name: &str,
-    values: impl FnOnce(&mut Writer<W>) -> std::io::Result<()>,
-) -> std::io::Result<()> {
-    w.create_element("saml2:Attribute").with_attribute(("Name", name)).write_inner_content(values)?;
-    Ok(())
-}
-
 /// An ITI-41 HTTP request body, MTOM/XOP encoded.
 #[derive(Clone)]
 pub struct Request {
@@ -314,19 +152,21 @@ impl std::fmt::Debug for Request {
     }
 }
 
-/// Builds the MTOM request for `submission` to `endpoint`, with the VIHF from `vihf`.
+/// Builds the MTOM request for `submission` to `endpoint`, with an assertion from `vihf` (fails only when the
+/// RSA signature cannot be computed).
 pub fn build_request(
     submission: &Submission,
     endpoint: &str,
-    vihf: &VihfConfig,
+    vihf: &Vihf,
     now: jiff::Timestamp,
-) -> Request {
+) -> Result<Request, vihf::Error> {
+    let assertion = vihf.assertion(&submission.document.patient_id, now)?;
     let message_id = format!("urn:uuid:{}", Uuid::new_v4());
     let boundary = format!("MIMEBoundary_{}", Uuid::new_v4().simple());
     let root_cid = "root.message@relais";
     let doc_cid = format!("{}@relais", Uuid::new_v4().simple());
     let mut w = Writer::new(Vec::new());
-    write_envelope(&mut w, submission, endpoint, vihf, now, &message_id, &doc_cid)
+    write_envelope(&mut w, submission, endpoint, &assertion, &message_id, &doc_cid)
         .expect("writing XML into memory cannot fail");
     let envelope = w.into_inner();
 
@@ -352,15 +192,14 @@ pub fn build_request(
         "multipart/related; boundary=\"{boundary}\"; type=\"application/xop+xml\"; start=\"<{root_cid}>\"; \
          start-info=\"application/soap+xml\"; action=\"{ACTION}\""
     );
-    Request { content_type, body, message_id }
+    Ok(Request { content_type, body, message_id })
 }
 
 fn write_envelope<W: std::io::Write>(
     w: &mut Writer<W>,
     submission: &Submission,
     endpoint: &str,
-    vihf: &VihfConfig,
-    now: jiff::Timestamp,
+    assertion: &str,
     message_id: &str,
     doc_cid: &str,
 ) -> std::io::Result<()> {
@@ -386,7 +225,7 @@ fn write_envelope<W: std::io::Write>(
                 w.create_element("wsse:Security")
                     .with_attribute(("xmlns:wsse", NS_WSSE))
                     .with_attribute(("soap:mustUnderstand", "true"))
-                    .write_inner_content(|w| write_vihf(w, vihf, &submission.document.patient_id, now))?;
+                    .write_inner_content(|w| w.get_mut().write_all(assertion.as_bytes()))?;
                 Ok(())
             })?;
             w.create_element("soap:Body").write_inner_content(|w| {
@@ -546,6 +385,9 @@ pub enum BuildError {
     /// A PEM file could not be used.
     #[error(transparent)]
     Tls(#[from] crate::sinks::tls::Error),
+    /// The VIHF signing key or certificate could not be used.
+    #[error(transparent)]
+    Vihf(#[from] vihf::Error),
     /// `sinks.dmp.ca` is missing.
     #[error("sinks.dmp.ca is required")]
     NoCa,
@@ -556,7 +398,7 @@ pub enum BuildError {
 pub struct DmpClient {
     http: crate::sinks::https::HttpsClient,
     endpoint: String,
-    vihf: VihfConfig,
+    vihf: Arc<Vihf>,
 }
 
 impl DmpClient {
@@ -566,12 +408,21 @@ impl DmpClient {
         let identity = cfg.client_cert.as_deref().zip(cfg.client_key.as_deref());
         let tls = crate::sinks::tls::client_config(Some(ca), identity)?;
         let http = crate::sinks::https::HttpsClient::new(tls, Duration::from_secs(cfg.timeout_secs.max(1)));
-        Ok(DmpClient { http, endpoint: cfg.endpoint.clone(), vihf: cfg.vihf.clone() })
+        let vihf = Arc::new(Vihf::new(&cfg.vihf)?);
+        Ok(DmpClient { http, endpoint: cfg.endpoint.clone(), vihf })
+    }
+
+    /// Whether the VIHF assertions this client sends are signed.
+    pub fn signs_vihf(&self) -> bool {
+        self.vihf.is_signed()
     }
 
     /// Sends one submission; returns the outcome and, when the registry answered, its response.
     pub async fn send(&self, submission: &Submission) -> (Outcome, Option<RegistryResponse>) {
-        let request = build_request(submission, &self.endpoint, &self.vihf, jiff::Timestamp::now());
+        let request = match build_request(submission, &self.endpoint, &self.vihf, jiff::Timestamp::now()) {
+            Ok(request) => request,
+            Err(e) => return (Outcome::retry(e.to_string()), None),
+        };
         let sent = self
             .http
             .post(&self.endpoint, &request.content_type, &[("soapaction", ACTION.to_string())], request.body)
@@ -607,6 +458,10 @@ mod tests {
     use super::*;
     use crate::sinks::ebrim::{Code, SubmissionParams, sample_document};
 
+    fn unsigned() -> Vihf {
+        Vihf::new(&VihfConfig::default()).unwrap()
+    }
+
     fn submission() -> Submission {
         Submission::new(sample_document(), SubmissionParams::default(), jiff::Timestamp::now())
     }
@@ -627,7 +482,7 @@ mod tests {
     fn request_is_mtom_with_the_document_in_its_own_part() {
         let s = submission();
         let r =
-            build_request(&s, "https://dmp.test/repository", &VihfConfig::default(), jiff::Timestamp::now());
+            build_request(&s, "https://dmp.test/repository", &unsigned(), jiff::Timestamp::now()).unwrap();
         assert!(r.content_type.starts_with("multipart/related;"));
         assert!(r.content_type.contains("type=\"application/xop+xml\""));
         assert!(r.content_type.contains(ACTION));

@@ -4,7 +4,7 @@
 //! once on its way to the bus; the envelope carries `document_ref = journal:<id>`, not the bytes), and hands
 //! on a [`DocumentJob`]: the [`Submission`], the patient's traits, the masking flags, the professionals'
 //! addresses (PRT RCT, PRT-15.4, patients' addresses left out: the patient is reached through the qualified
-//! INS only), the mail bodies and whether an acknowledgement was asked for.
+//! INS only), the mail bodies, whether an acknowledgement was asked for, and the PDF of a level-1 CDA (for the mail).
 
 use crate::documents::DocumentMapper;
 use crate::facts::{MapFailure, MessageKind};
@@ -28,6 +28,10 @@ pub struct DocumentJob {
     pub body_patient: String,
     /// `ACK_RECEPTION` or `ACK_LECTURE_MSS` = Y.
     pub ack_requested: bool,
+    /// Each PRT RCT recipient's MSSanté address (lower case) and id (IDNPS, INS), for the ZAM^Z02/Z03.
+    pub recipient_ids: Vec<(String, String)>,
+    /// `ACK_RECEPTION` = Y: the DPI wants a ZAM^Z02 per recipient.
+    pub reception_ack_requested: bool,
 }
 
 impl DocumentJob {
@@ -47,7 +51,8 @@ impl DocumentJob {
             MessageKind::Hl7v2 => crate::documents::oru::read(raw)?.cda,
         };
         let meta = &details.metadata;
-        let document = XdsDocument::from_metadata(meta, content, None);
+        let pdf = crate::cda::pdf(&content);
+        let document = XdsDocument::from_metadata(meta, content, pdf);
         let submission =
             Submission::new(document, SubmissionParams::from_metadata(meta, source_id, unique_id_root), now);
         let p = &details.header.patient;
@@ -74,7 +79,39 @@ impl DocumentJob {
             ),
             None => (MaskingFlags::default(), Vec::new(), String::new(), String::new(), false),
         };
-        Ok(DocumentJob { submission, patient, flags, professionals, body_ps, body_patient, ack_requested })
+        let recipient_ids = oru
+            .map(|info| {
+                info.recipients
+                    .iter()
+                    .filter(|r| r.role == "RCT" && r.address.contains('@'))
+                    .map(|r| (r.address.to_ascii_lowercase(), r.id.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let reception_ack_requested = oru.is_some_and(|info| info.flag("ACK_RECEPTION"));
+        Ok(DocumentJob {
+            submission,
+            patient,
+            flags,
+            professionals,
+            body_ps,
+            body_patient,
+            ack_requested,
+            recipient_ids,
+            reception_ack_requested,
+        })
+    }
+
+    /// The id (IDNPS, INS) PRT RCT gives for `address`, or the patient's INS for the patient's mailbox.
+    pub fn recipient_id(&self, address: &str) -> String {
+        let address = address.to_ascii_lowercase();
+        if let Some((_, id)) = self.recipient_ids.iter().find(|(a, _)| *a == address) {
+            return id.clone();
+        }
+        match (&self.patient.ins, self.patient.mailbox()) {
+            (Some(ins), Some(mailbox)) if mailbox.eq_ignore_ascii_case(&address) => ins.clone(),
+            _ => String::new(),
+        }
     }
 
     /// The MSSanté request, with `route_recipients` added to the professionals (a route may name more).

@@ -3,7 +3,11 @@
 //!
 //! One redb file, `<data_dir>/sinks.redb`, table `delivered`: key `(sink, business key)` → (journal id, unix
 //! seconds); table `outcomes`: `(sink, journal id)` → the last [`SinkRecord`] (outcome, reason, attempts) as
-//! JSON, for the admin API. Business keys: the notification key ([`crate::sinks::notify::idempotency_key`]) for
+//! JSON, for the admin API; table `history`: `(sink, journal id, n)` → every recorded outcome in turn (the
+//! timeline's attempts with their errors); table `purged`: `(sink, journal id)` → unix seconds when an
+//! operator dropped the dead letter (cleared by the next outcome). Retention [`Ledger::forget`]s the outcomes
+//! of the messages it prunes; the `delivered` keys stay (they are what stops a duplicate delivery). Business
+//! keys: the notification key ([`crate::sinks::notify::idempotency_key`]) for
 //! notifications, the document uniqueId (+ recipient set) for documents, the journal id otherwise. A key is
 //! written only after the far side accepted the delivery; the write is durable before it returns.
 
@@ -15,6 +19,8 @@ use crate::sinks::retry::Outcome;
 
 const DELIVERED: TableDefinition<(&str, &str), (u64, i64)> = TableDefinition::new("delivered");
 const OUTCOMES: TableDefinition<(&str, u64), &str> = TableDefinition::new("outcomes");
+const PURGED: TableDefinition<(&str, u64), i64> = TableDefinition::new("purged");
+const HISTORY: TableDefinition<(&str, u64, u32), &str> = TableDefinition::new("history");
 /// The ledger's file name inside the data directory.
 pub const FILE_NAME: &str = "sinks.redb";
 
@@ -41,6 +47,8 @@ impl Ledger {
         let txn = db.begin_write().map_err(storage)?;
         txn.open_table(DELIVERED).map_err(storage)?;
         txn.open_table(OUTCOMES).map_err(storage)?;
+        txn.open_table(PURGED).map_err(storage)?;
+        txn.open_table(HISTORY).map_err(storage)?;
         txn.commit().map_err(storage)?;
         Ok(Ledger { db })
     }
@@ -99,7 +107,107 @@ impl Ledger {
             .map_err(storage)?
             .insert((sink, journal_id), json.as_str())
             .map_err(storage)?;
+        txn.open_table(PURGED).map_err(storage)?.remove((sink, journal_id)).map_err(storage)?;
+        {
+            let mut history = txn.open_table(HISTORY).map_err(storage)?;
+            let last = history
+                .range((sink, journal_id, 0)..=(sink, journal_id, u32::MAX))
+                .map_err(storage)?
+                .next_back()
+                .transpose()
+                .map_err(storage)?
+                .map(|(key, _)| key.value().2);
+            let next = last.map_or(0, |n| n.saturating_add(1));
+            history.insert((sink, journal_id, next), json.as_str()).map_err(storage)?;
+        }
         txn.commit().map_err(storage)
+    }
+
+    /// Every outcome `sink` recorded for `journal_id`, oldest first.
+    pub fn history(&self, sink: &str, journal_id: u64) -> Result<Vec<SinkRecord>, Error> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let table = txn.open_table(HISTORY).map_err(storage)?;
+        let mut records = Vec::new();
+        for row in table.range((sink, journal_id, 0)..=(sink, journal_id, u32::MAX)).map_err(storage)? {
+            let (_, value) = row.map_err(storage)?;
+            records.push(serde_json::from_str(value.value()).map_err(storage)?);
+        }
+        Ok(records)
+    }
+
+    /// Drops the outcomes, history and purge mark of `journal_id` in `sink` (retention pruned the message).
+    pub fn forget(&self, sink: &str, journal_id: u64) -> Result<(), Error> {
+        let txn = self.db.begin_write().map_err(storage)?;
+        txn.open_table(OUTCOMES).map_err(storage)?.remove((sink, journal_id)).map_err(storage)?;
+        txn.open_table(PURGED).map_err(storage)?.remove((sink, journal_id)).map_err(storage)?;
+        {
+            let mut history = txn.open_table(HISTORY).map_err(storage)?;
+            history
+                .retain_in((sink, journal_id, 0)..=(sink, journal_id, u32::MAX), |_, _| false)
+                .map_err(storage)?;
+        }
+        txn.commit().map_err(storage)
+    }
+
+    /// Records that an operator dropped the dead letter of `journal_id` in `sink`.
+    pub fn record_purged(&self, sink: &str, journal_id: u64) -> Result<(), Error> {
+        let txn = self.db.begin_write().map_err(storage)?;
+        let now = jiff::Timestamp::now().as_second();
+        txn.open_table(PURGED).map_err(storage)?.insert((sink, journal_id), now).map_err(storage)?;
+        txn.commit().map_err(storage)
+    }
+
+    /// When (unix seconds) an operator dropped the dead letter of `journal_id` in `sink`, since its last
+    /// outcome.
+    pub fn purged(&self, sink: &str, journal_id: u64) -> Result<Option<i64>, Error> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let table = txn.open_table(PURGED).map_err(storage)?;
+        Ok(table.get((sink, journal_id)).map_err(storage)?.map(|v| v.value()))
+    }
+
+    /// True when `sink` is done with `journal_id` for good: delivered, undeliverable, or failed and purged.
+    /// A retry, a hold (waiting for a person), a dead letter still queued, or no outcome yet is not final.
+    pub fn settled(&self, sink: &str, journal_id: u64) -> Result<bool, Error> {
+        Ok(match self.outcome(sink, journal_id)? {
+            Some(SinkRecord { outcome: Outcome::Delivered | Outcome::Undeliverable { .. }, .. }) => true,
+            Some(SinkRecord { outcome: Outcome::Failed { .. }, .. }) => {
+                self.purged(sink, journal_id)?.is_some()
+            }
+            _ => false,
+        })
+    }
+
+    /// The last outcomes named `outcome` (`undeliverable`, `held`...), newest journal id first, of `sink` or
+    /// of every sink, at most `limit`.
+    pub fn outcomes_named(
+        &self,
+        sink: Option<&str>,
+        outcome: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, u64, SinkRecord)>, Error> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let table = txn.open_table(OUTCOMES).map_err(storage)?;
+        let rows = match sink {
+            Some(sink) => table.range((sink, 0)..=(sink, u64::MAX)).map_err(storage)?,
+            None => table.range::<(&str, u64)>(..).map_err(storage)?,
+        };
+        // Records are compact JSON with the outcome first: skip the others without decoding them.
+        let tag = format!("{{\"outcome\":\"{outcome}\"");
+        let mut found = Vec::new();
+        for row in rows {
+            let (key, value) = row.map_err(storage)?;
+            if !value.value().starts_with(&tag) {
+                continue;
+            }
+            let record: SinkRecord = serde_json::from_str(value.value()).map_err(storage)?;
+            if record.outcome.as_str() == outcome {
+                let (sink, id) = key.value();
+                found.push((sink.to_owned(), id, record));
+            }
+        }
+        found.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        found.truncate(limit);
+        Ok(found)
     }
 
     /// The last outcome `sink` reported for `journal_id`.
@@ -130,5 +238,42 @@ mod tests {
         let rec = ledger.outcome("mss", 7).unwrap().unwrap();
         assert_eq!((rec.outcome, rec.attempts), (Outcome::retry("SMTP 421"), 2));
         assert_eq!(ledger.outcome("mss", 8).unwrap(), None);
+    }
+
+    #[test]
+    fn settled_only_when_delivered_undeliverable_or_failed_and_purged() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(dir.path()).unwrap();
+        assert!(!ledger.settled("mss", 1).unwrap(), "no outcome yet");
+        ledger.record_outcome("mss", 1, &Outcome::retry("SMTP 421"), 1).unwrap();
+        assert!(!ledger.settled("mss", 1).unwrap());
+        ledger.record_outcome("mss", 1, &Outcome::Delivered, 2).unwrap();
+        assert!(ledger.settled("mss", 1).unwrap());
+        ledger.record_outcome("gp", 2, &Outcome::Undeliverable { reason: "no GP".into() }, 1).unwrap();
+        assert!(ledger.settled("gp", 2).unwrap());
+        ledger.record_outcome("dmp", 3, &Outcome::Held { reason: "identity review".into() }, 1).unwrap();
+        assert!(!ledger.settled("dmp", 3).unwrap());
+        ledger.record_outcome("mss", 4, &Outcome::failed("SMTP 550"), 1).unwrap();
+        assert!(!ledger.settled("mss", 4).unwrap(), "a dead letter still queued");
+        ledger.record_purged("mss", 4).unwrap();
+        assert!(ledger.settled("mss", 4).unwrap());
+        ledger.record_outcome("mss", 4, &Outcome::failed("SMTP 550"), 1).unwrap();
+        assert!(!ledger.settled("mss", 4).unwrap(), "a new outcome clears the purge");
+
+        ledger.record_outcome("gp", 5, &Outcome::Undeliverable { reason: "opposition".into() }, 1).unwrap();
+        let all = ledger.outcomes_named(None, "undeliverable", 10).unwrap();
+        let ids: Vec<(String, u64)> = all.iter().map(|(s, id, _)| (s.clone(), *id)).collect();
+        assert_eq!(ids, [("gp".to_string(), 5), ("gp".to_string(), 2)]);
+        assert_eq!(all[0].2.outcome.reason(), Some("opposition"));
+        assert_eq!(ledger.outcomes_named(Some("mss"), "undeliverable", 10).unwrap().len(), 0);
+        assert_eq!(ledger.outcomes_named(None, "undeliverable", 1).unwrap().len(), 1);
+
+        let history: Vec<&str> =
+            ledger.history("mss", 1).unwrap().iter().map(|r| r.outcome.as_str()).collect();
+        assert_eq!(history, ["retry", "delivered"]);
+        assert_eq!(ledger.history("mss", 1).unwrap()[0].outcome.reason(), Some("SMTP 421"));
+        ledger.forget("mss", 1).unwrap();
+        assert_eq!((ledger.outcome("mss", 1).unwrap(), ledger.history("mss", 1).unwrap().len()), (None, 0));
+        assert_eq!(ledger.history("mss", 4).unwrap().len(), 2, "other messages keep theirs");
     }
 }

@@ -77,6 +77,12 @@ pub struct MssConfig {
     pub source_id: String,
     /// Retry policy.
     pub retry: RetryPolicy,
+    /// Inbound SMTP address (`127.0.0.1:2526`) where MDNs come back, each one becoming a ZAM^Z03; unset: none.
+    pub mdn_listen: Option<String>,
+    /// PEM certificate chain of the MDN port; with `mdn_tls_key`, STARTTLS is offered and required.
+    pub mdn_tls_cert: Option<PathBuf>,
+    /// PEM private key of the MDN port.
+    pub mdn_tls_key: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for MssConfig {
@@ -107,6 +113,9 @@ impl Default for MssConfig {
             timeout_secs: 30,
             source_id: String::new(),
             retry: RetryPolicy::default(),
+            mdn_listen: None,
+            mdn_tls_cert: None,
+            mdn_tls_key: None,
         }
     }
 }
@@ -129,6 +138,14 @@ impl MssConfig {
         }
         if self.username.is_some() != self.password.is_some() {
             return Err(("sinks.mss.password".into(), "username and password go together".into()));
+        }
+        if let Some(addr) = &self.mdn_listen
+            && addr.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(("sinks.mss.mdn_listen".into(), "expected ip:port".into()));
+        }
+        if self.mdn_tls_cert.is_some() != self.mdn_tls_key.is_some() {
+            return Err(("sinks.mss.mdn_tls_key".into(), "mdn_tls_cert and mdn_tls_key go together".into()));
         }
         Ok(())
     }
@@ -285,9 +302,35 @@ pub fn subject(title: &str, patient: &Patient) -> String {
     format!("XDM/1.0/DDM+{title} {} {} {birth}", patient.family.to_uppercase(), patient.given)
 }
 
+/// The `Message-ID` of the mail of journal entry `journal_id` for `addressee`:
+/// `<relais.<journal id>.<ps|pat>@<domain of from>>`, so that an MDN's `Original-Message-ID` names the entry.
+pub fn message_id(journal_id: u64, addressee: Addressee, from: &str) -> String {
+    let domain = from.rsplit_once('@').map_or("relais.invalid", |(_, d)| d);
+    let who = match addressee {
+        Addressee::Professionals => "ps",
+        Addressee::Patient => "pat",
+    };
+    format!("<relais.{journal_id}.{who}@{domain}>")
+}
+
+/// The journal id a [`message_id`] names (angle brackets optional), if it is one of ours.
+pub fn journal_id_of(message_id: &str) -> Option<u64> {
+    let id = message_id.trim().trim_start_matches('<').trim_end_matches('>');
+    let rest = id.strip_prefix("relais.")?;
+    let (number, rest) = rest.split_once('.')?;
+    let (who, _domain) = rest.split_once('@')?;
+    matches!(who, "ps" | "pat").then_some(())?;
+    number.parse().ok()
+}
+
 /// Builds the mails for a request: one per audience the masking matrix allows. `Err` is the outcome of the
 /// whole request (matrix violation, nothing to send).
 pub fn build(req: &MailRequest, cfg: &MssConfig) -> Result<Vec<Mail>, Outcome> {
+    build_for(req, cfg, None)
+}
+
+/// [`build`], with each mail's `Message-ID` derived from `journal_id` ([`message_id`]) when given.
+pub fn build_for(req: &MailRequest, cfg: &MssConfig, journal_id: Option<u64>) -> Result<Vec<Mail>, Outcome> {
     let who = audience(&req.flags)?;
     let from: Mailbox =
         cfg.from.parse().map_err(|_| Outcome::failed("sinks.mss.from is not a mail address"))?;
@@ -298,13 +341,13 @@ pub fn build(req: &MailRequest, cfg: &MssConfig) -> Result<Vec<Mail>, Outcome> {
         let message = if req.professionals.is_empty() {
             Err(Outcome::Undeliverable { reason: "no professional recipient".into() })
         } else {
-            compose(req, cfg, &from, &req.professionals, Addressee::Professionals, &zip)
+            compose(req, cfg, &from, &req.professionals, Addressee::Professionals, &zip, journal_id)
         };
         mails.push(Mail { addressee: Addressee::Professionals, message });
     }
     if who.patient {
         let message = match req.patient.mailbox() {
-            Some(addr) => compose(req, cfg, &from, &[addr], Addressee::Patient, &zip),
+            Some(addr) => compose(req, cfg, &from, &[addr], Addressee::Patient, &zip, journal_id),
             None => Err(Outcome::Undeliverable { reason: "no qualified INS: no patient mailbox".into() }),
         };
         mails.push(Mail { addressee: Addressee::Patient, message });
@@ -323,10 +366,12 @@ fn compose(
     to: &[String],
     addressee: Addressee,
     zip: &[u8],
+    journal_id: Option<u64>,
 ) -> Result<Message, Outcome> {
     let doc = &req.submission.document;
     let mut builder = Message::builder()
         .from(from.clone())
+        .message_id(journal_id.map(|id| message_id(id, addressee, &cfg.from)))
         .subject(subject(&doc.title, &req.patient))
         .raw_header(header("X-MSS-CODECDA", doc.type_code.code.clone()))
         .raw_header(header(
@@ -500,5 +545,15 @@ mod tests {
         p.ins_qualified = true;
         assert_eq!(p.mailbox().unwrap(), "279035121518989@patient.mssante.fr");
         assert_eq!(mask("jeanne.test@x.fr"), "j***@x.fr");
+    }
+
+    #[test]
+    fn message_ids_name_their_journal_entry() {
+        let id = message_id(42, Addressee::Patient, "documents@ch-test.mssante.fr");
+        assert_eq!(id, "<relais.42.pat@ch-test.mssante.fr>");
+        assert_eq!(journal_id_of(&id), Some(42));
+        assert_eq!(journal_id_of("relais.7.ps@x.fr"), Some(7));
+        assert_eq!(journal_id_of("<CAF1234@gmail.com>"), None);
+        assert_eq!(journal_id_of("<relais.x.ps@x.fr>"), None);
     }
 }

@@ -5,7 +5,8 @@
 //! - [`retry`]: the outcome of an attempt, classification (transient / permanent) and the retry policy.
 //! - [`ebrim`]: XDS metadata as an ebRIM `SubmitObjectsRequest` (shared by XDM and ITI-41).
 //! - [`xdm`]: the `IHE_XDM.ZIP` package for MSSanté mail.
-//! - [`iti41`]: the DMP feed (ITI-41 SOAP/MTOM over mutual TLS, VIHF, RegistryResponse).
+//! - [`iti41`]: the DMP feed (ITI-41 SOAP/MTOM over mutual TLS, RegistryResponse).
+//! - [`vihf`]: the VIHF SAML assertion of the DMP feed, signed (enveloped XML-DSig) with the cachet key.
 //! - [`mail`]: the MSSanté sink (SMTP + TLS, masking matrix, X-MSS headers).
 //! - [`job`]: a journaled CDA or ORU^R01 → what the MSSanté and DMP sinks send.
 //! - [`directory`]: the local MSSanté directory (RPPS → GP mailboxes), `relais directory import`.
@@ -13,13 +14,16 @@
 //! - [`run_sink`]: the consumption loop: bus partitions → deliver once → ack / retry / dead letter.
 //! - [`start`]: builds the configured sinks in `relais serve` and runs their loops.
 //! - [`ledger`]: what each sink delivered, so a bus redelivery is never a second delivery.
+//! - [`pause`]: the sinks an operator paused (persisted in the data dir), read by the consumption loop.
 //! - [`tls`], [`https`]: rustls client configurations and the one-request HTTPS client (DMP, webhook).
 //!
 //! The business acknowledgements (ZAM^Z01/Z02/Z03) are built by [`crate::documents::zam`] from what these
-//! report ([`iti41::RegistryResponse::first_error`], SMTP outcomes).
+//! report ([`iti41::RegistryResponse::first_error`], SMTP outcomes, MDNs read back by [`mdn`]) and sent to
+//! the DPI by [`acks`] (durable outbox, MLLP, retried until AA).
 //!
 //! Their settings are [`SinkConfig`]: `[sinks.<name>]` tables of `relais.toml` with a `kind`, each with `retry.*`.
 
+pub mod acks;
 mod consume;
 pub mod directory;
 pub mod ebrim;
@@ -28,13 +32,16 @@ pub mod iti41;
 pub mod job;
 pub mod ledger;
 pub mod mail;
+pub mod mdn;
 pub mod notify;
+pub mod pause;
 pub mod retry;
 pub mod start;
 pub mod tls;
+pub mod vihf;
 pub mod xdm;
 
-pub use consume::{journal_key, run_partition, run_sink};
+pub use consume::{journal_key, run_partition, run_sink, run_sink_with};
 
 use crate::config::{SinkKind, SinkSettings};
 
@@ -46,8 +53,8 @@ pub enum SinkConfig {
     Notify(notify::NotifyConfig),
     /// The MSSanté mail sink.
     Mss(mail::MssConfig),
-    /// The DMP feed.
-    Dmp(iti41::DmpConfig),
+    /// The DMP feed (boxed: the largest of the three).
+    Dmp(Box<iti41::DmpConfig>),
 }
 
 impl SinkConfig {

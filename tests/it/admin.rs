@@ -148,9 +148,11 @@ fn search_timeline_replay_dead_letters_and_console() {
     let (status, report) = post(&relais, "/api/replay", serde_json::json!({ "ids": [999_999] }));
     assert_eq!(status, 200);
     assert_eq!(report["refused"][0]["id"], 999_999, "{report}");
-    // Pausing a sink is refused with a reason while no sink consumes the bus.
+    // Pausing and resuming a sink (tests/it/ops2.rs checks what a pause does).
     let (status, answer) = post(&relais, &format!("/api/sinks/{SINK}/pause"), serde_json::json!({}));
-    assert_eq!(status, 501, "{answer}");
+    assert_eq!((status, &answer["paused"]), (200, &serde_json::json!(true)), "{answer}");
+    let (status, answer) = post(&relais, &format!("/api/sinks/{SINK}/resume"), serde_json::json!({}));
+    assert_eq!((status, &answer["paused"]), (200, &serde_json::json!(false)), "{answer}");
 
     // Dead letters: the test plays the sink and rejects the admission and the discharge; purges the first.
     let admission = relais.get_json(&format!("/api/search?control_id={}", control_id(&sample(SAMPLES[0]))));

@@ -24,9 +24,7 @@ use relais::routing::RouteSet;
 use relais::routing::reload::LiveRoutes;
 use relais::shutdown;
 
-#[path = "rabbit.rs"]
-mod rabbit;
-use rabbit::RabbitNode;
+use crate::rabbit::RabbitNode;
 
 // ---------------------------------------------------------------------------------------------------------
 // The map stage for these tests, and journal helpers.

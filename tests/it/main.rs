@@ -4,6 +4,7 @@
 mod harness;
 
 mod admin;
+mod admin_sinks;
 mod bad_input;
 mod bus;
 mod charsets;
@@ -14,5 +15,6 @@ mod ingest_mllp;
 mod ingest_tls;
 mod mapping;
 mod ops;
+mod rabbit;
 mod send_cli;
 mod sinks;

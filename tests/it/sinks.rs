@@ -122,6 +122,7 @@ fn xdm_metadata_validates_against_lcm_xsd_and_document_is_intact() {
 mod dmp;
 mod mail;
 mod pki;
+mod vihf;
 
 /// `relais directory import` then `lookup`, through the real binary.
 #[test]
@@ -166,7 +167,8 @@ mod notify;
 #[test]
 fn documents_stage_metadata_gives_valid_iti41_bodies() {
     use relais::documents::DocumentMapper;
-    use relais::sinks::iti41::{VihfConfig, build_request};
+    use relais::sinks::iti41::build_request;
+    use relais::sinks::vihf::{Vihf, VihfConfig};
 
     let mapper = DocumentMapper::load(&root().join("mappings/tables/xds")).unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -185,9 +187,10 @@ fn documents_stage_metadata_gives_valid_iti41_bodies() {
         let request = build_request(
             &submission,
             "https://dmp.test/repository",
-            &VihfConfig::default(),
+            &Vihf::new(&VihfConfig::default()).unwrap(),
             jiff::Timestamp::now(),
-        );
+        )
+        .unwrap();
         // Inline the document (base64) in place of the xop:Include, keep the SOAP Body child.
         let text = String::from_utf8_lossy(&request.body).into_owned();
         let body = &text[text.find("<soap:Body>").unwrap() + 11..text.find("</soap:Body>").unwrap()];
@@ -265,4 +268,5 @@ fn oru_samples_become_mail_and_dmp_jobs() {
     assert_eq!(err.as_str(), "failed");
     assert!(err.reason().unwrap().contains("MASQUE_PS=Y"));
 }
+mod acks;
 mod e2e;

@@ -55,17 +55,22 @@ pub fn bundle(data: BundleData, pretty: bool) -> Result<Vec<u8>, Error> {
         .entries
         .into_iter()
         .map(|e| {
-            let mut b = BundleEntry::builder().full_url(e.full_url).resource(e.resource.resource);
+            let mut entry = built("Bundle.entry", BundleEntry::builder().build())?;
+            entry.full_url = Some(e.full_url);
+            entry.resource = Some(e.resource.resource);
             if let Some(url) = e.put_url {
                 let request = BundleEntryRequest::builder().method(codes::HTTPVerb::Put).url(url).build();
-                b = b.request(built("Bundle.entry.request", request)?);
+                entry.request = Some(built("Bundle.entry.request", request)?);
             }
-            built("Bundle.entry", b.build()).map(Some)
+            Ok(Some(entry))
         })
         .collect::<Result<Vec<_>, Error>>()?;
-    let mut b = Bundle::builder().id(data.id).r#type(kind).entry(entries);
+    let mut bundle = built("Bundle", Bundle::builder().id(data.id).r#type(kind).build())?;
     if let Some((system, value)) = data.identifier {
-        b = b.identifier(built("Identifier", Identifier::builder().system(system).value(value).build())?);
+        let mut identifier = built("Identifier", Identifier::builder().build())?;
+        identifier.system = Some(system);
+        identifier.value = Some(value);
+        bundle.identifier = Some(identifier);
     }
     if let Some(ts) = data.timestamp {
         let instant = Instant::from_str(&ts).map_err(|e| Error::Value {
@@ -73,9 +78,9 @@ pub fn bundle(data: BundleData, pretty: bool) -> Result<Vec<u8>, Error> {
             value: ts.clone(),
             reason: e.to_string(),
         })?;
-        b = b.timestamp(instant);
+        bundle.timestamp = Some(instant);
     }
-    let bundle = built("Bundle", b.build())?;
+    bundle.entry = entries;
     let mut out = Vec::with_capacity(8 * 1024);
     let written = if pretty {
         serde_json::to_writer_pretty(&mut out, &bundle)

@@ -1,5 +1,6 @@
 //! Data types (Identifier, HumanName, Reference, Extension…) from [`crate::model`] values, through fhir-sdk
-//! builders.
+//! builders: each element is built once with its required elements, then its optional elements are set in
+//! place (the models' `DerefMut`), so the typed values are moved once, never copied builder to builder.
 
 use std::str::FromStr;
 
@@ -41,144 +42,132 @@ pub(crate) fn meta(profiles: &[String]) -> Result<Option<Meta>, Error> {
     if profiles.is_empty() {
         return Ok(None);
     }
-    let meta = Meta::builder().profile(profiles.iter().cloned().map(Some).collect()).build();
-    built("Meta", meta).map(Some)
+    let mut meta = built("Meta", Meta::builder().build())?;
+    meta.profile = profiles.iter().cloned().map(Some).collect();
+    Ok(Some(meta))
 }
 
 /// A Coding; an empty system is left out (FHIR has no empty strings).
 pub(crate) fn coding(c: Code) -> Result<Coding, Error> {
-    let mut b = Coding::builder().code(c.code);
+    let mut coding = built("Coding", Coding::builder().build())?;
+    coding.code = Some(c.code);
     if !c.system.is_empty() {
-        b = b.system(c.system);
+        coding.system = Some(c.system);
     }
-    if let Some(display) = c.display {
-        b = b.display(display);
-    }
-    built("Coding", b.build())
+    coding.display = c.display;
+    Ok(coding)
 }
 
 pub(crate) fn concept(c: Code, text: Option<String>) -> Result<CodeableConcept, Error> {
-    let mut b = CodeableConcept::builder().coding(vec![Some(coding(c)?)]);
-    if let Some(text) = text {
-        b = b.text(text);
-    }
-    built("CodeableConcept", b.build())
+    let mut concept = built("CodeableConcept", CodeableConcept::builder().build())?;
+    concept.coding = vec![Some(coding(c)?)];
+    concept.text = text;
+    Ok(concept)
 }
 
 pub(crate) fn identifier(i: Ident) -> Result<Identifier, Error> {
-    let mut b = Identifier::builder().system(i.system).value(i.value);
+    let mut id = built("Identifier", Identifier::builder().build())?;
     if let Some(u) = &i.use_ {
-        b = b.r#use(code::<codes::IdentifierUse>("Identifier.use", u)?);
+        id.r#use = Some(code::<codes::IdentifierUse>("Identifier.use", u)?);
     }
     if let Some(t) = i.type_ {
-        b = b.r#type(concept(t, None)?);
+        id.r#type = Some(concept(t, None)?);
     }
+    id.system = Some(i.system);
+    id.value = Some(i.value);
     if let Some(a) = i.assigner {
-        b = b.assigner(built("Reference", Reference::builder().display(a).build())?);
+        let mut assigner = built("Reference", Reference::builder().build())?;
+        assigner.display = Some(a);
+        id.assigner = Some(assigner);
     }
-    built("Identifier", b.build())
+    Ok(id)
 }
 
 pub(crate) fn reference(r: Ref) -> Result<Reference, Error> {
-    let mut b = Reference::builder();
-    if let Some(v) = r.reference {
-        b = b.reference(v);
-    }
-    if let Some(v) = r.type_ {
-        b = b.r#type(v);
-    }
+    let mut reference = built("Reference", Reference::builder().build())?;
+    reference.reference = r.reference;
+    reference.r#type = r.type_;
     if let Some(v) = r.identifier {
-        b = b.identifier(identifier(v)?);
+        reference.identifier = Some(identifier(v)?);
     }
-    if let Some(v) = r.display {
-        b = b.display(v);
-    }
-    built("Reference", b.build())
+    reference.display = r.display;
+    Ok(reference)
 }
 
 pub(crate) fn human_name(n: Name) -> Result<HumanName, Error> {
-    let mut b = HumanName::builder();
+    let mut name = built("HumanName", HumanName::builder().build())?;
     if let Some(u) = &n.use_ {
-        b = b.r#use(code::<codes::NameUse>("HumanName.use", u)?);
+        name.r#use = Some(code::<codes::NameUse>("HumanName.use", u)?);
     }
-    if let Some(f) = n.family {
-        b = b.family(f);
-    }
-    if !n.given.is_empty() {
-        b = b.given(n.given.into_iter().map(Some).collect());
-    }
+    name.family = n.family;
+    name.given = n.given.into_iter().map(Some).collect();
     if let Some(p) = n.prefix {
-        b = b.prefix(vec![Some(p)]);
+        name.prefix = vec![Some(p)];
     }
     if let Some(list) = n.birth_list_given {
-        b = b.extension(vec![extension(Ext {
+        name.extension = vec![extension(Ext {
             url: "https://hl7.fr/ig/fhir/core/StructureDefinition/fr-core-birth-list-given-name".into(),
             value: ExtValue::String(list),
-        })?]);
+        })?];
     }
-    built("HumanName", b.build())
+    Ok(name)
 }
 
 pub(crate) fn contact_point(t: Telecom) -> Result<ContactPoint, Error> {
-    let mut b = ContactPoint::builder()
-        .system(code::<codes::ContactPointSystem>("ContactPoint.system", &t.system)?)
-        .value(t.value);
+    let mut point = built("ContactPoint", ContactPoint::builder().build())?;
+    point.system = Some(code::<codes::ContactPointSystem>("ContactPoint.system", &t.system)?);
+    point.value = Some(t.value);
     if let Some(u) = &t.use_ {
-        b = b.r#use(code::<codes::ContactPointUse>("ContactPoint.use", u)?);
+        point.r#use = Some(code::<codes::ContactPointUse>("ContactPoint.use", u)?);
     }
-    built("ContactPoint", b.build())
+    Ok(point)
 }
 
 pub(crate) fn address(a: Addr) -> Result<Address, Error> {
-    let mut b = Address::builder();
+    let mut address = built("Address", Address::builder().build())?;
     if let Some(u) = &a.use_ {
-        b = b.r#use(code::<codes::AddressUse>("Address.use", u)?);
+        address.r#use = Some(code::<codes::AddressUse>("Address.use", u)?);
     }
-    if !a.lines.is_empty() {
-        b = b.line(a.lines.into_iter().map(Some).collect());
-    }
-    if let Some(v) = a.city {
-        b = b.city(v);
-    }
-    if let Some(v) = a.postal_code {
-        b = b.postal_code(v);
-    }
-    if let Some(v) = a.country {
-        b = b.country(v);
-    }
+    address.line = a.lines.into_iter().map(Some).collect();
+    address.city = a.city;
+    address.postal_code = a.postal_code;
+    address.country = a.country;
     if let Some(insee) = a.insee_code {
-        b = b.extension(vec![extension(Ext {
+        address.extension = vec![extension(Ext {
             url: "https://hl7.fr/ig/fhir/core/StructureDefinition/fr-core-address-insee-code".into(),
             value: ExtValue::Coding(insee),
-        })?]);
+        })?];
     }
-    built("Address", b.build())
+    Ok(address)
 }
 
 pub(crate) fn period(element: &'static str, start: Option<&str>, end: Option<&str>) -> Result<Period, Error> {
-    let mut b = Period::builder();
+    let mut period = built("Period", Period::builder().build())?;
     if let Some(s) = start {
-        b = b.start(date_time(element, s)?);
+        period.start = Some(date_time(element, s)?);
     }
     if let Some(e) = end {
-        b = b.end(date_time(element, e)?);
+        period.end = Some(date_time(element, e)?);
     }
-    built("Period", b.build())
+    Ok(period)
 }
 
 pub(crate) fn extension(e: Ext) -> Result<Extension, Error> {
-    let b = Extension::builder().url(e.url);
-    let b = match e.value {
-        ExtValue::String(s) => b.value(ExtensionValue::String(s)),
-        ExtValue::Code(s) => b.value(ExtensionValue::Code(s)),
-        ExtValue::Boolean(v) => b.value(ExtensionValue::Boolean(v)),
-        ExtValue::Coding(c) => b.value(ExtensionValue::Coding(coding(c)?)),
-        ExtValue::DateTime(s) => b.value(ExtensionValue::DateTime(date_time("Extension.valueDateTime", &s)?)),
-        ExtValue::Identifier(i) => b.value(ExtensionValue::Identifier(identifier(i)?)),
-        ExtValue::Address(a) => b.value(ExtensionValue::Address(address(a)?)),
-        ExtValue::Nested(children) => b.extension(extensions(children)?),
-    };
-    built("Extension", b.build())
+    let mut extension = built("Extension", Extension::builder().url(e.url).build())?;
+    match e.value {
+        ExtValue::String(s) => extension.value = Some(ExtensionValue::String(s)),
+        ExtValue::Code(s) => extension.value = Some(ExtensionValue::Code(s)),
+        ExtValue::Boolean(v) => extension.value = Some(ExtensionValue::Boolean(v)),
+        ExtValue::Coding(c) => extension.value = Some(ExtensionValue::Coding(coding(c)?)),
+        ExtValue::DateTime(s) => {
+            let at = date_time("Extension.valueDateTime", &s)?;
+            extension.value = Some(ExtensionValue::DateTime(at));
+        }
+        ExtValue::Identifier(i) => extension.value = Some(ExtensionValue::Identifier(identifier(i)?)),
+        ExtValue::Address(a) => extension.value = Some(ExtensionValue::Address(address(a)?)),
+        ExtValue::Nested(children) => extension.extension = extensions(children)?,
+    }
+    Ok(extension)
 }
 
 pub(crate) fn extensions(list: Vec<Ext>) -> Result<Vec<Extension>, Error> {

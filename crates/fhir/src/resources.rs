@@ -1,4 +1,7 @@
 //! Patient, Encounter, Practitioner and MessageHeader from [`crate::model`] data.
+//!
+//! Each resource is built once by its fhir-sdk builder with its required elements, then filled in place
+//! (the models' `DerefMut`): the large builders are never moved setter after setter.
 
 use std::str::FromStr;
 
@@ -23,22 +26,15 @@ fn wrap(resource: Resource, type_name: &'static str, id: String) -> Built {
 /// Builds a Patient (FR Core shape: identity reliability and birth place are extensions in `data`).
 pub fn patient(data: PatientData) -> Result<Built, Error> {
     let id = data.id;
-    let mut b = Patient::builder()
-        .id(id.clone())
-        .identifier(each(data.identifiers, identifier)?)
-        .name(each(data.names, human_name)?)
-        .telecom(each(data.telecom, contact_point)?)
-        .address(each(data.addresses, address)?)
-        .general_practitioner(each(data.general_practitioner, reference)?)
-        .extension(extensions(data.extensions)?);
-    if let Some(m) = meta(&data.profiles)? {
-        b = b.meta(m);
-    }
-    if let Some(active) = data.active {
-        b = b.active(active);
-    }
+    let mut p = built("Patient", Patient::builder().id(id.clone()).build())?;
+    p.meta = meta(&data.profiles)?;
+    p.extension = extensions(data.extensions)?;
+    p.identifier = each(data.identifiers, identifier)?;
+    p.active = data.active;
+    p.name = each(data.names, human_name)?;
+    p.telecom = each(data.telecom, contact_point)?;
     if let Some(g) = &data.gender {
-        b = b.gender(code::<codes::AdministrativeGender>("Patient.gender", g)?);
+        p.gender = Some(code::<codes::AdministrativeGender>("Patient.gender", g)?);
     }
     if let Some(d) = data.birth_date {
         let date = Date::from_str(&d).map_err(|e| Error::Value {
@@ -46,19 +42,19 @@ pub fn patient(data: PatientData) -> Result<Built, Error> {
             value: d.clone(),
             reason: e.to_string(),
         })?;
-        b = b.birth_date(date);
+        p.birth_date = Some(date);
     }
-    match &data.deceased {
-        Deceased::Unknown => {}
-        Deceased::Flag(v) => b = b.deceased(PatientDeceased::Boolean(*v)),
-        Deceased::At(t) => {
-            b = b.deceased(PatientDeceased::DateTime(date_time("Patient.deceasedDateTime", t)?))
-        }
-    }
+    p.deceased = match &data.deceased {
+        Deceased::Unknown => None,
+        Deceased::Flag(v) => Some(PatientDeceased::Boolean(*v)),
+        Deceased::At(t) => Some(PatientDeceased::DateTime(date_time("Patient.deceasedDateTime", t)?)),
+    };
+    p.address = each(data.addresses, address)?;
+    p.general_practitioner = each(data.general_practitioner, reference)?;
     if let Some(org) = data.managing_organization {
-        b = b.managing_organization(reference(org)?);
+        p.managing_organization = Some(reference(org)?);
     }
-    let links = data
+    p.link = data
         .links
         .into_iter()
         .map(|l| {
@@ -69,108 +65,97 @@ pub fn patient(data: PatientData) -> Result<Built, Error> {
             built("Patient.link", link).map(Some)
         })
         .collect::<Result<Vec<_>, Error>>()?;
-    let patient = built("Patient", b.link(links).build())?;
-    Ok(wrap(Resource::Patient(patient), "Patient", id))
+    Ok(wrap(Resource::Patient(p), "Patient", id))
 }
 
 /// Builds an Encounter.
 pub fn encounter(data: EncounterData) -> Result<Built, Error> {
     let id = data.id;
-    let mut b = Encounter::builder()
-        .id(id.clone())
-        .identifier(each(data.identifiers, identifier)?)
-        .status(code::<codes::EncounterStatus>("Encounter.status", &data.status)?)
-        .class(coding(data.class)?)
-        .extension(extensions(data.extensions)?);
-    if let Some(m) = meta(&data.profiles)? {
-        b = b.meta(m);
-    }
+    let status = code::<codes::EncounterStatus>("Encounter.status", &data.status)?;
+    let class = coding(data.class)?;
+    let mut e = built("Encounter", Encounter::builder().id(id.clone()).status(status).class(class).build())?;
+    e.meta = meta(&data.profiles)?;
+    e.extension = extensions(data.extensions)?;
+    e.identifier = each(data.identifiers, identifier)?;
     if let Some(s) = data.subject {
-        b = b.subject(reference(s)?);
+        e.subject = Some(reference(s)?);
     }
     if data.start.is_some() || data.end.is_some() {
-        b = b.period(period("Encounter.period", data.start.as_deref(), data.end.as_deref())?);
+        e.period = Some(period("Encounter.period", data.start.as_deref(), data.end.as_deref())?);
     }
     if data.admit_source.is_some() || data.discharge_disposition.is_some() {
-        let mut h = EncounterHospitalization::builder();
+        let mut h = built("Encounter.hospitalization", EncounterHospitalization::builder().build())?;
         if let Some(c) = data.admit_source {
-            h = h.admit_source(concept(c, data.admit_source_text)?);
+            h.admit_source = Some(concept(c, data.admit_source_text)?);
         }
         if let Some(c) = data.discharge_disposition {
-            h = h.discharge_disposition(concept(c, data.discharge_disposition_text)?);
+            h.discharge_disposition = Some(concept(c, data.discharge_disposition_text)?);
         }
-        b = b.hospitalization(built("Encounter.hospitalization", h.build())?);
+        e.hospitalization = Some(h);
     }
-    let locations = data
+    e.location = data
         .locations
         .into_iter()
         .map(|l| {
-            let mut lb = EncounterLocation::builder().location(reference(l.location)?);
+            let location = EncounterLocation::builder().location(reference(l.location)?).build();
+            let mut location = built("Encounter.location", location)?;
             if let Some(s) = &l.status {
-                lb = lb.status(code::<codes::EncounterLocationStatus>("Encounter.location.status", s)?);
+                let status = code::<codes::EncounterLocationStatus>("Encounter.location.status", s)?;
+                location.status = Some(status);
             }
             if l.start.is_some() || l.end.is_some() {
-                lb = lb.period(period("Encounter.location.period", l.start.as_deref(), l.end.as_deref())?);
+                let when = period("Encounter.location.period", l.start.as_deref(), l.end.as_deref())?;
+                location.period = Some(when);
             }
-            built("Encounter.location", lb.build()).map(Some)
+            Ok(Some(location))
         })
         .collect::<Result<Vec<_>, Error>>()?;
-    b = b.location(locations);
     if let Some(sp) = data.service_provider {
-        b = b.service_provider(reference(sp)?);
+        e.service_provider = Some(reference(sp)?);
     }
     if let Some(p) = data.part_of {
-        b = b.part_of(reference(p)?);
+        e.part_of = Some(reference(p)?);
     }
-    let encounter = built("Encounter", b.build())?;
-    Ok(wrap(Resource::Encounter(encounter), "Encounter", id))
+    Ok(wrap(Resource::Encounter(e), "Encounter", id))
 }
 
 /// Builds a Practitioner.
 pub fn practitioner(data: PractitionerData) -> Result<Built, Error> {
     let id = data.id;
-    let mut b = Practitioner::builder()
-        .id(id.clone())
-        .identifier(each(data.identifiers, identifier)?)
-        .name(each(data.names, human_name)?)
-        .telecom(each(data.telecom, contact_point)?)
-        .address(each(data.addresses, address)?);
-    if let Some(m) = meta(&data.profiles)? {
-        b = b.meta(m);
-    }
-    let practitioner = built("Practitioner", b.build())?;
-    Ok(wrap(Resource::Practitioner(practitioner), "Practitioner", id))
+    let mut p = built("Practitioner", Practitioner::builder().id(id.clone()).build())?;
+    p.meta = meta(&data.profiles)?;
+    p.identifier = each(data.identifiers, identifier)?;
+    p.name = each(data.names, human_name)?;
+    p.telecom = each(data.telecom, contact_point)?;
+    p.address = each(data.addresses, address)?;
+    Ok(wrap(Resource::Practitioner(p), "Practitioner", id))
 }
 
 /// Builds a MessageHeader.
 pub fn message_header(data: HeaderData) -> Result<Built, Error> {
     let id = data.id;
-    let mut source = MessageHeaderSource::builder().endpoint(data.source.endpoint);
-    if let Some(n) = data.source.name {
-        source = source.name(n);
-    }
+    let source = MessageHeaderSource::builder().endpoint(data.source.endpoint).build();
+    let mut source = built("MessageHeader.source", source)?;
+    source.name = data.source.name;
     let destinations = data
         .destinations
         .into_iter()
         .map(|d| {
-            let mut db = MessageHeaderDestination::builder().endpoint(d.endpoint);
-            if let Some(n) = d.name {
-                db = db.name(n);
-            }
-            built("MessageHeader.destination", db.build()).map(Some)
+            let destination = MessageHeaderDestination::builder().endpoint(d.endpoint).build();
+            let mut destination = built("MessageHeader.destination", destination)?;
+            destination.name = d.name;
+            Ok(Some(destination))
         })
         .collect::<Result<Vec<_>, Error>>()?;
-    let mut b = MessageHeader::builder()
-        .id(id.clone())
-        .event(MessageHeaderEvent::Coding(coding(data.event)?))
-        .source(built("MessageHeader.source", source.build())?)
-        .destination(destinations)
-        .focus(each(data.focus, reference)?);
+    let event = MessageHeaderEvent::Coding(coding(data.event)?);
+    let header = MessageHeader::builder().id(id.clone()).event(event).source(source).build();
+    let mut h = built("MessageHeader", header)?;
+    h.destination = destinations;
+    h.focus = each(data.focus, reference)?;
     if let Some(s) = data.sender {
-        b = b.sender(reference(s)?);
+        h.sender = Some(reference(s)?);
     }
-    let header = built("MessageHeader", b.build())?;
-    Ok(wrap(Resource::MessageHeader(header), "MessageHeader", id))
+    Ok(wrap(Resource::MessageHeader(h), "MessageHeader", id))
 }
 
 #[cfg(test)]

@@ -10,16 +10,18 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use base64::Engine;
 use relais::sinks::ebrim::Submission;
-use relais::sinks::iti41::{DmpClient, DmpConfig, Status, VihfConfig};
+use relais::sinks::iti41::{DmpClient, DmpConfig, Status};
 use relais::sinks::retry::Outcome;
+use relais::sinks::vihf::VihfConfig;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use super::pki::{Pki, TlsListener};
+use super::vihf::Cachet;
 
 /// What the endpoint answers.
 #[derive(Clone, Copy, PartialEq)]
-enum Answer {
+pub(super) enum Answer {
     Success,
     Failure,
     Unavailable,
@@ -27,19 +29,23 @@ enum Answer {
 
 /// What the endpoint saw.
 #[derive(Default)]
-struct Seen {
-    requests: usize,
+pub(super) struct Seen {
+    pub(super) requests: usize,
     /// The SOAP body child, reassembled (xop:Include replaced by base64), for each request.
     bodies: Vec<String>,
     /// xmllint's verdict for each request.
-    verdicts: Vec<Result<String, String>>,
+    pub(super) verdicts: Vec<Result<String, String>>,
     envelopes: Vec<String>,
+    /// xmlsec1's verdict on the VIHF signature of each request (`None`: unsigned).
+    signatures: Vec<Option<Result<String, String>>>,
 }
 
 #[derive(Clone)]
-struct Endpoint {
-    answer: Arc<Mutex<Answer>>,
-    seen: Arc<Mutex<Seen>>,
+pub(super) struct Endpoint {
+    pub(super) answer: Arc<Mutex<Answer>>,
+    pub(super) seen: Arc<Mutex<Seen>>,
+    /// The CA of the VIHF signing certificate, when requests are expected signed.
+    vihf_ca: Option<std::path::PathBuf>,
 }
 
 /// Splits a multipart/related body into (Content-ID, bytes) parts.
@@ -91,12 +97,19 @@ async fn iti41(State(ep): State<Endpoint>, headers: HeaderMap, body: Bytes) -> i
     let path = dir.path().join("request.xml");
     std::fs::write(&path, &child).unwrap();
     let verdict = super::validate("IHE/XDS.b_DocumentRepository.xsd", &path);
+    // The envelope as received: the VIHF signature checked by xmlsec1 against the cachet's CA.
+    let signature = (root.contains("<ds:Signature") || ep.vihf_ca.is_some()).then(|| {
+        let path = dir.path().join("envelope.xml");
+        std::fs::write(&path, &root).unwrap();
+        super::vihf::xmlsec1_verify(&path, None, ep.vihf_ca.as_deref())
+    });
     let answer = *ep.answer.lock().unwrap();
     {
         let mut seen = ep.seen.lock().unwrap();
         seen.requests += 1;
         seen.bodies.push(child);
         seen.verdicts.push(verdict.clone());
+        seen.signatures.push(signature);
         seen.envelopes.push(root);
     }
     let response = |status: &str, errors: &str| {
@@ -118,8 +131,12 @@ async fn iti41(State(ep): State<Endpoint>, headers: HeaderMap, body: Bytes) -> i
     }
 }
 
-async fn start_endpoint(pki: &Pki) -> (String, Endpoint) {
-    let ep = Endpoint { answer: Arc::new(Mutex::new(Answer::Success)), seen: Arc::default() };
+pub(super) async fn start_endpoint(pki: &Pki, cachet: Option<&Cachet>) -> (String, Endpoint) {
+    let ep = Endpoint {
+        answer: Arc::new(Mutex::new(Answer::Success)),
+        seen: Arc::default(),
+        vihf_ca: cachet.map(|c| c.ca.clone()),
+    };
     let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = tcp.local_addr().unwrap();
     let listener = TlsListener { tcp, acceptor: TlsAcceptor::from(pki.server_config_mtls()) };
@@ -155,8 +172,13 @@ fn config(pki: &Pki, endpoint: &str, with_client_cert: bool) -> DmpConfig {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn iti41_over_mtls_validates_and_maps_success_failure_and_503() {
     let pki = Pki::new();
-    let (url, ep) = start_endpoint(&pki).await;
-    let client = DmpClient::new(&config(&pki, &url, true)).unwrap();
+    let cachet = Cachet::new();
+    let (url, ep) = start_endpoint(&pki, Some(&cachet)).await;
+    let mut cfg = config(&pki, &url, true);
+    cfg.vihf.signing_key = Some(cachet.key.clone());
+    cfg.vihf.signing_cert = Some(cachet.cert.clone());
+    let client = DmpClient::new(&cfg).unwrap();
+    assert!(client.signs_vihf());
     let submission = Submission::new(super::ldl_document(), super::params(), jiff::Timestamp::now());
 
     let (outcome, response) = client.send(&submission).await;
@@ -166,6 +188,7 @@ async fn iti41_over_mtls_validates_and_maps_success_failure_and_503() {
         let seen = ep.seen.lock().unwrap();
         assert_eq!(seen.requests, 1);
         assert!(seen.verdicts[0].is_ok(), "SOAP body invalid: {:?}", seen.verdicts[0]);
+        assert!(matches!(seen.signatures[0], Some(Ok(_))), "VIHF signature: {:?}", seen.signatures[0]);
         // The document came back byte for byte through MTOM.
         let b64 = base64::engine::general_purpose::STANDARD.encode(&submission.document.content);
         assert!(seen.bodies[0].contains(&b64));
@@ -195,6 +218,7 @@ async fn iti41_over_mtls_validates_and_maps_success_failure_and_503() {
     assert_eq!(client.send(&replacement).await.0, Outcome::Delivered);
     let seen = ep.seen.lock().unwrap();
     assert!(seen.verdicts.iter().all(|v| v.is_ok()));
+    assert!(seen.signatures.iter().all(|s| matches!(s, Some(Ok(_)))), "{:?}", seen.signatures);
     let last = seen.bodies.last().unwrap();
     assert!(last.contains("urn:ihe:iti:2007:AssociationType:RPLC"));
     assert!(last.contains(&format!("targetObject=\"{}\"", submission.entry_uuid)));
@@ -203,8 +227,9 @@ async fn iti41_over_mtls_validates_and_maps_success_failure_and_503() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_client_certificate_nothing_is_accepted_and_it_is_retried() {
     let pki = Pki::new();
-    let (url, ep) = start_endpoint(&pki).await;
+    let (url, ep) = start_endpoint(&pki, None).await;
     let client = DmpClient::new(&config(&pki, &url, false)).unwrap();
+    assert!(!client.signs_vihf());
     let submission = Submission::new(super::ldl_document(), super::params(), jiff::Timestamp::now());
     let (outcome, response) = client.send(&submission).await;
     assert_eq!(outcome.as_str(), "retry", "{outcome:?}");

@@ -1,0 +1,231 @@
+//! The applier thread: puts what the WAL made durable into redb, off the ACK path, and checkpoints.
+//!
+//! It receives each logged batch from the writer ([`Applied`]), takes every batch already waiting (so it
+//! batches by itself when it lags), and applies them in one redb write transaction with
+//! `Durability::None` (no fsync). Every `checkpoint_interval`, or once `checkpoint_bytes` were applied
+//! since the last one, that transaction is `Durability::Immediate` instead: a checkpoint, after which the
+//! WAL segments it covers are recycled. After each transaction it raises the applied watermark
+//! ([`Marks`]), which reads wait for, and publishes the highest stored id for the pipeline.
+//!
+//! If redb fails, the watermark stops and readers and writers get the error; the WAL keeps everything
+//! acknowledged, and the next open replays it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError, mpsc};
+use std::time::{Duration, Instant};
+
+use redb::{Database, Durability};
+
+use super::Error;
+use super::op::Op;
+use super::store;
+use super::wal;
+use super::writer::CommitCounters;
+
+/// Most batches applied in one transaction.
+const MAX_GROUP: usize = 256;
+
+/// One durable batch from the writer: its ops, the lsn of its last record, the next id after it.
+pub(crate) struct Applied {
+    pub(crate) ops: Vec<Op>,
+    pub(crate) lsn: u64,
+    pub(crate) next_id: u64,
+}
+
+/// The durable and applied watermarks: readers wait until redb holds everything durable.
+#[derive(Debug, Default)]
+pub(crate) struct Marks {
+    /// The last WAL record made durable (and so perhaps acknowledged).
+    durable_lsn: AtomicU64,
+    /// The last WAL record applied to redb.
+    applied_lsn: AtomicU64,
+    /// The highest id applied to redb.
+    applied_id: AtomicU64,
+    /// Set when the applier failed: nothing more will be applied.
+    failed: Mutex<Option<Error>>,
+    woken: Condvar,
+}
+
+impl Marks {
+    /// Marks that start with everything up to `lsn` and `id` in redb.
+    pub(crate) fn new(lsn: u64, id: u64) -> Marks {
+        Marks {
+            durable_lsn: AtomicU64::new(lsn),
+            applied_lsn: AtomicU64::new(lsn),
+            applied_id: AtomicU64::new(id),
+            ..Marks::default()
+        }
+    }
+
+    /// The writer made records up to `lsn` durable.
+    pub(crate) fn durable(&self, lsn: u64) {
+        self.durable_lsn.fetch_max(lsn, Ordering::AcqRel);
+    }
+
+    /// The highest id redb holds.
+    pub(crate) fn applied_id(&self) -> u64 {
+        self.applied_id.load(Ordering::Acquire)
+    }
+
+    /// Why the applier stopped, if it did.
+    pub(crate) fn failure(&self) -> Option<Error> {
+        self.failed.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Waits until redb holds every record durable at the time of the call (at once when it does).
+    pub(crate) fn wait_applied(&self) -> Result<(), Error> {
+        let target = self.durable_lsn.load(Ordering::Acquire);
+        if self.applied_lsn.load(Ordering::Acquire) >= target {
+            return Ok(());
+        }
+        let mut failed = self.failed.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if self.applied_lsn.load(Ordering::Acquire) >= target {
+                return Ok(());
+            }
+            if let Some(error) = &*failed {
+                return Err(error.clone());
+            }
+            failed = self.woken.wait(failed).unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    fn applied(&self, lsn: u64, id: u64) {
+        // Under the lock, so a waiter between its check and its wait cannot miss the wake-up.
+        let _guard = self.failed.lock().unwrap_or_else(PoisonError::into_inner);
+        self.applied_id.fetch_max(id, Ordering::AcqRel);
+        self.applied_lsn.fetch_max(lsn, Ordering::AcqRel);
+        self.woken.notify_all();
+    }
+
+    fn fail(&self, error: Error) {
+        let mut failed = self.failed.lock().unwrap_or_else(PoisonError::into_inner);
+        failed.get_or_insert(error);
+        self.woken.notify_all();
+    }
+}
+
+/// When to checkpoint.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Checkpoints {
+    /// At most this long between a write and its checkpoint.
+    pub(crate) interval: Duration,
+    /// Or once this many bytes were applied since the last one.
+    pub(crate) bytes: u64,
+}
+
+/// What the applier thread needs.
+pub(crate) struct Applier {
+    pub(crate) db: Arc<Database>,
+    pub(crate) batches: mpsc::Receiver<Applied>,
+    pub(crate) marks: Arc<Marks>,
+    pub(crate) segments: Arc<wal::Shared>,
+    pub(crate) checkpoints: Checkpoints,
+    pub(crate) counters: Arc<CommitCounters>,
+    /// The highest stored id, sent after each transaction that stored one.
+    pub(crate) committed: tokio::sync::watch::Sender<u64>,
+}
+
+impl Applier {
+    /// The thread body: until the writer is gone, then a last checkpoint.
+    pub(crate) fn run(self) {
+        // Applied but not yet checkpointed: (last lsn, next id, since when, bytes).
+        let mut dirty: Option<(u64, u64, Instant, u64)> = None;
+        let mut group = Vec::new();
+        loop {
+            let first = match dirty {
+                None => self.batches.recv().ok(),
+                Some((_, _, since, _)) => {
+                    let wait = self.checkpoints.interval.saturating_sub(since.elapsed());
+                    match self.batches.recv_timeout(wait) {
+                        Ok(batch) => Some(batch),
+                        Err(mpsc::RecvTimeoutError::Timeout) => {
+                            if !self.checkpoint_now(&mut dirty) {
+                                return;
+                            }
+                            continue;
+                        }
+                        Err(mpsc::RecvTimeoutError::Disconnected) => None,
+                    }
+                }
+            };
+            let Some(first) = first else { break };
+            group.push(first);
+            while group.len() < MAX_GROUP
+                && let Ok(batch) = self.batches.try_recv()
+            {
+                group.push(batch);
+            }
+            let last = group.last().expect("one batch at least");
+            let (lsn, next_id) = (last.lsn, last.next_id);
+            let bytes: u64 = group.iter().flat_map(|b| &b.ops).map(op_size).sum();
+            let (since, so_far) = dirty.map_or((Instant::now(), 0), |(_, _, since, b)| (since, b));
+            let due =
+                since.elapsed() >= self.checkpoints.interval || so_far + bytes >= self.checkpoints.bytes;
+            let durability = if due { Durability::Immediate } else { Durability::None };
+            let started = Instant::now();
+            let ops = group.iter().flat_map(|b| &b.ops);
+            match store::apply_ops(&self.db, ops, lsn, next_id, durability) {
+                Ok(last_id) => {
+                    // The watch first: whoever waited for the watermark then sees its value.
+                    self.committed.send_if_modified(|current| {
+                        let changed = *current != last_id;
+                        *current = last_id;
+                        changed
+                    });
+                    self.marks.applied(lsn, last_id);
+                    if due {
+                        self.checkpointed(lsn, started.elapsed());
+                        dirty = None;
+                    } else {
+                        dirty = Some((lsn, next_id, since, so_far + bytes));
+                    }
+                }
+                Err(error) => {
+                    tracing::error!(%error, "applying the WAL to the journal store failed");
+                    self.marks.fail(error);
+                    return;
+                }
+            }
+            group.clear();
+        }
+        self.checkpoint_now(&mut dirty);
+    }
+
+    /// A durable commit of what is applied; false if it failed.
+    fn checkpoint_now(&self, dirty: &mut Option<(u64, u64, Instant, u64)>) -> bool {
+        let Some((lsn, next_id, _, _)) = dirty.take() else { return true };
+        let started = Instant::now();
+        match store::apply_ops(&self.db, std::iter::empty(), lsn, next_id, Durability::Immediate) {
+            Ok(_) => {
+                self.checkpointed(lsn, started.elapsed());
+                true
+            }
+            Err(error) => {
+                tracing::error!(%error, "journal checkpoint failed");
+                self.marks.fail(error);
+                false
+            }
+        }
+    }
+
+    fn checkpointed(&self, lsn: u64, took: Duration) {
+        self.segments.checkpointed(lsn);
+        self.counters.checkpoint(took);
+        tracing::trace!(lsn, took_us = took.as_micros(), "journal checkpoint");
+    }
+}
+
+/// Roughly what applying an op writes.
+fn op_size(op: &Op) -> u64 {
+    match op {
+        Op::Append(append) => (append.record.len() + append.raw.len()) as u64,
+        Op::Update { stages, .. } => stages
+            .iter()
+            .map(|stage| match stage {
+                super::record::Stage::Mapped { bundle } => bundle.len() as u64,
+                _ => 256,
+            })
+            .sum(),
+    }
+}
