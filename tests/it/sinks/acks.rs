@@ -200,7 +200,11 @@ fn post_mail(
             .unwrap();
         builder = builder.tls(Tls::Required(params));
     }
-    let transport = builder.build();
+    // lettre's connection pool starts its reaper task when built: inside the runtime.
+    let transport = {
+        let _inside = runtime.enter();
+        builder.build()
+    };
     let envelope =
         Envelope::new(Some(from.parse().unwrap()), vec!["documents@ch-test.mssante.fr".parse().unwrap()])
             .unwrap();
