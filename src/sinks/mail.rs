@@ -447,7 +447,8 @@ impl std::fmt::Debug for MssSender {
 }
 
 impl MssSender {
-    /// Builds the SMTP transport from checked settings (reads the PEM files).
+    /// Builds the SMTP transport from checked settings (reads the PEM files). Call it inside a Tokio runtime:
+    /// the transport keeps a pool of SMTP connections whose idle reaper is a task.
     pub fn new(cfg: &MssConfig) -> Result<MssSender, BuildError> {
         let read = |what: &'static str, path: &PathBuf| {
             std::fs::read(path).map_err(|e| BuildError::File {
