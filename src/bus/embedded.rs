@@ -194,9 +194,17 @@ impl EmbeddedBus {
 
     /// Removes the head entry; with `dead`, keeps it in the dead-letter table; with `attempts`, records the
     /// count instead of removing.
+    ///
+    /// An ack is committed without an fsync: it becomes durable with the next durable commit, and if a crash
+    /// loses it the envelope is delivered again, which the sinks' ledger (written durably before the ack)
+    /// turns into a no-op. Retry counts and dead letters are committed durably.
     fn settle(&self, sink: &str, partition: u16, id: u64, outcome: Settle) -> Result<(), Error> {
         let mut txn = self.shared.db.begin_write()?;
-        txn.set_durability(Durability::Immediate)?;
+        let durability = match outcome {
+            Settle::Remove { dead: false } => Durability::None,
+            _ => Durability::Immediate,
+        };
+        txn.set_durability(durability)?;
         {
             let mut queue = txn.open_table(QUEUE)?;
             let mut attempts = txn.open_table(ATTEMPTS)?;

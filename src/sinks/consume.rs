@@ -143,8 +143,7 @@ where
         Outcome::Delivered => {
             metrics::histogram!(SINK_DELIVERY_SECONDS, "sink" => sink.to_string())
                 .record(started.elapsed().as_secs_f64());
-            ledger.record(sink, &key, id).map_err(storage)?;
-            ledger.record_outcome(sink, id, &outcome, attempt).map_err(storage)?;
+            ledger.record_delivered(sink, &key, id, &outcome, attempt).map_err(storage)?;
             count("delivered");
             received.ack().await
         }

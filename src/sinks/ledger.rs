@@ -13,7 +13,7 @@
 
 use std::path::Path;
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 
 use crate::sinks::retry::Outcome;
 
@@ -63,19 +63,62 @@ impl Ledger {
     /// Records that `journal_id` delivered `key` in `sink`; false if it already was (the first one is kept).
     pub fn record(&self, sink: &str, key: &str, journal_id: u64) -> Result<bool, Error> {
         let txn = self.db.begin_write().map_err(storage)?;
-        let fresh = {
-            let mut table = txn.open_table(DELIVERED).map_err(storage)?;
-            if table.get((sink, key)).map_err(storage)?.is_some() {
-                false
-            } else {
-                let now = jiff::Timestamp::now().as_second();
-                table.insert((sink, key), (journal_id, now)).map_err(storage)?;
-                true
-            }
-        };
+        let fresh = insert_delivered(&txn, sink, key, journal_id)?;
         txn.commit().map_err(storage)?;
         Ok(fresh)
     }
+
+    /// [`Ledger::record`] and [`Ledger::record_outcome`] of a delivery in one commit (one fsync).
+    pub fn record_delivered(
+        &self,
+        sink: &str,
+        key: &str,
+        journal_id: u64,
+        outcome: &Outcome,
+        attempts: u32,
+    ) -> Result<bool, Error> {
+        let txn = self.db.begin_write().map_err(storage)?;
+        let fresh = insert_delivered(&txn, sink, key, journal_id)?;
+        insert_outcome(&txn, sink, journal_id, outcome, attempts)?;
+        txn.commit().map_err(storage)?;
+        Ok(fresh)
+    }
+}
+
+/// Inserts `(sink, key) -> journal_id` unless present; false if it was.
+fn insert_delivered(txn: &WriteTransaction, sink: &str, key: &str, journal_id: u64) -> Result<bool, Error> {
+    let mut table = txn.open_table(DELIVERED).map_err(storage)?;
+    if table.get((sink, key)).map_err(storage)?.is_some() {
+        return Ok(false);
+    }
+    let now = jiff::Timestamp::now().as_second();
+    table.insert((sink, key), (journal_id, now)).map_err(storage)?;
+    Ok(true)
+}
+
+/// Writes `outcome` as the last outcome of `(sink, journal_id)` and appends it to its history.
+fn insert_outcome(
+    txn: &WriteTransaction,
+    sink: &str,
+    journal_id: u64,
+    outcome: &Outcome,
+    attempts: u32,
+) -> Result<(), Error> {
+    let record = SinkRecord { outcome: outcome.clone(), attempts, at: jiff::Timestamp::now().as_second() };
+    let json = serde_json::to_string(&record).map_err(storage)?;
+    txn.open_table(OUTCOMES).map_err(storage)?.insert((sink, journal_id), json.as_str()).map_err(storage)?;
+    txn.open_table(PURGED).map_err(storage)?.remove((sink, journal_id)).map_err(storage)?;
+    let mut history = txn.open_table(HISTORY).map_err(storage)?;
+    let last = history
+        .range((sink, journal_id, 0)..=(sink, journal_id, u32::MAX))
+        .map_err(storage)?
+        .next_back()
+        .transpose()
+        .map_err(storage)?
+        .map(|(key, _)| key.value().2);
+    let next = last.map_or(0, |n| n.saturating_add(1));
+    history.insert((sink, journal_id, next), json.as_str()).map_err(storage)?;
+    Ok(())
 }
 
 /// The last outcome a sink reported for a journal entry.
@@ -99,27 +142,8 @@ impl Ledger {
         outcome: &Outcome,
         attempts: u32,
     ) -> Result<(), Error> {
-        let record =
-            SinkRecord { outcome: outcome.clone(), attempts, at: jiff::Timestamp::now().as_second() };
-        let json = serde_json::to_string(&record).map_err(storage)?;
         let txn = self.db.begin_write().map_err(storage)?;
-        txn.open_table(OUTCOMES)
-            .map_err(storage)?
-            .insert((sink, journal_id), json.as_str())
-            .map_err(storage)?;
-        txn.open_table(PURGED).map_err(storage)?.remove((sink, journal_id)).map_err(storage)?;
-        {
-            let mut history = txn.open_table(HISTORY).map_err(storage)?;
-            let last = history
-                .range((sink, journal_id, 0)..=(sink, journal_id, u32::MAX))
-                .map_err(storage)?
-                .next_back()
-                .transpose()
-                .map_err(storage)?
-                .map(|(key, _)| key.value().2);
-            let next = last.map_or(0, |n| n.saturating_add(1));
-            history.insert((sink, journal_id, next), json.as_str()).map_err(storage)?;
-        }
+        insert_outcome(&txn, sink, journal_id, outcome, attempts)?;
         txn.commit().map_err(storage)
     }
 
