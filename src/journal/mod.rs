@@ -64,7 +64,7 @@ const QUEUE_CAPACITY: usize = 65_536;
 
 /// Logged batches waiting for the applier before the writer itself waits: bounds the memory held and
 /// how long a read may wait for the applied watermark.
-const APPLIER_BACKLOG: usize = 64;
+const APPLIER_BACKLOG: usize = 16;
 
 /// redb page cache. Appends touch only the right edge of each table, so a small cache is enough.
 const CACHE_BYTES: usize = 64 * 1024 * 1024;
