@@ -15,7 +15,7 @@ use relais_fhir::{BundleData, BundleKind, Entry};
 
 use super::file::{Rules, SegmentExtension, TableEntry, ValueType};
 use super::ids::{id, query_escape, urn};
-use super::path::{SourcePath, component, component_ref, segments_with_id};
+use super::path::{SourcePath, component, component_ref, segments_with_id, text_of};
 use super::time;
 use crate::facts::{EventClass, Facts, MapFailure, Mapped, MessageKind};
 use crate::hl7v2::{Charset, Delimiters, Field, Message};
@@ -199,7 +199,11 @@ impl<'a> Ctx<'_, '_, 'a> {
     }
 
     fn cx_system(&self, rep: &Field<'a>) -> String {
-        self.hd_system(self.sub_ref(rep, 4, 1), self.sub_ref(rep, 4, 2), self.sub_ref(rep, 4, 3))
+        // CX-4 (HD) split once into namespace, universal id and its type.
+        let mut parts = rep.component(4).split(|&b| b == self.d.subcomponent);
+        let mut next = || parts.next().and_then(|raw| text_of(raw, &self.d, self.cs));
+        let (name, universal, kind) = (next(), next(), next());
+        self.hd_system(name, universal, kind)
     }
 }
 

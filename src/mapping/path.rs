@@ -129,6 +129,11 @@ pub fn component_ref<'a>(
         None => rep.component(c),
         Some(s) => rep.subcomponent(c, s),
     };
+    text_of(raw, d, cs)
+}
+
+/// Decoded, trimmed text of raw field bytes; `None` when empty or the HL7 null `""`.
+pub fn text_of<'a>(raw: &'a [u8], d: &Delimiters, cs: Charset) -> Option<Cow<'a, str>> {
     if raw.is_empty() {
         return None;
     }
@@ -138,7 +143,9 @@ pub fn component_ref<'a>(
 /// Unescaped and decoded text (as [`crate::hl7v2::decode_text`]), borrowed when the bytes hold no escape
 /// and are already text in `cs`.
 fn decode<'a>(raw: &'a [u8], d: &Delimiters, cs: Charset) -> Cow<'a, str> {
-    match unescape(raw, d) {
+    // Most values hold no escape: a plain scan of these few bytes, then no unescaping at all.
+    let unescaped = if raw.contains(&d.escape) { unescape(raw, d) } else { Cow::Borrowed(raw) };
+    match unescaped {
         // Valid UTF-8 borrows as is (the fast check first; `decode` goes through the lossy chunks).
         Cow::Borrowed(bytes) if cs == Charset::Utf8 => match std::str::from_utf8(bytes) {
             Ok(text) => Cow::Borrowed(text),
