@@ -1,5 +1,5 @@
-//! A throwaway PKI made at run time (rcgen) for the sink benches: a CA, a server certificate for localhost /
-//! 127.0.0.1 and a client certificate, written as PEM files in a temporary directory.
+//! A throwaway PKI made at run time (rcgen) for the sink benches and tests: a CA, a server certificate for
+//! localhost / 127.0.0.1 and a client certificate, written as PEM files in a temporary directory.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -29,7 +29,7 @@ impl Pki {
         let dir = tempfile::tempdir().unwrap();
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params.distinguished_name.push(DnType::CommonName, "Relais bench CA");
+        ca_params.distinguished_name.push(DnType::CommonName, "Relais test CA");
         let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
         let leaf = |names: Vec<String>, cn: &str| {
             let mut params = CertificateParams::new(names).unwrap();
@@ -39,7 +39,7 @@ impl Pki {
             (cert.pem(), key.serialize_pem())
         };
         let (server_pem, server_key_pem) = leaf(vec!["localhost".into(), "127.0.0.1".into()], "localhost");
-        let (client_pem, client_key_pem) = leaf(vec!["relais.bench".into()], "relais-client");
+        let (client_pem, client_key_pem) = leaf(vec!["relais.test".into()], "relais-client");
         let write = |name: &str, text: &str| {
             let p = dir.path().join(name);
             std::fs::write(&p, text).unwrap();
