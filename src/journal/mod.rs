@@ -385,6 +385,8 @@ impl Journal {
         raw_before: Timestamp,
         limit: usize,
     ) -> Result<Pruned, Error> {
+        // Decide on what was answered: the published states still in the log are applied first.
+        self.inner.marks.wait_applied()?;
         store::prune(&self.inner.db, meta_before, raw_before.min(meta_before), limit)
     }
 
@@ -399,6 +401,7 @@ impl Journal {
         from: u64,
         may_prune: &dyn Fn(&EntryMeta) -> bool,
     ) -> Result<(Pruned, Option<u64>), Error> {
+        self.inner.marks.wait_applied()?;
         store::prune_where(&self.inner.db, meta_before, raw_before.min(meta_before), limit, from, may_prune)
     }
 
