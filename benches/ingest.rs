@@ -28,6 +28,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
+
+#[path = "common/process.rs"]
+mod process;
+use process::{cpu_time, load_average, written_bytes};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
@@ -333,23 +337,6 @@ enum SyncMode {
     InPlace,
 }
 
-/// CPU time (user + system) a process has used so far, from `/proc/<pid>/stat` (10 ms resolution).
-fn cpu_time(pid: &str) -> Option<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may hold spaces) start at field 3; utime and stime are 14 and 15.
-    let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
-    let user: u64 = fields.next()?.parse().ok()?;
-    let system: u64 = fields.next()?.parse().ok()?;
-    // USER_HZ is 100 on every Linux platform Relais targets.
-    Some(Duration::from_millis((user + system) * 10))
-}
-
-/// Bytes a process has caused to be written to storage so far (`write_bytes` of `/proc/<pid>/io`).
-fn written_bytes(pid: &str) -> Option<u64> {
-    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
-    io.lines().find_map(|line| line.strip_prefix("write_bytes:")).and_then(|v| v.trim().parse().ok())
-}
-
 /// A `VmRSS`/`VmHWM`-style line of `/proc/<pid>/status`, in MiB.
 fn proc_status_mib(pid: u32, key: &str) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -508,12 +495,11 @@ fn main() -> Result<()> {
         None => builder.tempdir()?,
     };
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
         "ingest bench: {} B message, data dir {}, {cores} cores, load average {}",
         MESSAGE.len(),
         data.path().display(),
-        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+        load_average()
     );
 
     let sync_rate = fdatasync_rate(data.path(), opts.sync_secs, SyncMode::Append)?;

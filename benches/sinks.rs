@@ -36,6 +36,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 mod iti41_endpoint;
 #[path = "common/pki.rs"]
 mod pki;
+#[allow(dead_code)] // written_bytes: the ingest bench's
+#[path = "common/process.rs"]
+mod process;
+use process::{cpu_time, load_average};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -86,20 +90,6 @@ impl Options {
     fn runs(&self, case: &str) -> bool {
         self.only.as_deref().is_none_or(|o| o == case)
     }
-}
-
-fn load_average() -> String {
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
-}
-
-/// CPU time (user + system) of a process, from `/proc/<pid>/stat`.
-fn cpu_time(pid: &str) -> Option<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
-    let user: u64 = fields.next()?.parse().ok()?;
-    let system: u64 = fields.next()?.parse().ok()?;
-    Some(Duration::from_millis((user + system) * 10))
 }
 
 /// Rate of `write 4 KiB in place + fdatasync` on a file in `dir`, for about a second.
