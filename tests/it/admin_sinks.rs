@@ -6,8 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use relais::admin::Admin;
-use relais::bus::{Bus, BusSettings, Envelope, partition_key};
-use relais::facts::{EventClass, MessageKind};
+use relais::bus::{Bus, BusSettings, Envelope};
 use relais::journal::{Journal, JournalConfig};
 use relais::sinks::ledger::Ledger;
 use relais::sinks::pause::Pauses;
@@ -20,18 +19,7 @@ use crate::rabbit::RabbitNode;
 const SINK: &str = "gp_notify";
 
 fn envelope(id: u64, patient: &str) -> Envelope {
-    Envelope {
-        message_id: id,
-        sink: SINK.into(),
-        route: "gp".into(),
-        kind: MessageKind::Hl7v2,
-        event_class: Some(EventClass::Admission),
-        partition_key: partition_key(patient),
-        document: None,
-        document_ref: None,
-        xds: None,
-        bundle: bytes::Bytes::from(format!("{{\"id\":{id}}}")),
-    }
+    crate::harness::admission_envelope(SINK, id, patient)
 }
 
 async fn eventually(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {

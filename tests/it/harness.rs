@@ -643,3 +643,20 @@ impl Relais {
         assert_eq!(rc, 0, "kill(SIGHUP) failed");
     }
 }
+
+/// An admission envelope of journal entry `id` for `sink`, in `patient`'s partition, its bundle `{"id":<id>}`:
+/// what the bus and sink tests publish by hand.
+pub fn admission_envelope(sink: &str, id: u64, patient: &str) -> relais::bus::Envelope {
+    relais::bus::Envelope {
+        message_id: id,
+        sink: sink.into(),
+        route: "gp".into(),
+        kind: relais::facts::MessageKind::Hl7v2,
+        event_class: Some(relais::facts::EventClass::Admission),
+        partition_key: relais::bus::partition_key(patient),
+        document: None,
+        document_ref: None,
+        xds: None,
+        bundle: bytes::Bytes::from(format!("{{\"id\":{id}}}")),
+    }
+}

@@ -5,24 +5,12 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use relais::bus::{Bus, BusSettings, Envelope, partition_key};
-use relais::facts::{EventClass, MessageKind};
+use relais::bus::{Bus, BusSettings, Envelope};
 use relais::sinks::ledger::Ledger;
 use relais::sinks::retry::{Outcome, RetryPolicy};
 
 fn envelope(id: u64, patient: &str) -> Envelope {
-    Envelope {
-        message_id: id,
-        sink: "gp-notify".into(),
-        route: "gp".into(),
-        kind: MessageKind::Hl7v2,
-        event_class: Some(EventClass::Admission),
-        partition_key: partition_key(patient),
-        document: None,
-        document_ref: None,
-        xds: None,
-        bundle: bytes::Bytes::from_static(b"{}"),
-    }
+    crate::harness::admission_envelope("gp-notify", id, patient)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
