@@ -10,6 +10,10 @@
 //!   monotonic and continue after a restart.
 //! - Group commit: one writer thread logs everything queued in one WAL write and one `fdatasync`, then
 //!   answers every caller of that batch (see [`writer`]); an answer never precedes its sync.
+//! - Pipeline stages ([`Flush::Deferred`]) are logged without a sync of their own: the next append's sync,
+//!   or the next checkpoint, makes them durable. A stage lost in a crash is one the pipeline redoes from
+//!   the entry's last durable state (and the sinks never deliver twice), so a lone sender pays one
+//!   `fdatasync` per message, not one per message and per stage.
 //! - An applier thread puts the logged batches into redb without fsync, and checkpoints (a durable redb
 //!   commit, after which the covered WAL segments are recycled) every `checkpoint_interval` or
 //!   `wal_segment_bytes` applied (see [`applier`]). [`Journal::open`] replays the log past redb's last
@@ -102,6 +106,16 @@ impl JournalConfig {
     pub fn wal_dir(&self) -> PathBuf {
         wal::dir_for(&self.path)
     }
+}
+
+/// When a journal update must reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flush {
+    /// Before the update is answered: an operator's action (a replay) that must survive a crash.
+    Now,
+    /// With the next synced write (an append's group commit) or checkpoint, at most
+    /// `journal.checkpoint_ms` later: a pipeline stage, redone after a crash if it was lost.
+    Deferred,
 }
 
 /// What can go wrong in the journal. Cheap to clone, so one failed commit can answer every caller.
@@ -285,22 +299,24 @@ impl Journal {
 
     /// Records pipeline stages of entry `id` (in the next group commit); resolves once durable.
     pub async fn update(&self, id: u64, stages: Vec<Stage>) -> Result<(), Error> {
-        self.enqueue_update(id, stages).await?.await.unwrap_or(Err(Error::WriterLost))
+        self.enqueue_update(id, stages, Flush::Now).await?.await.unwrap_or(Err(Error::WriterLost))
     }
 
     /// Queues an update and returns its answer to await later; updates queued one after the other are
-    /// written in that order.
+    /// written in that order. The answer comes once the update is logged, and synced if `flush` is
+    /// [`Flush::Now`].
     pub async fn enqueue_update(
         &self,
         id: u64,
         stages: Vec<Stage>,
+        flush: Flush,
     ) -> Result<oneshot::Receiver<Result<(), Error>>, Error> {
         let sender = {
             let intake = self.inner.intake.read().unwrap_or_else(PoisonError::into_inner);
             intake.clone().ok_or(Error::Closed)?
         };
         let (reply, answer) = oneshot::channel();
-        let request = Request::Update { update: Update { id, stages }, reply };
+        let request = Request::Update { update: Update { id, stages, flush }, reply };
         sender.send(request).await.map_err(|_| Error::Closed)?;
         Ok(answer)
     }
@@ -317,6 +333,17 @@ impl Journal {
     /// id order, at most `limit`.
     pub fn unfinished(&self, after: u64, limit: usize) -> Result<Vec<Unfinished>, Error> {
         self.inner.marks.wait_applied()?;
+        store::unfinished(&self.inner.db, after, limit)
+    }
+
+    /// As [`Journal::unfinished`], but reads what redb holds now instead of waiting for every logged write
+    /// to be applied: for a reader that [`Journal::committed`] wakes (it is bumped after each apply, so an
+    /// entry applied after this read still wakes it). Waiting would make the applier commit each of the
+    /// pipeline's own deferred stages in a redb transaction of its own.
+    pub fn unfinished_applied(&self, after: u64, limit: usize) -> Result<Vec<Unfinished>, Error> {
+        if let Some(error) = self.inner.marks.failure() {
+            return Err(error);
+        }
         store::unfinished(&self.inner.db, after, limit)
     }
 
@@ -356,7 +383,7 @@ impl Journal {
     pub async fn replay_many(&self, ids: &[u64], from: ReplayFrom) -> Vec<Result<(), Error>> {
         let mut answers = Vec::with_capacity(ids.len());
         for &id in ids {
-            answers.push(self.enqueue_update(id, vec![Stage::Replay { from }]).await);
+            answers.push(self.enqueue_update(id, vec![Stage::Replay { from }], Flush::Now).await);
         }
         let mut results = Vec::with_capacity(ids.len());
         for answer in answers {

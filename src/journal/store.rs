@@ -127,6 +127,8 @@ pub(crate) fn create_tables(db: &Database) -> Result<(), Error> {
 pub(crate) struct Update {
     pub(crate) id: u64,
     pub(crate) stages: Vec<Stage>,
+    /// When the update must reach the disk.
+    pub(crate) flush: super::Flush,
 }
 
 /// The WAL position redb holds: every record up to `applied_lsn` is applied; `next_id` is the next id.

@@ -499,3 +499,39 @@ async fn dedup_and_updates_see_appends_not_yet_in_redb() {
     let stats = journal.stats().unwrap();
     assert_eq!((stats["journaled"], stats["rejected"], stats["failed"]), (3, 1, 1));
 }
+
+#[tokio::test]
+async fn deferred_stages_wait_for_the_next_sync_and_are_replayed_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let never = JournalConfig { checkpoint_interval: Duration::from_secs(3600), ..config(&dir) };
+    let journal = Journal::open(never).unwrap();
+    let first = stored_id(journal.append(received("FAC", "1", b"MSH|one", at(0))).await.unwrap());
+    assert_eq!(journal.commit_stats().syncs, 1);
+
+    // A pipeline stage is answered once logged, with no fdatasync of its own...
+    let bundle = Bytes::from_static(b"{\"resourceType\":\"Bundle\"}");
+    let stages = vec![Stage::Mapped { bundle: bundle.clone() }, routed_to(&["a"])];
+    journal.enqueue_update(first, stages, Flush::Deferred).await.unwrap().await.unwrap().unwrap();
+    assert_eq!(journal.commit_stats().syncs, 1, "a deferred stage paid for an fdatasync");
+    assert_eq!(journal.get(first).unwrap().unwrap().state, State::Routed);
+
+    // ...the next append's sync covers it, and the log replays both in order.
+    let second = stored_id(journal.append(received("FAC", "2", b"MSH|two", at(1))).await.unwrap());
+    assert_eq!(journal.commit_stats().syncs, 2);
+    let recovered = Journal::open(config(&crash_image(&dir, true))).unwrap();
+    assert_eq!(recovered.get(first).unwrap().unwrap().state, State::Routed);
+    assert_eq!(recovered.bundle(first).unwrap().as_deref(), Some(bundle.as_ref()));
+    assert_eq!(recovered.get(second).unwrap().unwrap().state, State::Received);
+
+    // An operator's replay is synced before it is answered.
+    journal.replay(first, ReplayFrom::Map).await.unwrap();
+    assert_eq!(journal.commit_stats().syncs, 3);
+
+    // A deferred stage left last is synced when the journal closes.
+    let stage = vec![Stage::Failed { reason: "PID-3: missing".into() }];
+    journal.enqueue_update(second, stage, Flush::Deferred).await.unwrap().await.unwrap().unwrap();
+    journal.close().await.unwrap();
+    drop(journal);
+    let reopened = Journal::open(config(&dir)).unwrap();
+    assert_eq!(reopened.get(second).unwrap().unwrap().state, State::Failed);
+}

@@ -200,6 +200,8 @@ pub(crate) struct Wal {
     last_lsn: u64,
     buf: Vec<u8>,
     spare_asked: bool,
+    /// A write since the last `fdatasync` of the active segment was not synced.
+    unsynced: bool,
     preparer: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
 }
 
@@ -250,13 +252,15 @@ impl Wal {
             last_lsn: 0,
             buf: Vec::new(),
             spare_asked: false,
+            unsynced: false,
             preparer: Some((wake, preparer)),
         })
     }
 
-    /// Writes `records` (`(lsn, payload)`, lsn increasing by one) in one write and one `fdatasync`;
-    /// returns once they are durable.
-    pub(crate) fn write(&mut self, records: &[(u64, &[u8])]) -> io::Result<()> {
+    /// Writes `records` (`(lsn, payload)`, lsn increasing by one) in one write and, if `sync`, one
+    /// `fdatasync`, which also makes durable every earlier unsynced write; returns once they are durable
+    /// (or, without `sync`, in the page cache).
+    pub(crate) fn write(&mut self, records: &[(u64, &[u8])], sync: bool) -> io::Result<()> {
         let size: u64 = records.iter().map(|(_, p)| (RECORD_HEADER + p.len()) as u64).sum();
         if size == 0 {
             return Ok(());
@@ -269,7 +273,10 @@ impl Wal {
             frame(&mut self.buf, self.seg, *lsn, payload);
         }
         self.file.write_all_at(&self.buf, self.offset)?;
-        self.file.sync_data()?;
+        if sync {
+            self.file.sync_data()?;
+        }
+        self.unsynced = !sync;
         self.offset += size;
         self.last_lsn = records.last().map_or(self.last_lsn, |(lsn, _)| *lsn);
         if !self.spare_asked && self.offset > self.segment_bytes / 2 {
@@ -283,6 +290,8 @@ impl Wal {
 
     /// Closes the active segment and continues in a spare (a new file if none is ready).
     fn rotate(&mut self) -> io::Result<()> {
+        // The next file's synced records must never stand after a lost tail of this one.
+        self.sync_unsynced()?;
         let checkpointed = self.shared.checkpointed.load(Ordering::Acquire);
         let spare = {
             let mut pool = self.shared.pool();
@@ -306,8 +315,22 @@ impl Wal {
     }
 }
 
+impl Wal {
+    /// Syncs the active segment if a write since its last sync was not synced.
+    fn sync_unsynced(&mut self) -> io::Result<()> {
+        if self.unsynced {
+            self.file.sync_data()?;
+            self.unsynced = false;
+        }
+        Ok(())
+    }
+}
+
 impl Drop for Wal {
     fn drop(&mut self) {
+        if let Err(error) = self.sync_unsynced() {
+            tracing::error!(%error, "cannot sync the WAL's last deferred writes on close");
+        }
         if let Some((wake, handle)) = self.preparer.take() {
             drop(wake);
             let _ = handle.join();
@@ -383,7 +406,7 @@ mod tests {
         let payloads: Vec<(u64, Vec<u8>)> = lsns.map(|lsn| (lsn, payload(lsn))).collect();
         for chunk in payloads.chunks(3) {
             let records: Vec<(u64, &[u8])> = chunk.iter().map(|(l, p)| (*l, p.as_slice())).collect();
-            wal.write(&records).unwrap();
+            wal.write(&records, true).unwrap();
         }
         wal.path.clone()
     }
@@ -465,7 +488,7 @@ mod tests {
         drop(wal);
         // After a crash that lost records 6..=10 (replayed up to 5), lsn 6 is written again.
         let (mut wal, _) = start(dir.path());
-        wal.write(&[(6, b"new six".as_slice())]).unwrap();
+        wal.write(&[(6, b"new six".as_slice())], true).unwrap();
         drop(wal);
         let recovered = recover(dir.path()).unwrap();
         let new: Vec<&(u64, Vec<u8>)> = recovered.records.iter().filter(|(l, _)| *l == 6).collect();

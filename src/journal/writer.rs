@@ -4,7 +4,8 @@
 //! decides each one: an append gets the next id, or is found a duplicate (same dedup key and bytes within
 //! the window) or a conflict (stored as `rejected`); an update of an unknown id is refused. The decisions
 //! are logged as [`Op`]s in one WAL write and one `fdatasync` ([`Wal::write`]), and only then is each
-//! request answered; the ops go on to the applier thread, which puts them in redb. If the log write fails,
+//! request answered (a batch of deferred pipeline updates only, [`Flush::Deferred`], is written without
+//! the `fdatasync`: the next synced batch or checkpoint covers it); the ops go on to the applier thread, which puts them in redb. If the log write fails,
 //! that batch and every later request get the error (what reached the disk is unknown: restart to recover).
 //! The thread ends when every sender is gone and the queue is empty, after the applier finished.
 //!
@@ -29,12 +30,12 @@ use redb::Database;
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, oneshot};
 
-use super::Error;
 use super::applier::{Applied, Marks};
 use super::op::{Append, Op};
 use super::record::Appended;
 use super::store::{Lookup, Prepared, Update};
 use super::wal::Wal;
+use super::{Error, Flush};
 
 /// The longest the writer waits for a batch to fill before committing it.
 pub(crate) const MAX_LINGER: Duration = Duration::from_millis(5);
@@ -73,6 +74,8 @@ pub struct CommitStats {
     pub commit_time: Duration,
     /// Number of requests in the most recent commit.
     pub last_batch: u64,
+    /// WAL `fdatasync`s: commits holding an append or an urgent update (deferred updates wait for one).
+    pub syncs: u64,
     /// Checkpoints: durable redb commits of what the WAL holds.
     pub checkpoints: u64,
     /// Total time spent in checkpoints (off the ACK path).
@@ -93,6 +96,7 @@ pub(crate) struct CommitCounters {
     entries: AtomicU64,
     commit_nanos: AtomicU64,
     last_batch: AtomicU64,
+    syncs: AtomicU64,
     checkpoints: AtomicU64,
     checkpoint_nanos: AtomicU64,
 }
@@ -120,6 +124,7 @@ impl CommitCounters {
             entries: self.entries.load(Ordering::Relaxed),
             commit_time: Duration::from_nanos(self.commit_nanos.load(Ordering::Relaxed)),
             last_batch: self.last_batch.load(Ordering::Relaxed),
+            syncs: self.syncs.load(Ordering::Relaxed),
             checkpoints: self.checkpoints.load(Ordering::Relaxed),
             checkpoint_time: Duration::from_nanos(self.checkpoint_nanos.load(Ordering::Relaxed)),
         }
@@ -271,8 +276,9 @@ impl Writer {
         let (first_id, first_lsn) = (self.next_id, self.next_lsn);
         let mut answers = Vec::with_capacity(batch.len());
         let mut ops = Vec::with_capacity(batch.len());
-        let decided = self.decide(batch.drain(..), unapplied, &mut answers, &mut ops);
-        let logged = decided.and_then(|()| self.log(&ops));
+        let mut sync = false;
+        let decided = self.decide(batch.drain(..), unapplied, &mut answers, &mut ops, &mut sync);
+        let logged = decided.and_then(|()| self.log(&ops, sync));
         *took = started.elapsed();
         tracing::trace!(batch = size, commit_us = took.as_micros(), "group commit");
         self.counters.record(size, *took);
@@ -285,6 +291,9 @@ impl Writer {
             return Err(error);
         }
         let last_lsn = self.next_lsn - 1;
+        if sync {
+            self.counters.syncs.fetch_add(1, Ordering::Relaxed);
+        }
         if !ops.is_empty() {
             self.marks.durable(last_lsn);
         }
@@ -305,6 +314,7 @@ impl Writer {
         unapplied: &mut Unapplied,
         answers: &mut Vec<Answer>,
         ops: &mut Vec<Op>,
+        sync: &mut bool,
     ) -> Result<(), Error> {
         // Read what redb holds no earlier than the watermark, so nothing unapplied is forgotten unseen.
         let applied_id = self.marks.applied_id();
@@ -352,6 +362,7 @@ impl Writer {
                     if let Some(original) = clash {
                         entry.reject_conflict(original)?;
                     }
+                    *sync = true;
                     ops.push(Op::Append(Append {
                         id,
                         state: entry.record.state,
@@ -366,11 +377,12 @@ impl Writer {
                     };
                     answers.push(Answer::Append(reply, outcome));
                 }
-                Request::Update { update: Update { id, stages }, reply } => {
+                Request::Update { update: Update { id, stages, flush }, reply } => {
                     let known = id != 0
                         && id < self.next_id
                         && (id > applied_id || lookup(&mut view, &self.db)?.exists(id)?);
                     if known {
+                        *sync |= flush == Flush::Now;
                         ops.push(Op::Update { id, at: now_us(), stages });
                         answers.push(Answer::Update(reply, Ok(())));
                     } else {
@@ -382,8 +394,9 @@ impl Writer {
         Ok(())
     }
 
-    /// Writes the ops to the log, one record each, and syncs it.
-    fn log(&mut self, ops: &[Op]) -> Result<(), Error> {
+    /// Writes the ops to the log, one record each, and syncs it if `sync` (an append, or an update that
+    /// must not wait: see [`Flush`]).
+    fn log(&mut self, ops: &[Op], sync: bool) -> Result<(), Error> {
         if ops.is_empty() {
             return Ok(());
         }
@@ -400,7 +413,7 @@ impl Writer {
             self.next_lsn += 1;
             start = end;
         }
-        self.wal.write(&records).map_err(|error| Error::Wal(Arc::new(error)))
+        self.wal.write(&records, sync).map_err(|error| Error::Wal(Arc::new(error)))
     }
 
     /// Moves what is already queued into the batch, up to `limit` requests in all. Returns false once the

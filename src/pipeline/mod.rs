@@ -29,7 +29,7 @@ use crate::bus::{self, Bus, Envelope};
 use crate::config::Settings;
 use crate::documents::DocumentMetadata;
 use crate::facts::{EventClass, Mapped, Transform};
-use crate::journal::{self, Delivery, DocumentMeta, Journal, Progress, Stage, State, Unfinished};
+use crate::journal::{self, Delivery, DocumentMeta, Flush, Journal, Progress, Stage, State, Unfinished};
 use crate::ops::metrics as ops_metrics;
 use crate::routing::reload::LiveRoutes;
 use crate::shutdown::Shutdown;
@@ -134,7 +134,7 @@ impl Pipeline {
                 cursor = 0;
             }
             let next = async {
-                let batch = self.read(cursor).await?;
+                let batch = self.read(cursor, cursor == 0).await?;
                 match batch.last().map(|entry| entry.meta.id) {
                     None => Ok::<_, Error>(None),
                     Some(last) => Ok(Some((last, self.stage(batch).await?))),
@@ -255,7 +255,7 @@ impl Pipeline {
                 });
             }
             if !stages.is_empty() {
-                answers.push(self.journal.enqueue_update(routed.id, stages).await?);
+                answers.push(self.journal.enqueue_update(routed.id, stages, Flush::Deferred).await?);
             }
         }
         Ok(Some((Pass { entries, published: envelopes.len() }, answers)))
@@ -294,7 +294,8 @@ impl Pipeline {
                     for routed in staged.iter_mut() {
                         let stages = routed.routing_stages();
                         if !stages.is_empty() {
-                            recording.push(self.journal.enqueue_update(routed.id, stages).await?);
+                            recording
+                                .push(self.journal.enqueue_update(routed.id, stages, Flush::Deferred).await?);
                         }
                     }
                     await_all(recording).await?;
@@ -308,13 +309,19 @@ impl Pipeline {
         }
     }
 
-    async fn read(&self, cursor: u64) -> Result<Vec<Unfinished>, Error> {
+    /// Reads the next unfinished entries after `cursor`. `settled`: first wait until redb holds every
+    /// logged write (after a replay, whose stage must be seen); otherwise read what redb holds, as the
+    /// `committed` watch wakes the loop for anything applied later.
+    async fn read(&self, cursor: u64, settled: bool) -> Result<Vec<Unfinished>, Error> {
         let journal = self.journal.clone();
         let limit = self.batch.max(1);
-        tokio::task::spawn_blocking(move || journal.unfinished(cursor, limit))
-            .await
-            .map_err(|e| Error::Task(e.to_string()))?
-            .map_err(Error::from)
+        tokio::task::spawn_blocking(move || match settled {
+            true => journal.unfinished(cursor, limit),
+            false => journal.unfinished_applied(cursor, limit),
+        })
+        .await
+        .map_err(|e| Error::Task(e.to_string()))?
+        .map_err(Error::from)
     }
 
     /// Maps and routes what needs it and returns the routed entries with their bundle, and the queued records
@@ -369,13 +376,19 @@ impl Pipeline {
             match decision {
                 Decision::Failed(reason, label) => {
                     failures.push(label);
-                    answers.push(self.journal.enqueue_update(id, vec![Stage::Failed { reason }]).await?);
+                    answers.push(
+                        self.journal
+                            .enqueue_update(id, vec![Stage::Failed { reason }], Flush::Deferred)
+                            .await?,
+                    );
                 }
                 Decision::Mapped(progress, bundle, xds) => {
                     let mut entry = Routed { id, progress, bundle, xds, recorded: false };
                     if entry.progress.deliveries.is_empty() {
                         unrouted += 1;
-                        answers.push(self.journal.enqueue_update(id, entry.routing_stages()).await?);
+                        answers.push(
+                            self.journal.enqueue_update(id, entry.routing_stages(), Flush::Deferred).await?,
+                        );
                     } else {
                         routed.push(entry);
                     }
