@@ -3,7 +3,7 @@
 //! It receives each logged batch from the writer ([`Applied`]), takes every batch already waiting (so it
 //! batches by itself when it lags), and applies them in one redb write transaction with
 //! `Durability::None` (no fsync). Less than [`MIN_APPLY_GAP`] after the previous transaction it waits for
-//! more batches first, unless a reader is waiting. Every `checkpoint_interval`, or once `checkpoint_bytes` were applied
+//! more batches first (asleep on a condition variable), unless a reader is waiting. Every `checkpoint_interval`, or once `checkpoint_bytes` were applied
 //! since the last one, that transaction is `Durability::Immediate` instead: a checkpoint, after which the
 //! WAL segments it covers are recycled. After each transaction it raises the applied watermark
 //! ([`Marks`]), which reads wait for, and publishes the highest stored id for the pipeline.
@@ -30,9 +30,6 @@ const MAX_GROUP: usize = 256;
 /// batches are applied a few at a time instead of one redb commit (~0.3 ms of CPU) each.
 const MIN_APPLY_GAP: Duration = Duration::from_millis(2);
 
-/// How often a lingering applier looks for readers waiting.
-const LINGER_POLL: Duration = Duration::from_micros(100);
-
 /// One durable batch from the writer: its ops, the lsn of its last record, the next id after it.
 pub(crate) struct Applied {
     pub(crate) ops: Vec<Op>,
@@ -54,6 +51,8 @@ pub(crate) struct Marks {
     /// Set when the applier failed: nothing more will be applied.
     failed: Mutex<Option<Error>>,
     woken: Condvar,
+    /// Wakes the lingering applier when a reader starts waiting (under the `failed` lock).
+    reader_came: Condvar,
 }
 
 impl Marks {
@@ -90,6 +89,7 @@ impl Marks {
         }
         let mut failed = self.failed.lock().unwrap_or_else(PoisonError::into_inner);
         self.waiting.fetch_add(1, Ordering::AcqRel);
+        self.reader_came.notify_one();
         let outcome = loop {
             if self.applied_lsn.load(Ordering::Acquire) >= target {
                 break Ok(());
@@ -103,8 +103,16 @@ impl Marks {
         outcome
     }
 
-    fn someone_waits(&self) -> bool {
-        self.waiting.load(Ordering::Acquire) > 0
+    /// Blocks the applier until `deadline`, or until a reader waits for the watermark (at once if one
+    /// already does). A condition variable, not a poll: a lone sender's applier sleeps through the gap.
+    fn linger_until(&self, deadline: Instant) {
+        let mut guard = self.failed.lock().unwrap_or_else(PoisonError::into_inner);
+        while self.waiting.load(Ordering::Acquire) == 0 && guard.is_none() {
+            let Some(left) = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) else {
+                break;
+            };
+            guard = self.reader_came.wait_timeout(guard, left).unwrap_or_else(PoisonError::into_inner).0;
+        }
     }
 
     fn applied(&self, lsn: u64, id: u64) {
@@ -169,22 +177,11 @@ impl Applier {
             };
             let Some(first) = first else { break };
             group.push(first);
-            let ready_at = last_apply + MIN_APPLY_GAP;
-            loop {
-                while group.len() < MAX_GROUP
-                    && let Ok(batch) = self.batches.try_recv()
-                {
-                    group.push(batch);
-                }
-                let now = Instant::now();
-                if group.len() >= MAX_GROUP || now >= ready_at || self.marks.someone_waits() {
-                    break;
-                }
-                match self.batches.recv_timeout((ready_at - now).min(LINGER_POLL)) {
-                    Ok(batch) => group.push(batch),
-                    Err(mpsc::RecvTimeoutError::Timeout) => {}
-                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
-                }
+            self.marks.linger_until(last_apply + MIN_APPLY_GAP);
+            while group.len() < MAX_GROUP
+                && let Ok(batch) = self.batches.try_recv()
+            {
+                group.push(batch);
             }
             let last = group.last().expect("one batch at least");
             let (lsn, next_id) = (last.lsn, last.next_id);
