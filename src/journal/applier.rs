@@ -3,9 +3,9 @@
 //! It receives each logged batch from the writer ([`Applied`]), takes every batch already waiting (so it
 //! batches by itself when it lags), and applies them in one redb write transaction with
 //! `Durability::None` (no fsync). Less than [`MIN_APPLY_GAP`] after the previous transaction it waits for
-//! more batches first (asleep on a condition variable), unless a reader is waiting. Every `checkpoint_interval`, or once `checkpoint_bytes` were applied
-//! since the last one, that transaction is `Durability::Immediate` instead: a checkpoint, after which the
-//! WAL segments it covers are recycled. After each transaction it raises the applied watermark
+//! more batches first (asleep on a condition variable), unless a reader is waiting. Every
+//! `checkpoint_interval`, or once `checkpoint_bytes` were applied since the last one, that transaction is
+//! `Durability::Immediate` instead: a checkpoint, after which the WAL segments it covers are recycled. After each transaction it raises the applied watermark
 //! ([`Marks`]), which reads wait for, and publishes the highest stored id for the pipeline.
 //!
 //! If redb fails, the watermark stops and readers and writers get the error; the WAL keeps everything
