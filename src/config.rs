@@ -183,6 +183,8 @@ pub struct JournalSettings {
     pub wal_segment_mb: u64,
     /// Longest time in milliseconds between a write and its checkpoint into the journal store.
     pub checkpoint_ms: u64,
+    /// Size in MiB of the journal store's page cache (most of the server's memory under load).
+    pub cache_mb: usize,
 }
 
 /// Settings for one sending facility.
@@ -256,6 +258,7 @@ impl Default for JournalSettings {
             prune_batch: 100,
             wal_segment_mb: 16,
             checkpoint_ms: 1000,
+            cache_mb: 32,
         }
     }
 }
@@ -347,6 +350,9 @@ impl Settings {
         }
         if !(10..=600_000).contains(&self.journal.checkpoint_ms) {
             return Err(invalid("journal.checkpoint_ms", "must be between 10 and 600000"));
+        }
+        if !(4..=65_536).contains(&self.journal.cache_mb) {
+            return Err(invalid("journal.cache_mb", "must be between 4 and 65536"));
         }
         if self.journal.prune_interval_secs == 0 || self.journal.prune_batch == 0 {
             return Err(invalid("journal.prune_interval_secs", "and journal.prune_batch must be at least 1"));
@@ -539,6 +545,9 @@ mod tests {
         let s = Settings::load_from(None, env(&[("RELAIS__JOURNAL__CHECKPOINT_MS", "1")])).unwrap();
         let err = s.check().unwrap_err().to_string();
         assert!(err.contains("journal.checkpoint_ms"), "{err}");
+        let s = Settings::load_from(None, env(&[("RELAIS__JOURNAL__CACHE_MB", "2")])).unwrap();
+        let err = s.check().unwrap_err().to_string();
+        assert!(err.contains("journal.cache_mb"), "{err}");
     }
 
     #[test]

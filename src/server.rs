@@ -92,6 +92,7 @@ pub async fn run(settings: Settings, stop: impl std::future::Future<Output = ()>
             max_batch: settings.journal.max_batch,
             wal_segment_bytes: settings.journal.wal_segment_mb << 20,
             checkpoint_interval: std::time::Duration::from_millis(settings.journal.checkpoint_ms),
+            cache_bytes: settings.journal.cache_mb << 20,
         };
         move || Journal::open(cfg)
     })

@@ -70,8 +70,6 @@ const QUEUE_CAPACITY: usize = 65_536;
 /// how long a read may wait for the applied watermark.
 const APPLIER_BACKLOG: usize = 16;
 
-/// redb page cache. Appends touch only the right edge of each table, so a small cache is enough.
-const CACHE_BYTES: usize = 64 * 1024 * 1024;
 
 /// Where the journal lives and how it behaves.
 #[derive(Debug, Clone)]
@@ -87,11 +85,14 @@ pub struct JournalConfig {
     pub wal_segment_bytes: u64,
     /// Longest time between a write and the checkpoint that makes it durable in redb (default 1 s).
     pub checkpoint_interval: Duration,
+    /// redb's page cache (default 32 MiB). Appends touch only the right edge of each table, so a small
+    /// cache is enough; it is most of the server's memory under load.
+    pub cache_bytes: usize,
 }
 
 impl JournalConfig {
-    /// A config for `path` with the default window (24 h), batch size (4096), WAL segment (16 MiB) and
-    /// checkpoint interval (1 s).
+    /// A config for `path` with the default window (24 h), batch size (4096), WAL segment (16 MiB),
+    /// checkpoint interval (1 s) and page cache (32 MiB).
     pub fn new(path: impl Into<PathBuf>) -> JournalConfig {
         JournalConfig {
             path: path.into(),
@@ -99,6 +100,7 @@ impl JournalConfig {
             max_batch: 4096,
             wal_segment_bytes: 16 << 20,
             checkpoint_interval: Duration::from_secs(1),
+            cache_bytes: 32 << 20,
         }
     }
 
@@ -212,7 +214,7 @@ impl Journal {
     /// after the highest stored), checkpoints, and starts the writer and applier threads.
     pub fn open(cfg: JournalConfig) -> Result<Journal, Error> {
         let wal_error = |error: std::io::Error| Error::Wal(Arc::new(error));
-        let db = redb::Builder::new().set_cache_size(CACHE_BYTES).create(&cfg.path)?;
+        let db = redb::Builder::new().set_cache_size(cfg.cache_bytes).create(&cfg.path)?;
         store::create_tables(&db)?;
         let db = Arc::new(db);
         let wal_dir = cfg.wal_dir();
