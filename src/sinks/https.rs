@@ -79,11 +79,14 @@ impl HttpsClient {
         max_in_flight: usize,
     ) -> HttpsClient {
         let max_in_flight = max_in_flight.max(1);
+        let mut tcp = HttpConnector::new();
+        tcp.enforce_http(false);
+        tcp.set_nodelay(true);
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(config)
             .https_only()
             .enable_http1()
-            .build();
+            .wrap_connector(tcp);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(IDLE)
             .pool_max_idle_per_host(max_in_flight)
