@@ -107,10 +107,12 @@ where
             }
         }
         // Both `next` futures hold no delivery until they return one, so dropping them on a pause is safe.
+        // Biased: a pause (or the shutdown) that came with an envelope wins, rather than a coin toss.
         let received = tokio::select! {
-            r = consumer.next() => r?,
-            () = pauses.wait_paused(&sink) => continue,
+            biased;
             () = stop.recv() => return Ok(()),
+            () = pauses.wait_paused(&sink) => continue,
+            r = consumer.next() => r?,
         };
         handle(received, &sink, &policy, &ledger, &deliver).await?;
     }

@@ -1,9 +1,13 @@
-//! One HTTPS POST over a fresh connection: hyper's HTTP/1.1 client over tokio-rustls, with the sink's own
-//! rustls configuration (CA bundle, client certificate).
+//! HTTPS POSTs over kept connections: hyper-util's pooled HTTP/1.1 client over hyper-rustls, with the sink's
+//! own rustls configuration (CA bundle, client certificate read once).
+//!
+//! Each sink builds one [`HttpsClient`] and shares it (clones share the pool): a connection is opened (TCP +
+//! TLS handshake, mutual when a client certificate is set) only when no idle one is left, kept alive after
+//! each answer, and closed after [`IDLE`] unused. At most `max_in_flight` requests run at once
+//! ([`HttpsClient::with_max_in_flight`]); the others wait their turn, within the timeout.
 //!
 //! reqwest is not used here: with rustls and the ring provider it needs a process-wide default crypto
-//! provider, a global side effect on every other HTTP client of the process. Requests are rare and small
-//! next to SMTP and DMP round trips, so no connection pool is kept.
+//! provider, a global side effect on every other HTTP client of the process.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,11 +15,15 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
-use hyper::header::{CONTENT_TYPE, HOST, HeaderValue};
-use hyper_util::rt::TokioIo;
-use rustls_pki_types::ServerName;
-use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio::sync::Semaphore;
+
+/// How long an unused connection is kept open.
+pub const IDLE: Duration = Duration::from_secs(60);
 
 /// Why a request got no HTTP answer (always transient for the caller, except a bad URL).
 #[derive(Debug, thiserror::Error)]
@@ -23,12 +31,12 @@ pub enum Error {
     /// The URL is not `https://host[:port]/path`.
     #[error("URL `{0}`: expected https://host[:port]/path")]
     Url(String),
-    /// TCP connect or TLS handshake failed.
-    #[error("connect: {0}")]
-    Connect(std::io::Error),
-    /// The HTTP exchange failed.
+    /// TCP connect, TLS handshake or the HTTP exchange failed.
     #[error("HTTP: {0}")]
-    Http(#[from] hyper::Error),
+    Http(#[from] hyper_util::client::legacy::Error),
+    /// The answer's body could not be read.
+    #[error("HTTP body: {0}")]
+    Body(#[from] hyper::Error),
     /// No answer within the timeout.
     #[error("no answer within {0:?}")]
     Timeout(Duration),
@@ -43,10 +51,11 @@ pub struct Response {
     pub body: Bytes,
 }
 
-/// An HTTPS client for one sink.
+/// An HTTPS client for one sink: a pool of kept connections and a bound on requests in flight.
 #[derive(Clone)]
 pub struct HttpsClient {
-    tls: TlsConnector,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    in_flight: Arc<Semaphore>,
     timeout: Duration,
 }
 
@@ -57,9 +66,32 @@ impl std::fmt::Debug for HttpsClient {
 }
 
 impl HttpsClient {
-    /// A client with this TLS configuration; each request must be answered within `timeout`.
+    /// A client with this TLS configuration; each request must be answered within `timeout`; up to 8 in
+    /// flight.
     pub fn new(config: rustls::ClientConfig, timeout: Duration) -> HttpsClient {
-        HttpsClient { tls: TlsConnector::from(Arc::new(config)), timeout }
+        HttpsClient::with_max_in_flight(config, timeout, 8)
+    }
+
+    /// [`HttpsClient::new`] with at most `max_in_flight` requests (and open connections) at once.
+    pub fn with_max_in_flight(
+        config: rustls::ClientConfig,
+        timeout: Duration,
+        max_in_flight: usize,
+    ) -> HttpsClient {
+        let max_in_flight = max_in_flight.max(1);
+        let mut tcp = HttpConnector::new();
+        tcp.enforce_http(false);
+        tcp.set_nodelay(true);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(config)
+            .https_only()
+            .enable_http1()
+            .wrap_connector(tcp);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(IDLE)
+            .pool_max_idle_per_host(max_in_flight)
+            .build(connector);
+        HttpsClient { client, in_flight: Arc::new(Semaphore::new(max_in_flight)), timeout }
     }
 
     /// POSTs `body` with `content_type` and the extra `headers` to `url`.
@@ -84,20 +116,10 @@ impl HttpsClient {
     ) -> Result<Response, Error> {
         let bad_url = || Error::Url(url.to_string());
         let uri: hyper::Uri = url.parse().map_err(|_| bad_url())?;
-        if uri.scheme_str() != Some("https") {
+        if uri.scheme_str() != Some("https") || uri.host().is_none() {
             return Err(bad_url());
         }
-        let host = uri.host().ok_or_else(bad_url)?.trim_start_matches('[').trim_end_matches(']').to_string();
-        let port = uri.port_u16().unwrap_or(443);
-        let authority = uri.authority().ok_or_else(bad_url)?.to_string();
-        let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
-        let tcp = TcpStream::connect((host.as_str(), port)).await.map_err(Error::Connect)?;
-        let name = ServerName::try_from(host).map_err(|_| bad_url())?;
-        let tls = self.tls.connect(name, tcp).await.map_err(Error::Connect)?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
-        let driver = tokio::spawn(connection);
-        let mut request = Request::post(path)
-            .header(HOST, authority)
+        let mut request = Request::post(uri)
             .header(CONTENT_TYPE, content_type)
             .body(Full::new(Bytes::from(body)))
             .map_err(|_| bad_url())?;
@@ -105,10 +127,10 @@ impl HttpsClient {
             let value = HeaderValue::from_str(value).map_err(|_| bad_url())?;
             request.headers_mut().insert(*name, value);
         }
-        let response = sender.send_request(request).await?;
+        let _permit = self.in_flight.acquire().await.expect("the semaphore is never closed");
+        let response = self.client.request(request).await?;
         let status = response.status().as_u16();
         let body = response.into_body().collect().await?.to_bytes();
-        driver.abort();
         Ok(Response { status, body })
     }
 }

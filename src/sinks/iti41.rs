@@ -9,8 +9,9 @@
 //!    holding the VIHF SAML 2.0 assertion built by [`Vihf`]), the `ProvideAndRegisterDocumentSetRequest`
 //!    whose `xds:Document` is an `xop:Include` of a second MIME part carrying the document bytes, an RPLC
 //!    association when the document replaces another.
-//! 3. [`DmpClient::send`]: one POST; network errors, timeouts and 5xx are transient; the body's
-//!    `RegistryResponse` ([`parse_registry_response`]) gives Success / PartialSuccess / Failure and its
+//! 3. [`DmpClient::send`]: one POST over a kept connection (one pool per sink, `concurrency` in flight);
+//!    network errors, timeouts and 5xx are transient; the body's `RegistryResponse`
+//!    ([`parse_registry_response`]) gives Success / PartialSuccess / Failure and its
 //!    RegistryErrorList says transient or permanent ([`crate::sinks::retry::registry_code_is_transient`]).
 //!
 //! The VIHF assertion comes from [`crate::sinks::vihf`] (signed with the structure's *certificat de cachet*
@@ -55,6 +56,9 @@ pub struct DmpConfig {
     pub client_key: Option<std::path::PathBuf>,
     /// Request timeout in seconds (30).
     pub timeout_secs: u64,
+    /// Requests in flight at once, over as many kept connections (8); each bus partition delivers one
+    /// document at a time, so the sink has at most min(`bus.partitions`, this) in flight.
+    pub concurrency: usize,
     /// `sourceId` of the submission sets: the sending system's OID (required).
     pub source_id: String,
     /// Root OID of the submission set uniqueIds (`2.25` UUID-based when empty).
@@ -73,6 +77,7 @@ impl Default for DmpConfig {
             client_cert: None,
             client_key: None,
             timeout_secs: 30,
+            concurrency: 8,
             source_id: String::new(),
             unique_id_root: String::new(),
             vihf: VihfConfig::default(),
@@ -96,6 +101,9 @@ impl DmpConfig {
         }
         if self.client_cert.is_some() != self.client_key.is_some() {
             return Err(("sinks.dmp.client_key".into(), "client_cert and client_key go together".into()));
+        }
+        if self.concurrency == 0 {
+            return Err(("sinks.dmp.concurrency".into(), "must be at least 1".into()));
         }
         if self.source_id.is_empty() {
             return Err(("sinks.dmp.source_id".into(), "required: the sending system's OID".into()));
@@ -407,7 +415,8 @@ impl DmpClient {
         let ca = cfg.ca.as_deref().ok_or(BuildError::NoCa)?;
         let identity = cfg.client_cert.as_deref().zip(cfg.client_key.as_deref());
         let tls = crate::sinks::tls::client_config(Some(ca), identity)?;
-        let http = crate::sinks::https::HttpsClient::new(tls, Duration::from_secs(cfg.timeout_secs.max(1)));
+        let timeout = Duration::from_secs(cfg.timeout_secs.max(1));
+        let http = crate::sinks::https::HttpsClient::with_max_in_flight(tls, timeout, cfg.concurrency);
         let vihf = Arc::new(Vihf::new(&cfg.vihf)?);
         Ok(DmpClient { http, endpoint: cfg.endpoint.clone(), vihf })
     }

@@ -6,7 +6,7 @@
 //! addresses (PRT RCT, PRT-15.4, patients' addresses left out: the patient is reached through the qualified
 //! INS only), the mail bodies, whether an acknowledgement was asked for, and the PDF of a level-1 CDA (for the mail).
 
-use crate::documents::DocumentMapper;
+use crate::documents::{DocumentMapper, DocumentMetadata};
 use crate::facts::{MapFailure, MessageKind};
 use crate::sinks::ebrim::{Submission, SubmissionParams, XdsDocument};
 use crate::sinks::mail::{MailRequest, MaskingFlags, PATIENT_DOMAIN, Patient};
@@ -32,6 +32,27 @@ pub struct DocumentJob {
     pub recipient_ids: Vec<(String, String)>,
     /// `ACK_RECEPTION` = Y: the DPI wants a ZAM^Z02 per recipient.
     pub reception_ack_requested: bool,
+}
+
+/// What the DMP sink sends for one document: the [`Submission`] built from the XDS metadata the envelope
+/// carries (the documents stage's, so the CDA is not mapped again), and whether the patient's INS is
+/// qualified. `raw` is the journal entry: the CDA itself, or the ORU^R01 whose OBX carries it. No PDF is
+/// extracted (the ITI-41 request carries the CDA only).
+pub fn dmp_submission(
+    meta: &DocumentMetadata,
+    kind: MessageKind,
+    raw: &[u8],
+    source_id: &str,
+    unique_id_root: &str,
+    now: jiff::Timestamp,
+) -> Result<(Submission, bool), MapFailure> {
+    let content = match kind {
+        MessageKind::Cda => raw.to_vec(),
+        MessageKind::Hl7v2 => crate::documents::oru::read(raw)?.cda,
+    };
+    let document = XdsDocument::from_metadata(meta, content, None);
+    let params = SubmissionParams::from_metadata(meta, source_id, unique_id_root);
+    Ok((Submission::new(document, params, now), !meta.identity_review))
 }
 
 impl DocumentJob {
@@ -131,5 +152,35 @@ impl DocumentJob {
             body_patient: self.body_patient.clone(),
             ack_requested: self.ack_requested,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_dmp_submission_from_the_envelope_metadata_is_the_one_mapped_again_from_the_journal() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mapper = DocumentMapper::load(&root.join("mappings/tables/xds")).unwrap();
+        let raw = std::fs::read(root.join("test-messages/cda/own_CR-OP_34874-8_N1.xml")).unwrap();
+        let now = jiff::Timestamp::now();
+        let meta = mapper.map_document(MessageKind::Cda, &raw).unwrap().details.metadata;
+        let (submission, ins_qualified) =
+            dmp_submission(&meta, MessageKind::Cda, &raw, "1.2.3", "1.2.3.4", now).unwrap();
+        let job =
+            DocumentJob::from_journal(&mapper, MessageKind::Cda, &raw, "1.2.3", "1.2.3.4", now).unwrap();
+        let mut expected = job.submission.document.clone();
+        assert!(expected.pdf.is_some(), "the mail job carries the PDF");
+        expected.pdf = None;
+        assert_eq!(submission.document, expected);
+        assert_eq!(submission.document.content, raw);
+        assert_eq!(submission.params, job.submission.params);
+        assert_eq!(
+            (submission.entry_uuid, submission.hash),
+            (job.submission.entry_uuid, job.submission.hash)
+        );
+        assert_eq!(ins_qualified, job.patient.ins_qualified);
+        assert!(ins_qualified);
     }
 }

@@ -10,8 +10,14 @@
 //! keys: the notification key ([`crate::sinks::notify::idempotency_key`]) for
 //! notifications, the document uniqueId (+ recipient set) for documents, the journal id otherwise. A key is
 //! written only after the far side accepted the delivery; the write is durable before it returns.
+//!
+//! **Group commit.** The sinks' partitions record concurrently: each write joins a queue, and the first
+//! writer to get the commit turn writes every queued record in one transaction and one fsync, then hands each
+//! its result; N partitions finishing together cost one commit, not N.
 
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 
@@ -34,9 +40,39 @@ fn storage(e: impl std::fmt::Display) -> Error {
 }
 
 /// The record of deliveries, shared by every sink.
-#[derive(Debug)]
 pub struct Ledger {
     db: Database,
+    /// Records waiting for the next commit, numbered.
+    queue: Mutex<Queue>,
+    /// The commit turn: held while one writer commits the queue; what the commits gave so far.
+    turn: Mutex<Committed>,
+}
+
+/// One record: writes into the transaction, returns whether a delivered key was new.
+type Op = Box<dyn FnOnce(&WriteTransaction) -> Result<bool, Error> + Send>;
+
+#[derive(Default)]
+struct Queue {
+    last: u64,
+    ops: Vec<(u64, Op)>,
+}
+
+#[derive(Default)]
+struct Committed {
+    /// Every record numbered up to this one is committed (or failed).
+    upto: u64,
+    /// Results not yet taken by their writer.
+    results: HashMap<u64, Result<bool, String>>,
+}
+
+impl std::fmt::Debug for Ledger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ledger").finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Ledger {
@@ -50,7 +86,39 @@ impl Ledger {
         txn.open_table(PURGED).map_err(storage)?;
         txn.open_table(HISTORY).map_err(storage)?;
         txn.commit().map_err(storage)?;
-        Ok(Ledger { db })
+        Ok(Ledger { db, queue: Mutex::default(), turn: Mutex::default() })
+    }
+
+    /// Queues `op` and returns its result once it is committed durably (see the module doc: group commit).
+    fn write(&self, op: Op) -> Result<bool, Error> {
+        let mine = {
+            let mut queue = lock(&self.queue);
+            queue.last += 1;
+            let n = queue.last;
+            queue.ops.push((n, op));
+            n
+        };
+        let mut committed = lock(&self.turn);
+        if committed.upto < mine {
+            // Our turn: commit everything queued so far (ours included, and those queued while we waited).
+            let ops = std::mem::take(&mut lock(&self.queue).ops);
+            let upto = ops.last().map_or(mine, |(n, _)| *n);
+            let numbers: Vec<u64> = ops.iter().map(|(n, _)| *n).collect();
+            match self.commit_all(ops) {
+                Ok(results) => committed.results.extend(numbers.into_iter().zip(results.into_iter().map(Ok))),
+                Err(e) => committed.results.extend(numbers.into_iter().map(|n| (n, Err(e.0.clone())))),
+            }
+            committed.upto = upto;
+        }
+        committed.results.remove(&mine).unwrap_or_else(|| Err("ledger: record lost".into())).map_err(Error)
+    }
+
+    /// Runs `ops` in one write transaction and commits it (durable when it returns).
+    fn commit_all(&self, ops: Vec<(u64, Op)>) -> Result<Vec<bool>, Error> {
+        let txn = self.db.begin_write().map_err(storage)?;
+        let results = ops.into_iter().map(|(_, op)| op(&txn)).collect::<Result<Vec<bool>, Error>>()?;
+        txn.commit().map_err(storage)?;
+        Ok(results)
     }
 
     /// The journal id that delivered `key` in `sink`, if it was delivered.
@@ -62,13 +130,11 @@ impl Ledger {
 
     /// Records that `journal_id` delivered `key` in `sink`; false if it already was (the first one is kept).
     pub fn record(&self, sink: &str, key: &str, journal_id: u64) -> Result<bool, Error> {
-        let txn = self.db.begin_write().map_err(storage)?;
-        let fresh = insert_delivered(&txn, sink, key, journal_id)?;
-        txn.commit().map_err(storage)?;
-        Ok(fresh)
+        let (sink, key) = (sink.to_owned(), key.to_owned());
+        self.write(Box::new(move |txn| insert_delivered(txn, &sink, &key, journal_id)))
     }
 
-    /// [`Ledger::record`] and [`Ledger::record_outcome`] of a delivery in one commit (one fsync).
+    /// [`Ledger::record`] and [`Ledger::record_outcome`] of a delivery in one commit (at most one fsync).
     pub fn record_delivered(
         &self,
         sink: &str,
@@ -77,11 +143,12 @@ impl Ledger {
         outcome: &Outcome,
         attempts: u32,
     ) -> Result<bool, Error> {
-        let txn = self.db.begin_write().map_err(storage)?;
-        let fresh = insert_delivered(&txn, sink, key, journal_id)?;
-        insert_outcome(&txn, sink, journal_id, outcome, attempts)?;
-        txn.commit().map_err(storage)?;
-        Ok(fresh)
+        let (sink, key, outcome) = (sink.to_owned(), key.to_owned(), outcome.clone());
+        self.write(Box::new(move |txn| {
+            let fresh = insert_delivered(txn, &sink, &key, journal_id)?;
+            insert_outcome(txn, &sink, journal_id, &outcome, attempts)?;
+            Ok(fresh)
+        }))
     }
 }
 
@@ -142,9 +209,11 @@ impl Ledger {
         outcome: &Outcome,
         attempts: u32,
     ) -> Result<(), Error> {
-        let txn = self.db.begin_write().map_err(storage)?;
-        insert_outcome(&txn, sink, journal_id, outcome, attempts)?;
-        txn.commit().map_err(storage)
+        let (sink, outcome) = (sink.to_owned(), outcome.clone());
+        self.write(Box::new(move |txn| {
+            insert_outcome(txn, &sink, journal_id, &outcome, attempts).map(|()| false)
+        }))
+        .map(drop)
     }
 
     /// Every outcome `sink` recorded for `journal_id`, oldest first.
@@ -262,6 +331,35 @@ mod tests {
         let rec = ledger.outcome("mss", 7).unwrap().unwrap();
         assert_eq!((rec.outcome, rec.attempts), (Outcome::retry("SMTP 421"), 2));
         assert_eq!(ledger.outcome("mss", 8).unwrap(), None);
+    }
+
+    #[test]
+    fn concurrent_records_are_all_durable_once_they_return() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = std::sync::Arc::new(Ledger::open(dir.path()).unwrap());
+        let threads: Vec<_> = (0..8u64)
+            .map(|t| {
+                let ledger = ledger.clone();
+                std::thread::spawn(move || {
+                    for n in 0..25u64 {
+                        let id = t * 100 + n;
+                        ledger
+                            .record_delivered("dmp", &format!("journal:{id}"), id, &Outcome::Delivered, 1)
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        // Without a durable commit after them, redb would reopen at the last durable one and lose writes.
+        drop(std::sync::Arc::into_inner(ledger).unwrap());
+        let ledger = Ledger::open(dir.path()).unwrap();
+        for id in (0..8u64).flat_map(|t| (0..25u64).map(move |n| t * 100 + n)) {
+            assert_eq!(ledger.delivered("dmp", &format!("journal:{id}")).unwrap(), Some(id));
+            assert_eq!(ledger.outcome("dmp", id).unwrap().unwrap().outcome, Outcome::Delivered);
+        }
     }
 
     #[test]

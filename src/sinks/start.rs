@@ -4,7 +4,8 @@
 //!
 //! - `notify`: the ADT message → [`NotificationEvent`] ([`event_from_adt`]) → [`Notifier::handle`];
 //! - `mss`: the CDA or ORU^R01 → [`DocumentJob`] → one mail per allowed audience, each recorded once sent;
-//! - `dmp`: the same job → [`check_before_feed`] → [`DmpClient::send`].
+//! - `dmp`: the document and the XDS metadata the envelope carries ([`dmp_submission`]; the same job as
+//!   `mss` when the envelope has none) → [`check_before_feed`] → [`DmpClient::send`].
 //!
 //! For an ORU^R01 whose sender has `senders.<MSH-4>.business_ack_to`, a final outcome of the mss sink queues a
 //! ZAM^Z02 per recipient (when `ACK_RECEPTION` = Y) and one of the dmp sink a ZAM^Z01, in the [`AckOutbox`]
@@ -24,7 +25,7 @@ use crate::shutdown::Shutdown;
 use crate::sinks::acks::{self, AckOutbox, AckRouter};
 use crate::sinks::directory::Directory;
 use crate::sinks::iti41::{DmpClient, check_before_feed};
-use crate::sinks::job::DocumentJob;
+use crate::sinks::job::{DocumentJob, dmp_submission};
 use crate::sinks::ledger::Ledger;
 use crate::sinks::mail::{self, MssSender, Patient};
 use crate::sinks::mdn::{self, MdnInbox};
@@ -248,16 +249,15 @@ pub fn start(
                         sink2.clone(),
                     );
                     async move {
-                        let (raw, job) = match load_job(&journal, &mapper, &env, &ids.0, &ids.1) {
-                            Ok(loaded) => loaded,
-                            Err(outcome) => return outcome,
-                        };
-                        if let Err(held) =
-                            check_before_feed(&job.submission, job.patient.ins_qualified, false)
-                        {
+                        let (raw, submission, ins_qualified) =
+                            match load_submission(&journal, &mapper, &env, &ids.0, &ids.1) {
+                                Ok(loaded) => loaded,
+                                Err(outcome) => return outcome,
+                            };
+                        if let Err(held) = check_before_feed(&submission, ins_qualified, false) {
                             return held;
                         }
-                        let (outcome, response) = client.send(&job.submission).await;
+                        let (outcome, response) = client.send(&submission).await;
                         if is_final(&outcome, &policy, attempt) {
                             let error = response
                                 .as_ref()
@@ -334,6 +334,30 @@ fn load_job(
         DocumentJob::from_journal(mapper, env.kind, &raw, source_id, unique_id_root, jiff::Timestamp::now())
             .map_err(|e| Outcome::failed(e.to_string()))?;
     Ok((raw, job))
+}
+
+/// The DMP sink's submission for `env`: from the XDS metadata the envelope carries when it has them (an
+/// envelope published before they travelled on the bus has not: the journal entry is mapped again).
+fn load_submission(
+    journal: &Journal,
+    mapper: &DocumentMapper,
+    env: &Envelope,
+    source_id: &str,
+    unique_id_root: &str,
+) -> Result<(Vec<u8>, crate::sinks::ebrim::Submission, bool), Outcome> {
+    let Some(meta) = env.xds.as_deref() else {
+        let (raw, job) = load_job(journal, mapper, env, source_id, unique_id_root)?;
+        return Ok((raw, job.submission, job.patient.ins_qualified));
+    };
+    let raw = match journal.raw(env.message_id) {
+        Ok(Some(raw)) => raw,
+        Ok(None) => return Err(Outcome::failed("journal entry not found")),
+        Err(e) => return Err(Outcome::retry(e.to_string())),
+    };
+    let (submission, ins_qualified) =
+        dmp_submission(meta, env.kind, &raw, source_id, unique_id_root, jiff::Timestamp::now())
+            .map_err(|e| Outcome::failed(e.to_string()))?;
+    Ok((raw, submission, ins_qualified))
 }
 
 /// Reads the notification of an ADT message (PAM FR): event, patient traits, médecin traitant (ROL ODRP,

@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use base64::Engine;
@@ -31,6 +31,8 @@ pub(super) enum Answer {
 #[derive(Default)]
 pub(super) struct Seen {
     pub(super) requests: usize,
+    /// The client address (so the TCP + TLS connection) each request came over.
+    peers: Vec<std::net::SocketAddr>,
     /// The SOAP body child, reassembled (xop:Include replaced by base64), for each request.
     bodies: Vec<String>,
     /// xmllint's verdict for each request.
@@ -75,7 +77,22 @@ fn mime_parts(content_type: &str, body: &[u8]) -> Vec<(String, Vec<u8>)> {
     parts
 }
 
-async fn iti41(State(ep): State<Endpoint>, headers: HeaderMap, body: Bytes) -> impl IntoResponse {
+/// The client address of a TLS connection (what tells one kept connection from several).
+#[derive(Clone)]
+struct Peer(std::net::SocketAddr);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>> for Peer {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> Peer {
+        Peer(*stream.remote_addr())
+    }
+}
+
+async fn iti41(
+    State(ep): State<Endpoint>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> impl IntoResponse {
     let content_type =
         headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
     let parts = mime_parts(&content_type, &body);
@@ -107,6 +124,7 @@ async fn iti41(State(ep): State<Endpoint>, headers: HeaderMap, body: Bytes) -> i
     {
         let mut seen = ep.seen.lock().unwrap();
         seen.requests += 1;
+        seen.peers.push(peer);
         seen.bodies.push(child);
         seen.verdicts.push(verdict.clone());
         seen.signatures.push(signature);
@@ -143,6 +161,7 @@ pub(super) async fn start_endpoint(pki: &Pki, cachet: Option<&Cachet>) -> (Strin
     let app = axum::Router::new()
         .route("/si-dmp-server/v2/services/repository", axum::routing::post(iti41))
         .with_state(ep.clone());
+    let app = app.into_make_service_with_connect_info::<Peer>();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     (format!("https://localhost:{}/si-dmp-server/v2/services/repository", addr.port()), ep)
 }
@@ -154,6 +173,7 @@ fn config(pki: &Pki, endpoint: &str, with_client_cert: bool) -> DmpConfig {
         client_cert: with_client_cert.then(|| pki.client_cert.clone()),
         client_key: with_client_cert.then(|| pki.client_key.clone()),
         timeout_secs: 10,
+        concurrency: 4,
         source_id: "1.2.250.1.999.3".into(),
         unique_id_root: "1.2.250.1.999.3.1".into(),
         vihf: VihfConfig {
@@ -217,6 +237,13 @@ async fn iti41_over_mtls_validates_and_maps_success_failure_and_503() {
     let replacement = Submission::new(replacement, super::params(), jiff::Timestamp::now());
     assert_eq!(client.send(&replacement).await.0, Outcome::Delivered);
     let seen = ep.seen.lock().unwrap();
+    assert_eq!(seen.requests, 4);
+    let first = seen.peers[0];
+    assert!(
+        seen.peers.iter().all(|p| *p == first),
+        "one kept connection, not one per request: {:?}",
+        seen.peers
+    );
     assert!(seen.verdicts.iter().all(|v| v.is_ok()));
     assert!(seen.signatures.iter().all(|s| matches!(s, Some(Ok(_)))), "{:?}", seen.signatures);
     let last = seen.bodies.last().unwrap();
