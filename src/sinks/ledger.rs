@@ -10,8 +10,14 @@
 //! keys: the notification key ([`crate::sinks::notify::idempotency_key`]) for
 //! notifications, the document uniqueId (+ recipient set) for documents, the journal id otherwise. A key is
 //! written only after the far side accepted the delivery; the write is durable before it returns.
+//!
+//! The sinks' loops write through [`Ledger::write`]: one writer thread takes every write queued while it
+//! was committing and makes them durable together (group commit: one fsync for the deliveries of all the
+//! partitions in flight, none blocking the async runtime's threads).
 
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::mpsc;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 
@@ -36,7 +42,102 @@ fn storage(e: impl std::fmt::Display) -> Error {
 /// The record of deliveries, shared by every sink.
 #[derive(Debug)]
 pub struct Ledger {
-    db: Database,
+    db: Arc<Database>,
+    writer: Option<mpsc::Sender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// One write of [`Ledger::write`].
+#[derive(Debug, Clone)]
+pub enum Write {
+    /// [`Ledger::record`]: `journal_id` delivered `key` in `sink` (kept if already there); gives whether it
+    /// was fresh.
+    Delivered {
+        /// The sink (ledger name).
+        sink: String,
+        /// The business or journal key.
+        key: String,
+        /// The journal entry.
+        journal_id: u64,
+    },
+    /// [`Ledger::record_outcome`]: the outcome of an attempt; gives `true`.
+    Outcome {
+        /// The sink.
+        sink: String,
+        /// The journal entry.
+        journal_id: u64,
+        /// What the attempt came to.
+        outcome: Outcome,
+        /// Attempts made so far.
+        attempts: u32,
+    },
+}
+
+struct Job {
+    writes: Vec<Write>,
+    done: tokio::sync::oneshot::Sender<Result<Vec<bool>, Error>>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job").field("writes", &self.writes.len()).finish()
+    }
+}
+
+/// The writer thread: commits every job queued meanwhile in one durable transaction.
+fn run_writer(db: Arc<Database>, jobs: mpsc::Receiver<Job>) {
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while batch.len() < 4096
+            && let Ok(job) = jobs.try_recv()
+        {
+            batch.push(job);
+        }
+        let committed = (|| {
+            let txn = db.begin_write().map_err(storage)?;
+            let mut results = Vec::with_capacity(batch.len());
+            for job in &batch {
+                let mut result = Vec::with_capacity(job.writes.len());
+                for write in &job.writes {
+                    result.push(apply(&txn, write)?);
+                }
+                results.push(result);
+            }
+            txn.commit().map_err(storage)?;
+            Ok::<_, Error>(results)
+        })();
+        match committed {
+            Ok(results) => {
+                for (job, result) in batch.into_iter().zip(results) {
+                    let _ = job.done.send(Ok(result));
+                }
+            }
+            Err(e) => {
+                for job in batch {
+                    let _ = job.done.send(Err(Error(e.0.clone())));
+                }
+            }
+        }
+    }
+}
+
+fn apply(txn: &WriteTransaction, write: &Write) -> Result<bool, Error> {
+    match write {
+        Write::Delivered { sink, key, journal_id } => insert_delivered(txn, sink, key, *journal_id),
+        Write::Outcome { sink, journal_id, outcome, attempts } => {
+            insert_outcome(txn, sink, *journal_id, outcome, *attempts).map(|()| true)
+        }
+    }
+}
+
+impl Drop for Ledger {
+    fn drop(&mut self) {
+        // The writer ends once its queue is closed and drained; wait so the file is closed on return.
+        drop(self.writer.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl Ledger {
@@ -50,7 +151,25 @@ impl Ledger {
         txn.open_table(PURGED).map_err(storage)?;
         txn.open_table(HISTORY).map_err(storage)?;
         txn.commit().map_err(storage)?;
-        Ok(Ledger { db })
+        let db = Arc::new(db);
+        let (writer, jobs) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("ledger-writer".into())
+            .spawn({
+                let db = db.clone();
+                move || run_writer(db, jobs)
+            })
+            .map_err(storage)?;
+        Ok(Ledger { db, writer: Some(writer), thread: Some(thread) })
+    }
+
+    /// Applies `writes` in order in one durable commit shared with the other writes queued meanwhile;
+    /// returns each write's result (see [`Write`]) once durable. Does not block the async runtime.
+    pub async fn write(&self, writes: Vec<Write>) -> Result<Vec<bool>, Error> {
+        let (done, result) = tokio::sync::oneshot::channel();
+        let writer = self.writer.as_ref().ok_or_else(|| Error("ledger closed".into()))?;
+        writer.send(Job { writes, done }).map_err(|_| Error("ledger writer stopped".into()))?;
+        result.await.map_err(|_| Error("ledger writer stopped".into()))?
     }
 
     /// The journal id that delivered `key` in `sink`, if it was delivered.
@@ -262,6 +381,41 @@ mod tests {
         let rec = ledger.outcome("mss", 7).unwrap().unwrap();
         assert_eq!((rec.outcome, rec.attempts), (Outcome::retry("SMTP 421"), 2));
         assert_eq!(ledger.outcome("mss", 8).unwrap(), None);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writes_are_durable_and_keep_the_first_delivery() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Arc::new(Ledger::open(dir.path()).unwrap());
+        let mut tasks = tokio::task::JoinSet::new();
+        for id in 0..64u64 {
+            let ledger = ledger.clone();
+            tasks.spawn(async move {
+                let delivered =
+                    Write::Delivered { sink: "gp".into(), key: format!("k{}", id % 32), journal_id: id };
+                let outcome = Write::Outcome {
+                    sink: "gp".into(),
+                    journal_id: id,
+                    outcome: Outcome::Delivered,
+                    attempts: 1,
+                };
+                ledger.write(vec![delivered, outcome]).await.unwrap()
+            });
+        }
+        let mut fresh = 0;
+        while let Some(result) = tasks.join_next().await {
+            let result = result.unwrap();
+            assert!(result[1]);
+            fresh += usize::from(result[0]);
+        }
+        assert_eq!(fresh, 32, "each key delivered once");
+        drop(Arc::into_inner(ledger).unwrap());
+        let ledger = Ledger::open(dir.path()).unwrap();
+        for id in 0..64u64 {
+            assert_eq!(ledger.outcome("gp", id).unwrap().unwrap().outcome, Outcome::Delivered);
+            let first = ledger.delivered("gp", &format!("k{}", id % 32)).unwrap().unwrap();
+            assert_eq!(first % 32, id % 32);
+        }
     }
 
     #[test]
