@@ -361,11 +361,19 @@ impl Smtp {
             let tls = Some(tls_parameters(pki)?);
             Ok(Smtp { servers, port, mails: maildir.join("new"), tls, name: "aiosmtpd" })
         } else {
-            let dump = work.join("smtp-sink");
+            // The server stands for the operator's relay: its files go to memory (/dev/shm) when there is
+            // one, not to the disk under test.
+            let shm = Path::new("/dev/shm");
+            let dump = if shm.is_dir() {
+                tempfile::Builder::new().prefix("relais-smtp-sink-").tempdir_in(shm)?.keep()
+            } else {
+                work.join("smtp-sink")
+            };
             let server = start_smtp_sink(port, &dump)?;
             println!(
                 "SMTP server: Postfix smtp-sink (plain SMTP, TLS off for this figure; one file per accepted \
-                 mail) on port {port}"
+                 mail, in {}) on port {port}",
+                dump.display()
             );
             Ok(Smtp { servers: vec![server], port, mails: dump, tls: None, name: "smtp-sink" })
         }
@@ -722,6 +730,9 @@ fn notifications(opts: &Options, runtime: &tokio::runtime::Runtime, work: &Path)
         return Err(format!("{} distinct notifications of {expected}, {twice} sent twice", seen.len()).into());
     }
     println!("  checked: {expected} distinct (patient, event) notifications, each once, to the patient's GP");
+    if mails.starts_with("/dev/shm") && !opts.keep {
+        std::fs::remove_dir_all(&mails)?;
+    }
     println!(
         "notifications: {rate:.0}/s (target >= 1000: {}); {server} ceiling {per_mail:.0}/s one connection \
          per mail, {kept:.0}/s on kept connections",

@@ -43,6 +43,8 @@ fn storage(e: impl std::fmt::Display) -> Error {
 #[derive(Debug)]
 pub struct Ledger {
     db: Arc<Database>,
+    /// Delivered keys queued ([`Ledger::queue`]) and not committed yet, so that reads see them.
+    queued: Arc<std::sync::Mutex<Queued>>,
     writer: Option<mpsc::Sender<Job>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -73,6 +75,8 @@ pub enum Write {
     },
 }
 
+type Queued = std::collections::HashMap<(String, String), u64>;
+
 struct Job {
     writes: Vec<Write>,
     done: tokio::sync::oneshot::Sender<Result<Vec<bool>, Error>>,
@@ -85,7 +89,7 @@ impl std::fmt::Debug for Job {
 }
 
 /// The writer thread: commits every job queued meanwhile in one durable transaction.
-fn run_writer(db: Arc<Database>, jobs: mpsc::Receiver<Job>) {
+fn run_writer(db: Arc<Database>, jobs: mpsc::Receiver<Job>, queued: Arc<std::sync::Mutex<Queued>>) {
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
         while batch.len() < 4096
@@ -106,6 +110,14 @@ fn run_writer(db: Arc<Database>, jobs: mpsc::Receiver<Job>) {
             txn.commit().map_err(storage)?;
             Ok::<_, Error>(results)
         })();
+        {
+            let mut queued = queued.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            for write in batch.iter().flat_map(|job| &job.writes) {
+                if let Write::Delivered { sink, key, .. } = write {
+                    queued.remove(&(sink.clone(), key.clone()));
+                }
+            }
+        }
         match committed {
             Ok(results) => {
                 for (job, result) in batch.into_iter().zip(results) {
@@ -153,14 +165,33 @@ impl Ledger {
         txn.commit().map_err(storage)?;
         let db = Arc::new(db);
         let (writer, jobs) = mpsc::channel();
+        let queued = Arc::new(std::sync::Mutex::new(Queued::new()));
         let thread = std::thread::Builder::new()
             .name("ledger-writer".into())
             .spawn({
-                let db = db.clone();
-                move || run_writer(db, jobs)
+                let (db, queued) = (db.clone(), queued.clone());
+                move || run_writer(db, jobs, queued)
             })
             .map_err(storage)?;
-        Ok(Ledger { db, writer: Some(writer), thread: Some(thread) })
+        Ok(Ledger { db, queued, writer: Some(writer), thread: Some(thread) })
+    }
+
+    /// Queues `writes` without waiting for them: the single writer commits in queue order, so they are durable
+    /// once a [`Ledger::write`] queued after them returns (the consumption loop's record of the same
+    /// delivery does that before the bus is answered), in the same fsync.
+    /// Until then [`Ledger::delivered`] already answers from the queued keys.
+    pub fn queue(&self, writes: Vec<Write>) -> Result<(), Error> {
+        let (done, _) = tokio::sync::oneshot::channel();
+        {
+            let mut queued = self.queued.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            for write in &writes {
+                if let Write::Delivered { sink, key, journal_id } = write {
+                    queued.entry((sink.clone(), key.clone())).or_insert(*journal_id);
+                }
+            }
+        }
+        let writer = self.writer.as_ref().ok_or_else(|| Error("ledger closed".into()))?;
+        writer.send(Job { writes, done }).map_err(|_| Error("ledger writer stopped".into()))
     }
 
     /// Applies `writes` in order in one durable commit shared with the other writes queued meanwhile;
@@ -174,6 +205,13 @@ impl Ledger {
 
     /// The journal id that delivered `key` in `sink`, if it was delivered.
     pub fn delivered(&self, sink: &str, key: &str) -> Result<Option<u64>, Error> {
+        // Queued first: the writer forgets a queued key only once its commit is done, so a key missing from
+        // both places was not delivered.
+        let queued = self.queued.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(id) = queued.get(&(sink.to_owned(), key.to_owned())) {
+            return Ok(Some(*id));
+        }
+        drop(queued);
         let txn = self.db.begin_read().map_err(storage)?;
         let table = txn.open_table(DELIVERED).map_err(storage)?;
         Ok(table.get((sink, key)).map_err(storage)?.map(|v| v.value().0))
@@ -409,6 +447,14 @@ mod tests {
             fresh += usize::from(result[0]);
         }
         assert_eq!(fresh, 32, "each key delivered once");
+        ledger
+            .queue(vec![Write::Delivered { sink: "gp".into(), key: "queued".into(), journal_id: 99 }])
+            .unwrap();
+        assert_eq!(ledger.delivered("gp", "queued").unwrap(), Some(99), "a queued key is seen at once");
+        let after =
+            Write::Outcome { sink: "gp".into(), journal_id: 99, outcome: Outcome::Delivered, attempts: 1 };
+        ledger.write(vec![after]).await.unwrap();
+        assert_eq!(ledger.delivered("gp", "queued").unwrap(), Some(99), "queued before: committed before");
         drop(Arc::into_inner(ledger).unwrap());
         let ledger = Ledger::open(dir.path()).unwrap();
         for id in 0..64u64 {

@@ -455,8 +455,10 @@ impl Notifier {
                 self.webhook.as_ref().expect("webhook channel present").post(bundle, &key).await
             };
             if outcome == Outcome::Delivered {
+                // Durable with the consumption loop's record of this delivery, which follows it in the
+                // ledger's queue and is awaited before the bus is answered: one fsync for both.
                 let write = Write::Delivered { sink: sink.to_string(), key: key.clone(), journal_id };
-                if let Err(err) = self.ledger.write(vec![write]).await {
+                if let Err(err) = self.ledger.queue(vec![write]) {
                     return Outcome::retry(err.to_string());
                 }
             }
