@@ -2,20 +2,24 @@
 //!
 //! 1. **Notifications**: A04 / A01 / A03 messages for many distinct patients, each with a médecin traitant in
 //!    a generated directory extraction (`relais directory import`), in by MLLP → journal → map → route →
-//!    embedded bus → notify sink → one mail per event accepted by a local SMTP server (aiosmtpd with
-//!    STARTTLS, `BENCH_SMTP_PROCS` processes sharing the port with SO_REUSEPORT, writing a Maildir). Target
-//!    ≥ 1,000 notifications/s. Beside it, the SMTP server's own ceiling with bare lettre clients: one STARTTLS
-//!    connection per mail, and mails on kept connections (what the sink's pooled lettre transport
-//!    does).
+//!    embedded bus → notify sink → one mail per event accepted by a local SMTP server: Postfix's `smtp-sink`
+//!    (a C SMTP server made for benchmarking clients; Debian `postfix`, installed here when missing without
+//!    starting a Postfix daemon) on plain SMTP — **TLS is off for this figure** (the mss sink with
+//!    `tls = "none"`, allowed only to a loopback relay) — dumping each accepted mail to its own file; or, with
+//!    `BENCH_SMTP=aiosmtpd`, aiosmtpd with STARTTLS (`BENCH_SMTP_PROCS` processes sharing the port with
+//!    SO_REUSEPORT, writing a Maildir). Target ≥ 1,000 notifications/s. Beside it, the SMTP server's own
+//!    ceiling with bare lettre clients: one connection per mail, and mails on kept connections (what the
+//!    sink's pooled lettre transport does).
 //! 2. **Documents**: CDA samples of `test-messages/cda/` with distinct uniqueIds, in by `POST /cda` → dmp
 //!    sink → a local ITI-41 endpoint (HTTPS, client certificate required) that parses each MTOM request and
 //!    answers Success. Target ≥ 500 documents/s.
 //!
 //! Each figure waits until every notification is in the mailbox (every document at the endpoint), then checks
-//! that each arrived once. Run: `cargo bench --bench sinks` (aiosmtpd from scripts/setup.d/50-aiosmtpd.sh,
-//! run here when missing). Environment: `BENCH_PATIENTS` (3 events each, 4000), `BENCH_GPS` (500),
-//! `BENCH_SMTP_PROCS` (2), `BENCH_DOCS` (5000), `BENCH_CONNS` (MLLP connections and HTTP clients, 8),
-//! `BENCH_CEILING_MAILS` (4000), `BENCH_PARTITIONS` (the bus's partitions per sink, 8: each partition
+//! that each arrived once (every file the SMTP server wrote is parsed: one per (patient, event), to the
+//! patient's GP). Run: `cargo bench --bench sinks` (as root on Debian for the postfix install; aiosmtpd
+//! from scripts/setup.d/50-aiosmtpd.sh, run here when missing). Environment: `BENCH_PATIENTS` (3 events each,
+//! 4000), `BENCH_GPS` (500), `BENCH_SMTP` (`smtp-sink` or `aiosmtpd`), `BENCH_SMTP_PROCS` (aiosmtpd, 2),
+//! `BENCH_DOCS` (5000), `BENCH_CONNS` (MLLP connections and HTTP clients, 8), `BENCH_CEILING_MAILS` (4000), `BENCH_PARTITIONS` (the bus's partitions per sink, 8: each partition
 //! delivers one envelope at a time), `BENCH_ONLY` (`notify` or `docs`), `BENCH_DIR` (parent of the work
 //! directory, on the disk under test: the system temp dir by default; `/dev/shm` shows the figures without
 //! fsync cost), `BENCH_KEEP=1` keeps it, `BENCH_RELAIS_LOG` (the server's `RELAIS_LOG`, `warn`),
@@ -58,6 +62,7 @@ const STALL: Duration = Duration::from_secs(60);
 struct Options {
     patients: usize,
     gps: usize,
+    smtp: String,
     smtp_procs: usize,
     docs: usize,
     conns: usize,
@@ -76,6 +81,7 @@ impl Options {
         Options {
             patients: var("BENCH_PATIENTS", 4_000).max(1),
             gps: var("BENCH_GPS", 500).max(1),
+            smtp: var("BENCH_SMTP", "smtp-sink".to_string()),
             smtp_procs: var("BENCH_SMTP_PROCS", 2).max(1),
             docs: var("BENCH_DOCS", 5_000).max(1),
             conns: var("BENCH_CONNS", 8).max(1),
@@ -229,7 +235,7 @@ fn python() -> Result<PathBuf> {
 }
 
 /// `procs` aiosmtpd processes sharing `port` (STARTTLS required), writing into `maildir`.
-fn start_smtp(procs: usize, port: u16, pki: &pki::Pki, maildir: &Path) -> Result<Vec<Server>> {
+fn start_aiosmtpd(procs: usize, port: u16, pki: &pki::Pki, maildir: &Path) -> Result<Vec<Server>> {
     let python = python()?;
     let script = Path::new(ROOT).join("benches/common/smtp_server.py");
     let mut servers = Vec::new();
@@ -256,9 +262,139 @@ fn start_smtp(procs: usize, port: u16, pki: &pki::Pki, maildir: &Path) -> Result
     Ok(servers)
 }
 
-/// Mails in the Maildir's `new/`.
-fn mailbox_count(maildir: &Path) -> usize {
-    std::fs::read_dir(maildir.join("new")).map(|d| d.count()).unwrap_or(0)
+const SMTP_SINK: &str = "/usr/sbin/smtp-sink";
+
+/// Installs Postfix (for its `smtp-sink`) when missing, without leaving a Postfix daemon running: the package
+/// install is told not to start services (`policy-rc.d`, as in `shared/recipes/test-servers.md`) and a
+/// running master is stopped.
+fn ensure_smtp_sink() -> Result<()> {
+    if Path::new(SMTP_SINK).exists() {
+        return Ok(());
+    }
+    println!("installing postfix for {SMTP_SINK} (apt-get)");
+    let policy = Path::new("/usr/sbin/policy-rc.d");
+    let own_policy = !policy.exists();
+    if own_policy {
+        std::fs::write(policy, "#!/bin/sh\nexit 101\n")?;
+        Command::new("chmod").args(["+x"]).arg(policy).status()?;
+    }
+    let install = |update: bool| -> Result<bool> {
+        if update {
+            Command::new("apt-get").args(["update", "-q"]).stdout(Stdio::null()).status()?;
+        }
+        Ok(Command::new("apt-get")
+            .args(["install", "-y", "-q", "postfix"])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdout(Stdio::null())
+            .status()?
+            .success())
+    };
+    let installed = install(false)? || install(true)?;
+    if own_policy {
+        std::fs::remove_file(policy)?;
+    }
+    if Command::new("/usr/sbin/postfix").arg("status").stderr(Stdio::null()).status()?.success() {
+        Command::new("/usr/sbin/postfix").arg("stop").stderr(Stdio::null()).status()?;
+    }
+    if !installed || !Path::new(SMTP_SINK).exists() {
+        return Err("smtp-sink missing and `apt-get install postfix` failed (run as root on Debian)".into());
+    }
+    Ok(())
+}
+
+/// Postfix's `smtp-sink` on `127.0.0.1:port`, plain SMTP, each mail transaction dumped to its own file in
+/// `dump_dir` (`mail.<random hex>`).
+fn start_smtp_sink(port: u16, dump_dir: &Path) -> Result<Server> {
+    ensure_smtp_sink()?;
+    std::fs::create_dir_all(dump_dir)?;
+    let mut command = Command::new(SMTP_SINK);
+    // As root, smtp-sink insists on a user to switch to; the dump directory is root's.
+    let uid = Command::new("id").arg("-u").output()?;
+    if String::from_utf8_lossy(&uid.stdout).trim() == "0" {
+        command.args(["-u", "root"]);
+    }
+    let child = command
+        .arg("-d")
+        .arg(dump_dir.join("mail."))
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("1024")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let mut server = Server { child, name: "smtp-sink" };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Some(status) = server.child.try_wait()? {
+            return Err(format!("smtp-sink exited during start-up ({status})").into());
+        }
+        if Instant::now() > deadline {
+            server.stop();
+            return Err("smtp-sink did not listen within 10 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(server)
+}
+
+/// The SMTP server of a run: where its accepted mails land and how to reach it.
+struct Smtp {
+    servers: Vec<Server>,
+    port: u16,
+    /// The directory holding one file per accepted mail (Maildir `new/`, or smtp-sink's dump directory).
+    mails: PathBuf,
+    /// STARTTLS parameters for the bare client; `None`: plain SMTP.
+    tls: Option<lettre::transport::smtp::client::TlsParameters>,
+    name: &'static str,
+}
+
+impl Smtp {
+    fn start(opts: &Options, pki: &pki::Pki, work: &Path) -> Result<Smtp> {
+        let port = free_port();
+        if opts.smtp == "aiosmtpd" {
+            let maildir = work.join("Maildir");
+            let servers = start_aiosmtpd(opts.smtp_procs, port, pki, &maildir)?;
+            println!(
+                "SMTP server: aiosmtpd 1.4.6 (STARTTLS required, Maildir writer), {} process(es) on port {port}",
+                opts.smtp_procs
+            );
+            let tls = Some(tls_parameters(pki)?);
+            Ok(Smtp { servers, port, mails: maildir.join("new"), tls, name: "aiosmtpd" })
+        } else {
+            // The server stands for the operator's relay: its files go to memory (/dev/shm) when there is
+            // one, not to the disk under test.
+            let shm = Path::new("/dev/shm");
+            let dump = if shm.is_dir() {
+                tempfile::Builder::new().prefix("relais-smtp-sink-").tempdir_in(shm)?.keep()
+            } else {
+                work.join("smtp-sink")
+            };
+            let server = start_smtp_sink(port, &dump)?;
+            println!(
+                "SMTP server: Postfix smtp-sink (plain SMTP, TLS off for this figure; one file per accepted \
+                 mail, in {}) on port {port}",
+                dump.display()
+            );
+            Ok(Smtp { servers: vec![server], port, mails: dump, tls: None, name: "smtp-sink" })
+        }
+    }
+
+    fn pids(&self) -> Vec<String> {
+        self.servers.iter().map(Server::pid).collect()
+    }
+
+    /// Mails the server accepted so far.
+    fn count(&self) -> usize {
+        std::fs::read_dir(&self.mails).map(|d| d.count()).unwrap_or(0)
+    }
+
+    /// `tls` settings of the mss sink for this server.
+    fn sink_tls(&self, pki: &pki::Pki) -> String {
+        match self.tls {
+            Some(_) => format!("tls_name = \"localhost\"\nca = {:?}\n", pki.ca.display().to_string()),
+            None => "tls = \"none\"\n".into(),
+        }
+    }
 }
 
 fn tls_parameters(pki: &pki::Pki) -> Result<lettre::transport::smtp::client::TlsParameters> {
@@ -282,22 +418,28 @@ fn ceiling_mail(n: usize) -> lettre::Message {
 }
 
 /// Sends `total` mails from `conns` tasks; `reuse` keeps one SMTP connection per task, else each mail has its
-/// own (connect, EHLO, STARTTLS, EHLO, mail, QUIT: what the sink's transport does without a pool).
-async fn smtp_ceiling(pki: &pki::Pki, port: u16, total: usize, conns: usize, reuse: bool) -> Result<f64> {
+/// own (connect, EHLO, [STARTTLS, EHLO,] mail, QUIT: what the sink's transport does without a pool).
+async fn smtp_ceiling(
+    tls: Option<lettre::transport::smtp::client::TlsParameters>,
+    port: u16,
+    total: usize,
+    conns: usize,
+    reuse: bool,
+) -> Result<f64> {
     use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
     use lettre::transport::smtp::extension::ClientId;
-    async fn connect(
-        port: u16,
-        tls: &TlsParameters,
-    ) -> std::result::Result<AsyncSmtpConnection, lettre::transport::smtp::Error> {
+    async fn connect(port: u16, tls: &Option<TlsParameters>) -> Result<AsyncSmtpConnection> {
         let hello = ClientId::default();
-        let timeout = Some(Duration::from_secs(30));
-        let mut c =
-            AsyncSmtpConnection::connect_tokio1(("127.0.0.1", port), timeout, &hello, None, None).await?;
-        c.starttls(tls.clone(), &hello).await?;
+        // TCP_NODELAY as the sink does: lettre writes a mail's final `.` apart from its data, and with
+        // Nagle's algorithm that write waits for the server's delayed ACK (40 ms).
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        tcp.set_nodelay(true)?;
+        let mut c = AsyncSmtpConnection::connect_with_transport(Box::new(tcp), &hello).await?;
+        if let Some(tls) = tls {
+            c.starttls(tls.clone(), &hello).await?;
+        }
         Ok(c)
     }
-    let tls = tls_parameters(pki)?;
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for conn in 0..conns {
@@ -322,7 +464,7 @@ async fn smtp_ceiling(pki: &pki::Pki, port: u16, total: usize, conns: usize, reu
             if let Some(mut c) = kept {
                 c.quit().await?;
             }
-            Ok::<_, lettre::transport::smtp::Error>(())
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
         });
     }
     while let Some(done) = tasks.join_next().await {
@@ -452,31 +594,27 @@ fn wait_for(expected: usize, mut count: impl FnMut() -> usize) -> (Option<Instan
 
 fn notifications(opts: &Options, runtime: &tokio::runtime::Runtime, work: &Path) -> Result<bool> {
     let pki = pki::Pki::new();
-    let maildir = work.join("Maildir");
-    let port = free_port();
-    let smtp = start_smtp(opts.smtp_procs, port, &pki, &maildir)?;
-    let smtp_pids: Vec<String> = smtp.iter().map(Server::pid).collect();
-    println!(
-        "SMTP server: aiosmtpd 1.4.6 (STARTTLS required, Maildir writer), {} process(es) on port {port}",
-        opts.smtp_procs
-    );
+    let smtp = Smtp::start(opts, &pki, work)?;
+    let (port, smtp_pids, server) = (smtp.port, smtp.pids(), smtp.name);
+    let security = if smtp.tls.is_some() { "STARTTLS" } else { "plain SMTP" };
 
-    // The SMTP server's own ceiling, with bare lettre clients (mails written to the same Maildir).
+    // The SMTP server's own ceiling, with bare lettre clients (mails kept like the notifications).
     let n = opts.ceiling_mails;
-    let per_mail = runtime.block_on(smtp_ceiling(&pki, port, n, opts.conns, false))?;
+    let per_mail = runtime.block_on(smtp_ceiling(smtp.tls.clone(), port, n, opts.conns, false))?;
     println!(
-        "bare lettre, {} clients, one STARTTLS connection per mail (ceiling): {per_mail:.0} mails/s \
-         ({n} mails)",
+        "bare lettre, {} clients, one {security} connection per mail ({server} ceiling): {per_mail:.0} \
+         mails/s ({n} mails)",
         opts.conns
     );
-    let kept = runtime.block_on(smtp_ceiling(&pki, port, n, opts.conns, true))?;
+    let kept = runtime.block_on(smtp_ceiling(smtp.tls.clone(), port, n, opts.conns, true))?;
     println!(
-        "bare lettre, {} kept STARTTLS connections (ceiling): {kept:.0} mails/s ({n} mails)",
+        "bare lettre, {} kept {security} connections ({server} ceiling): {kept:.0} mails/s ({n} mails)",
         opts.conns
     );
-    let before = mailbox_count(&maildir);
+    // Let the server finish writing the last files before counting.
+    let (_, before) = wait_for(2 * n, || smtp.count());
     if before != 2 * n {
-        return Err(format!("the SMTP server kept {before} of the {} ceiling mails", 2 * n).into());
+        return Err(format!("{server} kept {before} of the {} ceiling mails", 2 * n).into());
     }
 
     // The directory, imported before the server starts.
@@ -505,14 +643,13 @@ fn notifications(opts: &Options, runtime: &tokio::runtime::Runtime, work: &Path)
     )?;
     let config = format!(
         "routes_dir = {routes:?}\nmappings_dir = {mappings:?}\n[bus]\npartitions = {partitions}\n\
-         [sinks.mss]\nkind = \"mss\"\nhost = \"127.0.0.1\"\nport = {port}\ntls_name = \"localhost\"\n\
-         ca = {ca:?}\n\
+         [sinks.mss]\nkind = \"mss\"\nhost = \"127.0.0.1\"\nport = {port}\n{tls}\
          from = \"notifications@ch-test.mssante.fr\"\nnil = \"NIL-RELAIS-BENCH\"\n\
          [sinks.gp_notify]\nkind = \"notify\"\nmail_via = \"mss\"\n\
          establishment = \"CH de Test\"\ncontact_phone = \"02 43 00 00 00\"\ndirectory = {directory:?}\n",
         routes = routes.display().to_string(),
         mappings = Path::new(ROOT).join("mappings").display().to_string(),
-        ca = pki.ca.display().to_string(),
+        tls = smtp.sink_tls(&pki),
         directory = directory.display().to_string(),
         partitions = opts.partitions,
     );
@@ -538,16 +675,17 @@ fn notifications(opts: &Options, runtime: &tokio::runtime::Runtime, work: &Path)
         }
         Ok::<_, Box<dyn std::error::Error + Send + Sync>>((not_aa, started.elapsed()))
     });
-    let (done_at, got) = wait_for(before + expected, || mailbox_count(&maildir));
+    let (done_at, got) = wait_for(before + expected, || smtp.count());
     let (not_aa, acked_in) = runtime.block_on(sender)??;
     let cpu_after = (cpu_of(&relais_pid), cpu_of(&smtp_pids));
     relais.stop();
+    let mails = smtp.mails.clone();
     drop(smtp);
     let Some(done_at) = done_at else {
         let log = std::fs::read_to_string(data.join("relais.log")).unwrap_or_default();
         let tail: Vec<&str> = log.lines().rev().take(20).collect();
         return Err(format!(
-            "stalled: {} of {expected} notifications in the mailbox; relais log (last lines):\n{}",
+            "stalled: {} of {expected} notifications accepted by {server}; relais log (last lines):\n{}",
             got - before,
             tail.into_iter().rev().collect::<Vec<_>>().join("\n")
         )
@@ -565,14 +703,15 @@ fn notifications(opts: &Options, runtime: &tokio::runtime::Runtime, work: &Path)
         acked_in.as_secs_f64()
     );
     println!(
-        "  per notification: relais CPU {:.0} us, aiosmtpd CPU {:.0} us",
+        "  per notification: relais CPU {:.0} us, {server} CPU {:.0} us; load average {}",
         per(cpu_after.0.saturating_sub(cpu_before.0)),
         per(cpu_after.1.saturating_sub(cpu_before.1)),
+        load_average(),
     );
 
     // Each (patient, event) once, to the patient's GP.
     let mut seen = std::collections::BTreeMap::<(usize, String), usize>::new();
-    for entry in std::fs::read_dir(maildir.join("new"))? {
+    for entry in std::fs::read_dir(&mails)? {
         let raw = std::fs::read(entry?.path())?;
         let Some(mail) = mail_parser::MessageParser::default().parse(&raw) else { continue };
         let subject = mail.subject().unwrap_or_default();
@@ -591,8 +730,11 @@ fn notifications(opts: &Options, runtime: &tokio::runtime::Runtime, work: &Path)
         return Err(format!("{} distinct notifications of {expected}, {twice} sent twice", seen.len()).into());
     }
     println!("  checked: {expected} distinct (patient, event) notifications, each once, to the patient's GP");
+    if mails.starts_with("/dev/shm") && !opts.keep {
+        std::fs::remove_dir_all(&mails)?;
+    }
     println!(
-        "notifications: {rate:.0}/s (target >= 1000: {}); SMTP server ceiling {per_mail:.0}/s one connection \
+        "notifications: {rate:.0}/s (target >= 1000: {}); {server} ceiling {per_mail:.0}/s one connection \
          per mail, {kept:.0}/s on kept connections",
         verdict(rate >= 1000.0)
     );

@@ -342,7 +342,10 @@ impl Received {
     pub async fn ack(self) -> Result<(), Error> {
         match self {
             Received::Amqp(d) => d.ack().await,
-            Received::Embedded(d) => d.ack(),
+            // A redb commit waits for any commit in progress (a publish's fsync): off the runtime's threads.
+            Received::Embedded(d) => tokio::task::spawn_blocking(move || d.ack())
+                .await
+                .map_err(|e| Error::Envelope(format!("embedded ack task: {e}")))?,
         }
     }
 

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use crate::bus::{Bus, Envelope, Error as BusError, Received};
 use crate::ops::metrics::{SINK_DELIVERIES, SINK_DELIVERY_SECONDS};
 use crate::shutdown::Shutdown;
-use crate::sinks::ledger::Ledger;
+use crate::sinks::ledger::{Ledger, Write};
 use crate::sinks::pause::Pauses;
 use crate::sinks::retry::{Next, Outcome, RetryPolicy};
 
@@ -141,32 +141,39 @@ where
     let count = |label: &'static str| {
         metrics::counter!(SINK_DELIVERIES, "sink" => sink.to_string(), "outcome" => label).increment(1);
     };
+    let record = |outcome: &Outcome| Write::Outcome {
+        sink: sink.to_string(),
+        journal_id: id,
+        outcome: outcome.clone(),
+        attempts: attempt,
+    };
     match &outcome {
         Outcome::Delivered => {
             metrics::histogram!(SINK_DELIVERY_SECONDS, "sink" => sink.to_string())
                 .record(started.elapsed().as_secs_f64());
-            ledger.record_delivered(sink, &key, id, &outcome, attempt).map_err(storage)?;
+            let delivered = Write::Delivered { sink: sink.to_string(), key, journal_id: id };
+            ledger.write(vec![delivered, record(&outcome)]).await.map_err(storage)?;
             count("delivered");
             received.ack().await
         }
         Outcome::Undeliverable { .. } | Outcome::Held { .. } => {
-            ledger.record_outcome(sink, id, &outcome, attempt).map_err(storage)?;
+            ledger.write(vec![record(&outcome)]).await.map_err(storage)?;
             count("undeliverable");
             received.ack().await
         }
         Outcome::Failed { .. } => {
-            ledger.record_outcome(sink, id, &outcome, attempt).map_err(storage)?;
+            ledger.write(vec![record(&outcome)]).await.map_err(storage)?;
             count("dead_lettered");
             received.dead_letter().await
         }
         Outcome::Retry { .. } => match policy.next(&outcome, attempt, Duration::ZERO) {
             Next::GiveUp { reason } => {
-                ledger.record_outcome(sink, id, &Outcome::Failed { reason }, attempt).map_err(storage)?;
+                ledger.write(vec![record(&Outcome::Failed { reason })]).await.map_err(storage)?;
                 count("dead_lettered");
                 received.dead_letter().await
             }
             _ => {
-                ledger.record_outcome(sink, id, &outcome, attempt).map_err(storage)?;
+                ledger.write(vec![record(&outcome)]).await.map_err(storage)?;
                 count("retried");
                 received.retry().await
             }

@@ -11,13 +11,13 @@
 //! notifications, the document uniqueId (+ recipient set) for documents, the journal id otherwise. A key is
 //! written only after the far side accepted the delivery; the write is durable before it returns.
 //!
-//! **Group commit.** The sinks' partitions record concurrently: each write joins a queue, and the first
-//! writer to get the commit turn writes every queued record in one transaction and one fsync, then hands each
-//! its result; N partitions finishing together cost one commit, not N.
+//! The sinks' loops write through [`Ledger::write`]: one writer thread takes every write queued while it
+//! was committing and makes them durable together (group commit: one fsync for the deliveries of all the
+//! partitions in flight, none blocking the async runtime's threads).
 
-use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
+use std::sync::mpsc;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 
@@ -40,39 +40,116 @@ fn storage(e: impl std::fmt::Display) -> Error {
 }
 
 /// The record of deliveries, shared by every sink.
+#[derive(Debug)]
 pub struct Ledger {
-    db: Database,
-    /// Records waiting for the next commit, numbered.
-    queue: Mutex<Queue>,
-    /// The commit turn: held while one writer commits the queue; what the commits gave so far.
-    turn: Mutex<Committed>,
+    db: Arc<Database>,
+    /// Delivered keys queued ([`Ledger::queue`]) and not committed yet, so that reads see them.
+    queued: Arc<std::sync::Mutex<Queued>>,
+    writer: Option<mpsc::Sender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
-/// One record: writes into the transaction, returns whether a delivered key was new.
-type Op = Box<dyn FnOnce(&WriteTransaction) -> Result<bool, Error> + Send>;
-
-#[derive(Default)]
-struct Queue {
-    last: u64,
-    ops: Vec<(u64, Op)>,
+/// One write of [`Ledger::write`].
+#[derive(Debug, Clone)]
+pub enum Write {
+    /// [`Ledger::record`]: `journal_id` delivered `key` in `sink` (kept if already there); gives whether it
+    /// was fresh.
+    Delivered {
+        /// The sink (ledger name).
+        sink: String,
+        /// The business or journal key.
+        key: String,
+        /// The journal entry.
+        journal_id: u64,
+    },
+    /// [`Ledger::record_outcome`]: the outcome of an attempt; gives `true`.
+    Outcome {
+        /// The sink.
+        sink: String,
+        /// The journal entry.
+        journal_id: u64,
+        /// What the attempt came to.
+        outcome: Outcome,
+        /// Attempts made so far.
+        attempts: u32,
+    },
 }
 
-#[derive(Default)]
-struct Committed {
-    /// Every record numbered up to this one is committed (or failed).
-    upto: u64,
-    /// Results not yet taken by their writer.
-    results: HashMap<u64, Result<bool, String>>,
+type Queued = std::collections::HashMap<(String, String), u64>;
+
+struct Job {
+    writes: Vec<Write>,
+    done: tokio::sync::oneshot::Sender<Result<Vec<bool>, Error>>,
 }
 
-impl std::fmt::Debug for Ledger {
+impl std::fmt::Debug for Job {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ledger").finish_non_exhaustive()
+        f.debug_struct("Job").field("writes", &self.writes.len()).finish()
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
+/// The writer thread: commits every job queued meanwhile in one durable transaction.
+fn run_writer(db: Arc<Database>, jobs: mpsc::Receiver<Job>, queued: Arc<std::sync::Mutex<Queued>>) {
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while batch.len() < 4096
+            && let Ok(job) = jobs.try_recv()
+        {
+            batch.push(job);
+        }
+        let committed = (|| {
+            let txn = db.begin_write().map_err(storage)?;
+            let mut results = Vec::with_capacity(batch.len());
+            for job in &batch {
+                let mut result = Vec::with_capacity(job.writes.len());
+                for write in &job.writes {
+                    result.push(apply(&txn, write)?);
+                }
+                results.push(result);
+            }
+            txn.commit().map_err(storage)?;
+            Ok::<_, Error>(results)
+        })();
+        {
+            let mut queued = queued.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            for write in batch.iter().flat_map(|job| &job.writes) {
+                if let Write::Delivered { sink, key, .. } = write {
+                    queued.remove(&(sink.clone(), key.clone()));
+                }
+            }
+        }
+        match committed {
+            Ok(results) => {
+                for (job, result) in batch.into_iter().zip(results) {
+                    let _ = job.done.send(Ok(result));
+                }
+            }
+            Err(e) => {
+                for job in batch {
+                    let _ = job.done.send(Err(Error(e.0.clone())));
+                }
+            }
+        }
+    }
+}
+
+fn apply(txn: &WriteTransaction, write: &Write) -> Result<bool, Error> {
+    match write {
+        Write::Delivered { sink, key, journal_id } => insert_delivered(txn, sink, key, *journal_id),
+        Write::Outcome { sink, journal_id, outcome, attempts } => {
+            insert_outcome(txn, sink, *journal_id, outcome, *attempts).map(|()| true)
+        }
+    }
+}
+
+impl Drop for Ledger {
+    fn drop(&mut self) {
+        // The writer ends once its queue is closed and drained; wait so the file is closed on return.
+        drop(self.writer.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl Ledger {
@@ -86,43 +163,55 @@ impl Ledger {
         txn.open_table(PURGED).map_err(storage)?;
         txn.open_table(HISTORY).map_err(storage)?;
         txn.commit().map_err(storage)?;
-        Ok(Ledger { db, queue: Mutex::default(), turn: Mutex::default() })
+        let db = Arc::new(db);
+        let (writer, jobs) = mpsc::channel();
+        let queued = Arc::new(std::sync::Mutex::new(Queued::new()));
+        let thread = std::thread::Builder::new()
+            .name("ledger-writer".into())
+            .spawn({
+                let (db, queued) = (db.clone(), queued.clone());
+                move || run_writer(db, jobs, queued)
+            })
+            .map_err(storage)?;
+        Ok(Ledger { db, queued, writer: Some(writer), thread: Some(thread) })
     }
 
-    /// Queues `op` and returns its result once it is committed durably (see the module doc: group commit).
-    fn write(&self, op: Op) -> Result<bool, Error> {
-        let mine = {
-            let mut queue = lock(&self.queue);
-            queue.last += 1;
-            let n = queue.last;
-            queue.ops.push((n, op));
-            n
-        };
-        let mut committed = lock(&self.turn);
-        if committed.upto < mine {
-            // Our turn: commit everything queued so far (ours included, and those queued while we waited).
-            let ops = std::mem::take(&mut lock(&self.queue).ops);
-            let upto = ops.last().map_or(mine, |(n, _)| *n);
-            let numbers: Vec<u64> = ops.iter().map(|(n, _)| *n).collect();
-            match self.commit_all(ops) {
-                Ok(results) => committed.results.extend(numbers.into_iter().zip(results.into_iter().map(Ok))),
-                Err(e) => committed.results.extend(numbers.into_iter().map(|n| (n, Err(e.0.clone())))),
+    /// Queues `writes` without waiting for them: the single writer commits in queue order, so they are durable
+    /// once a [`Ledger::write`] queued after them returns (the consumption loop's record of the same
+    /// delivery does that before the bus is answered), in the same fsync.
+    /// Until then [`Ledger::delivered`] already answers from the queued keys.
+    pub fn queue(&self, writes: Vec<Write>) -> Result<(), Error> {
+        let (done, _) = tokio::sync::oneshot::channel();
+        {
+            let mut queued = self.queued.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            for write in &writes {
+                if let Write::Delivered { sink, key, journal_id } = write {
+                    queued.entry((sink.clone(), key.clone())).or_insert(*journal_id);
+                }
             }
-            committed.upto = upto;
         }
-        committed.results.remove(&mine).unwrap_or_else(|| Err("ledger: record lost".into())).map_err(Error)
+        let writer = self.writer.as_ref().ok_or_else(|| Error("ledger closed".into()))?;
+        writer.send(Job { writes, done }).map_err(|_| Error("ledger writer stopped".into()))
     }
 
-    /// Runs `ops` in one write transaction and commits it (durable when it returns).
-    fn commit_all(&self, ops: Vec<(u64, Op)>) -> Result<Vec<bool>, Error> {
-        let txn = self.db.begin_write().map_err(storage)?;
-        let results = ops.into_iter().map(|(_, op)| op(&txn)).collect::<Result<Vec<bool>, Error>>()?;
-        txn.commit().map_err(storage)?;
-        Ok(results)
+    /// Applies `writes` in order in one durable commit shared with the other writes queued meanwhile;
+    /// returns each write's result (see [`Write`]) once durable. Does not block the async runtime.
+    pub async fn write(&self, writes: Vec<Write>) -> Result<Vec<bool>, Error> {
+        let (done, result) = tokio::sync::oneshot::channel();
+        let writer = self.writer.as_ref().ok_or_else(|| Error("ledger closed".into()))?;
+        writer.send(Job { writes, done }).map_err(|_| Error("ledger writer stopped".into()))?;
+        result.await.map_err(|_| Error("ledger writer stopped".into()))?
     }
 
     /// The journal id that delivered `key` in `sink`, if it was delivered.
     pub fn delivered(&self, sink: &str, key: &str) -> Result<Option<u64>, Error> {
+        // Queued first: the writer forgets a queued key only once its commit is done, so a key missing from
+        // both places was not delivered.
+        let queued = self.queued.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(id) = queued.get(&(sink.to_owned(), key.to_owned())) {
+            return Ok(Some(*id));
+        }
+        drop(queued);
         let txn = self.db.begin_read().map_err(storage)?;
         let table = txn.open_table(DELIVERED).map_err(storage)?;
         Ok(table.get((sink, key)).map_err(storage)?.map(|v| v.value().0))
@@ -130,11 +219,13 @@ impl Ledger {
 
     /// Records that `journal_id` delivered `key` in `sink`; false if it already was (the first one is kept).
     pub fn record(&self, sink: &str, key: &str, journal_id: u64) -> Result<bool, Error> {
-        let (sink, key) = (sink.to_owned(), key.to_owned());
-        self.write(Box::new(move |txn| insert_delivered(txn, &sink, &key, journal_id)))
+        let txn = self.db.begin_write().map_err(storage)?;
+        let fresh = insert_delivered(&txn, sink, key, journal_id)?;
+        txn.commit().map_err(storage)?;
+        Ok(fresh)
     }
 
-    /// [`Ledger::record`] and [`Ledger::record_outcome`] of a delivery in one commit (at most one fsync).
+    /// [`Ledger::record`] and [`Ledger::record_outcome`] of a delivery in one commit (one fsync).
     pub fn record_delivered(
         &self,
         sink: &str,
@@ -143,12 +234,11 @@ impl Ledger {
         outcome: &Outcome,
         attempts: u32,
     ) -> Result<bool, Error> {
-        let (sink, key, outcome) = (sink.to_owned(), key.to_owned(), outcome.clone());
-        self.write(Box::new(move |txn| {
-            let fresh = insert_delivered(txn, &sink, &key, journal_id)?;
-            insert_outcome(txn, &sink, journal_id, &outcome, attempts)?;
-            Ok(fresh)
-        }))
+        let txn = self.db.begin_write().map_err(storage)?;
+        let fresh = insert_delivered(&txn, sink, key, journal_id)?;
+        insert_outcome(&txn, sink, journal_id, outcome, attempts)?;
+        txn.commit().map_err(storage)?;
+        Ok(fresh)
     }
 }
 
@@ -209,11 +299,9 @@ impl Ledger {
         outcome: &Outcome,
         attempts: u32,
     ) -> Result<(), Error> {
-        let (sink, outcome) = (sink.to_owned(), outcome.clone());
-        self.write(Box::new(move |txn| {
-            insert_outcome(txn, &sink, journal_id, &outcome, attempts).map(|()| false)
-        }))
-        .map(drop)
+        let txn = self.db.begin_write().map_err(storage)?;
+        insert_outcome(&txn, sink, journal_id, outcome, attempts)?;
+        txn.commit().map_err(storage)
     }
 
     /// Every outcome `sink` recorded for `journal_id`, oldest first.
@@ -333,32 +421,46 @@ mod tests {
         assert_eq!(ledger.outcome("mss", 8).unwrap(), None);
     }
 
-    #[test]
-    fn concurrent_records_are_all_durable_once_they_return() {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writes_are_durable_and_keep_the_first_delivery() {
         let dir = tempfile::tempdir().unwrap();
-        let ledger = std::sync::Arc::new(Ledger::open(dir.path()).unwrap());
-        let threads: Vec<_> = (0..8u64)
-            .map(|t| {
-                let ledger = ledger.clone();
-                std::thread::spawn(move || {
-                    for n in 0..25u64 {
-                        let id = t * 100 + n;
-                        ledger
-                            .record_delivered("dmp", &format!("journal:{id}"), id, &Outcome::Delivered, 1)
-                            .unwrap();
-                    }
-                })
-            })
-            .collect();
-        for t in threads {
-            t.join().unwrap();
+        let ledger = Arc::new(Ledger::open(dir.path()).unwrap());
+        let mut tasks = tokio::task::JoinSet::new();
+        for id in 0..64u64 {
+            let ledger = ledger.clone();
+            tasks.spawn(async move {
+                let delivered =
+                    Write::Delivered { sink: "gp".into(), key: format!("k{}", id % 32), journal_id: id };
+                let outcome = Write::Outcome {
+                    sink: "gp".into(),
+                    journal_id: id,
+                    outcome: Outcome::Delivered,
+                    attempts: 1,
+                };
+                ledger.write(vec![delivered, outcome]).await.unwrap()
+            });
         }
-        // Without a durable commit after them, redb would reopen at the last durable one and lose writes.
-        drop(std::sync::Arc::into_inner(ledger).unwrap());
+        let mut fresh = 0;
+        while let Some(result) = tasks.join_next().await {
+            let result = result.unwrap();
+            assert!(result[1]);
+            fresh += usize::from(result[0]);
+        }
+        assert_eq!(fresh, 32, "each key delivered once");
+        ledger
+            .queue(vec![Write::Delivered { sink: "gp".into(), key: "queued".into(), journal_id: 99 }])
+            .unwrap();
+        assert_eq!(ledger.delivered("gp", "queued").unwrap(), Some(99), "a queued key is seen at once");
+        let after =
+            Write::Outcome { sink: "gp".into(), journal_id: 99, outcome: Outcome::Delivered, attempts: 1 };
+        ledger.write(vec![after]).await.unwrap();
+        assert_eq!(ledger.delivered("gp", "queued").unwrap(), Some(99), "queued before: committed before");
+        drop(Arc::into_inner(ledger).unwrap());
         let ledger = Ledger::open(dir.path()).unwrap();
-        for id in (0..8u64).flat_map(|t| (0..25u64).map(move |n| t * 100 + n)) {
-            assert_eq!(ledger.delivered("dmp", &format!("journal:{id}")).unwrap(), Some(id));
-            assert_eq!(ledger.outcome("dmp", id).unwrap().unwrap().outcome, Outcome::Delivered);
+        for id in 0..64u64 {
+            assert_eq!(ledger.outcome("gp", id).unwrap().unwrap().outcome, Outcome::Delivered);
+            let first = ledger.delivered("gp", &format!("k{}", id % 32)).unwrap().unwrap();
+            assert_eq!(first % 32, id % 32);
         }
     }
 

@@ -26,7 +26,7 @@ use sha1::{Digest, Sha1};
 
 use crate::facts::EventClass;
 use crate::sinks::directory::Directory;
-use crate::sinks::ledger::Ledger;
+use crate::sinks::ledger::{Ledger, Write};
 use crate::sinks::mail::{MssConfig, MssSender, Patient};
 use crate::sinks::retry::{self, Outcome, RetryPolicy};
 
@@ -454,10 +454,13 @@ impl Notifier {
             } else {
                 self.webhook.as_ref().expect("webhook channel present").post(bundle, &key).await
             };
-            if outcome == Outcome::Delivered
-                && let Err(err) = self.ledger.record(sink, &key, journal_id)
-            {
-                return Outcome::retry(err.to_string());
+            if outcome == Outcome::Delivered {
+                // Durable with the consumption loop's record of this delivery, which follows it in the
+                // ledger's queue and is awaited before the bus is answered: one fsync for both.
+                let write = Write::Delivered { sink: sink.to_string(), key: key.clone(), journal_id };
+                if let Err(err) = self.ledger.queue(vec![write]) {
+                    return Outcome::retry(err.to_string());
+                }
             }
             outcomes.push(outcome);
         }

@@ -26,7 +26,7 @@ use crate::sinks::acks::{self, AckOutbox, AckRouter};
 use crate::sinks::directory::Directory;
 use crate::sinks::iti41::{DmpClient, check_before_feed};
 use crate::sinks::job::{DocumentJob, dmp_submission};
-use crate::sinks::ledger::Ledger;
+use crate::sinks::ledger::{Ledger, Write};
 use crate::sinks::mail::{self, MssSender, Patient};
 use crate::sinks::mdn::{self, MdnInbox};
 use crate::sinks::notify::{Gp, NotificationEvent, Notifier, Templates, Webhook, corrected_class};
@@ -187,7 +187,12 @@ pub fn start(
                                     Err(outcome) => outcome.clone(),
                                 };
                                 if outcome == Outcome::Delivered {
-                                    let _ = ledger.record(&sink, &key, env.message_id);
+                                    let write = Write::Delivered {
+                                        sink: sink.clone(),
+                                        key: key.clone(),
+                                        journal_id: env.message_id,
+                                    };
+                                    let _ = ledger.write(vec![write]).await;
                                 }
                                 outcome
                             };
