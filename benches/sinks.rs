@@ -19,7 +19,9 @@
 //! patient's GP). Run: `cargo bench --bench sinks` (as root on Debian for the postfix install; aiosmtpd
 //! from scripts/setup.d/50-aiosmtpd.sh, run here when missing). Environment: `BENCH_PATIENTS` (3 events each,
 //! 4000), `BENCH_GPS` (500), `BENCH_SMTP` (`smtp-sink` or `aiosmtpd`), `BENCH_SMTP_PROCS` (aiosmtpd, 2),
-//! `BENCH_DOCS` (5000), `BENCH_CONNS` (MLLP connections and HTTP clients, 8), `BENCH_CEILING_MAILS` (4000), `BENCH_PARTITIONS` (the bus's partitions per sink, 8: each partition
+//! `BENCH_DOCS` (5000), `BENCH_DOC_PATIENTS` (the documents' patients, 1000), `BENCH_VIHF_SIGNED` (1: the
+//! VIHF signed, as a real DMP requires; 0: unsigned), `BENCH_CONNS` (MLLP connections and HTTP clients, 8),
+//! `BENCH_CEILING_MAILS` (4000), `BENCH_PARTITIONS` (the bus's partitions per sink, 8: each partition
 //! delivers one envelope at a time), `BENCH_ONLY` (`notify` or `docs`), `BENCH_DIR` (parent of the work
 //! directory, on the disk under test: the system temp dir by default; `/dev/shm` shows the figures without
 //! fsync cost), `BENCH_KEEP=1` keeps it, `BENCH_RELAIS_LOG` (the server's `RELAIS_LOG`, `warn`),
@@ -65,6 +67,8 @@ struct Options {
     smtp: String,
     smtp_procs: usize,
     docs: usize,
+    doc_patients: usize,
+    vihf_signed: bool,
     conns: usize,
     ceiling_mails: usize,
     only: Option<String>,
@@ -84,6 +88,8 @@ impl Options {
             smtp: var("BENCH_SMTP", "smtp-sink".to_string()),
             smtp_procs: var("BENCH_SMTP_PROCS", 2).max(1),
             docs: var("BENCH_DOCS", 5_000).max(1),
+            doc_patients: var("BENCH_DOC_PATIENTS", 1_000).max(1),
+            vihf_signed: var("BENCH_VIHF_SIGNED", 1) != 0,
             conns: var("BENCH_CONNS", 8).max(1),
             ceiling_mails: var("BENCH_CEILING_MAILS", 4_000).max(1),
             only: std::env::var("BENCH_ONLY").ok(),
@@ -744,9 +750,17 @@ fn notifications(opts: &Options, runtime: &tokio::runtime::Runtime, work: &Path)
 // ---------------------------------------------------------------------------------------------------------
 // Documents
 
-/// The sample with its ClinicalDocument/id and setId made unique for document `n`.
-fn unique_document(sample: &str, n: usize) -> Vec<u8> {
+/// The samples' patients (INS, IPP): each document gets another patient's instead.
+const SAMPLE_PATIENTS: [(&str, &str); 2] =
+    [("248098765432174", "IPP-0042"), ("279035121518989", "1234567890121")];
+
+/// The sample with its ClinicalDocument/id and setId made unique for document `n`, for patient `patient`
+/// (INS and IPP replaced: documents spread over patients, hence over the bus partitions, as in a hospital).
+fn unique_document(sample: &str, n: usize, patient: usize) -> Vec<u8> {
     let mut text = sample.to_string();
+    for (sample_ins, sample_ipp) in SAMPLE_PATIENTS {
+        text = text.replace(sample_ins, &ins(patient)).replace(sample_ipp, &format!("D{patient:07}"));
+    }
     for (element, suffix) in [("<id ", ""), ("<setId ", ".0")] {
         let start = text.find(element).expect("id element");
         let end = start + text[start..].find("/>").expect("empty element") + 2;
@@ -754,6 +768,28 @@ fn unique_document(sample: &str, n: usize) -> Vec<u8> {
         text.replace_range(start..end, &replacement);
     }
     text.into_bytes()
+}
+
+/// The `vihf.signing_key` / `signing_cert` lines (a real DMP refuses an unsigned VIHF): a self-signed RSA
+/// 2048 *certificat de cachet* made with openssl in `work`; none with `BENCH_VIHF_SIGNED=0`.
+fn vihf_signing(opts: &Options, work: &Path) -> Result<String> {
+    if !opts.vihf_signed {
+        println!("VIHF: unsigned (BENCH_VIHF_SIGNED=0)");
+        return Ok(String::new());
+    }
+    let (key, cert) = (work.join("cachet.key"), work.join("cachet.pem"));
+    let out = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=relais-cachet"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()?;
+    if !out.status.success() {
+        return Err(format!("openssl req: {}", String::from_utf8_lossy(&out.stderr)).into());
+    }
+    println!("VIHF: signed (RSA 2048, RSA-SHA256) with a certificat de cachet made by openssl");
+    Ok(format!("signing_key = {key:?}\nsigning_cert = {cert:?}\n"))
 }
 
 fn documents(opts: &Options, runtime: &tokio::runtime::Runtime, work: &Path) -> Result<bool> {
@@ -774,7 +810,7 @@ fn documents(opts: &Options, runtime: &tokio::runtime::Runtime, work: &Path) -> 
          client_key = {key:?}\nsource_id = \"1.2.250.1.999.3\"\nunique_id_root = \"1.2.250.1.999.3.1\"\n\
          [sinks.dmp.vihf]\nissuer = \"CN=relais-client,O=CH Test\"\nsubject_id = \"801234567897\"\n\
          subject_name = \"Plateforme documentaire CH Test\"\nstructure_id = \"1530000000\"\n\
-         roles = [\"10^1.2.250.1.213.1.1.5.5^Médecin\"]\nhomologation = \"HOMOLOGATION-BENCH\"\n",
+         roles = [\"10^1.2.250.1.213.1.1.5.5^Médecin\"]\nhomologation = \"HOMOLOGATION-BENCH\"\n{signing}",
         routes = routes.display().to_string(),
         mappings = Path::new(ROOT).join("mappings").display().to_string(),
         tables = Path::new(ROOT).join("mappings/tables/xds").display().to_string(),
@@ -782,14 +818,16 @@ fn documents(opts: &Options, runtime: &tokio::runtime::Runtime, work: &Path) -> 
         cert = pki.client_cert.display().to_string(),
         key = pki.client_key.display().to_string(),
         partitions = opts.partitions,
+        signing = vihf_signing(opts, work)?,
     );
     let (mut relais, listeners) = start_relais(&data, &config)?;
     let samples: Vec<String> = CDA_SAMPLES
         .iter()
         .map(|name| std::fs::read_to_string(Path::new(ROOT).join("test-messages/cda").join(name)))
         .collect::<std::io::Result<_>>()?;
-    let bodies: Vec<Vec<u8>> =
-        (0..opts.docs).map(|n| unique_document(&samples[n % samples.len()], n)).collect();
+    let bodies: Vec<Vec<u8>> = (0..opts.docs)
+        .map(|n| unique_document(&samples[n % samples.len()], n, n % opts.doc_patients))
+        .collect();
     let bytes: usize = bodies.iter().map(Vec::len).sum();
     let mut per_client: Vec<Vec<Vec<u8>>> = vec![Vec::new(); opts.conns];
     for (n, body) in bodies.into_iter().enumerate() {

@@ -70,7 +70,6 @@ const QUEUE_CAPACITY: usize = 65_536;
 /// how long a read may wait for the applied watermark.
 const APPLIER_BACKLOG: usize = 16;
 
-
 /// Where the journal lives and how it behaves.
 #[derive(Debug, Clone)]
 pub struct JournalConfig {
