@@ -153,3 +153,38 @@ fn check_reports_file_and_line() {
     );
     assert!(shown.iter().any(|e| e.contains("lacks `patient.gender`")), "{shown:?}");
 }
+
+/// Byte-for-byte output of a few samples (message and transaction Bundles, compact and pretty), recorded in
+/// `test-messages/convert/` before the conversion's speed work: the engine, relais-fhir and the JSON writer
+/// may get faster, the Bundles may not change by one byte.
+#[test]
+fn bundles_are_byte_for_byte_the_recorded_ones() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("test-messages");
+    let m = mapper();
+    let cases = [
+        ("bench/adt_a01_fr_mappable.hl7", BundleKind::Message, false, "adt_a01_fr_mappable.message.json"),
+        (
+            "bench/adt_a01_fr_mappable.hl7",
+            BundleKind::Transaction,
+            false,
+            "adt_a01_fr_mappable.transaction.json",
+        ),
+        ("adt/a03_death_pid29.hl7", BundleKind::Message, false, "a03_death_pid29.message.json"),
+        ("adt/a04_latin9_escapes.hl7", BundleKind::Message, true, "a04_latin9_escapes.message.pretty.json"),
+        ("adt/a40_merge.hl7", BundleKind::Transaction, false, "a40_merge.transaction.json"),
+    ];
+    for (input, kind, pretty, golden) in cases {
+        let raw = std::fs::read(root.join(input)).unwrap_or_else(|e| panic!("{input}: {e}"));
+        let got = m.convert(&raw, kind, pretty).unwrap_or_else(|e| panic!("{input}: {e}")).bundle;
+        let want =
+            std::fs::read(root.join("convert").join(golden)).unwrap_or_else(|e| panic!("{golden}: {e}"));
+        let first_difference =
+            got.iter().zip(&want).position(|(a, b)| a != b).unwrap_or(got.len().min(want.len()));
+        assert!(
+            got == want,
+            "{golden}: {} bytes against {} recorded, first difference at byte {first_difference}",
+            got.len(),
+            want.len()
+        );
+    }
+}

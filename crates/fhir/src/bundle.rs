@@ -1,13 +1,10 @@
 //! The Bundle: a FHIR message (MessageHeader first) or a transaction of conditional PUTs, serialized as JSON.
 
-use std::str::FromStr;
-
-use fhir_sdk::Instant;
 use fhir_sdk::r4b::codes;
 use fhir_sdk::r4b::resources::{Bundle, BundleEntry, BundleEntryRequest};
 use fhir_sdk::r4b::types::Identifier;
 
-use crate::datatypes::built;
+use crate::datatypes::{built, instant};
 use crate::{Built, Error};
 
 /// Which kind of Bundle.
@@ -55,14 +52,31 @@ pub fn bundle(data: BundleData, pretty: bool) -> Result<Vec<u8>, Error> {
         .entries
         .into_iter()
         .map(|e| {
-            let mut entry = built("Bundle.entry", BundleEntry::builder().build())?;
-            entry.full_url = Some(e.full_url);
-            entry.resource = Some(e.resource.resource);
-            if let Some(url) = e.put_url {
-                let request = BundleEntryRequest::builder().method(codes::HTTPVerb::Put).url(url).build();
-                entry.request = Some(built("Bundle.entry.request", request)?);
-            }
-            Ok(Some(entry))
+            let request = match e.put_url {
+                Some(url) => {
+                    let request = BundleEntryRequest::builder().method(codes::HTTPVerb::Put).url(url).build();
+                    Some(built("Bundle.entry.request", request)?)
+                }
+                None => None,
+            };
+            // The model's struct itself (no required element: nothing for a builder to check).
+            Ok(Some(BundleEntry {
+                id: None,
+                extension: Vec::new(),
+                modifier_extension: Vec::new(),
+                link: Vec::new(),
+                link_ext: Vec::new(),
+                full_url: Some(e.full_url),
+                full_url_ext: None,
+                resource: Some(e.resource.resource),
+                resource_ext: None,
+                search: None,
+                search_ext: None,
+                request,
+                request_ext: None,
+                response: None,
+                response_ext: None,
+            }))
         })
         .collect::<Result<Vec<_>, Error>>()?;
     let mut bundle = built("Bundle", Bundle::builder().id(data.id).r#type(kind).build())?;
@@ -73,19 +87,15 @@ pub fn bundle(data: BundleData, pretty: bool) -> Result<Vec<u8>, Error> {
         bundle.identifier = Some(identifier);
     }
     if let Some(ts) = data.timestamp {
-        let instant = Instant::from_str(&ts).map_err(|e| Error::Value {
-            element: "Bundle.timestamp",
-            value: ts.clone(),
-            reason: e.to_string(),
-        })?;
-        bundle.timestamp = Some(instant);
+        bundle.timestamp = Some(instant("Bundle.timestamp", &ts)?);
     }
     bundle.entry = entries;
+    // sonic-rs writes the same JSON as serde_json (same escapes, same layout), with SIMD string escaping.
     let mut out = Vec::with_capacity(8 * 1024);
     let written = if pretty {
-        serde_json::to_writer_pretty(&mut out, &bundle)
+        sonic_rs::to_writer_pretty(&mut out, &bundle)
     } else {
-        serde_json::to_writer(&mut out, &bundle)
+        sonic_rs::to_writer(&mut out, &bundle)
     };
     written.map_err(|e| Error::Json(e.to_string()))?;
     Ok(out)

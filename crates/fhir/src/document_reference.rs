@@ -29,7 +29,7 @@ fn reference_to(id: &str) -> Result<Reference, Error> {
 }
 
 fn concept_of(c: Code) -> Result<fhir_sdk::r4b::types::CodeableConcept, Error> {
-    concept(c, None)
+    Ok(concept(c, None))
 }
 
 fn document_reference(d: DocumentData, patient_id: &str, author_ids: &[String]) -> Result<Built, Error> {
@@ -51,7 +51,7 @@ fn document_reference(d: DocumentData, patient_id: &str, author_ids: &[String]) 
     }
     let content = DocumentReferenceContent::builder()
         .attachment(built("Attachment", attachment.build())?)
-        .format(coding(d.format_code)?)
+        .format(coding(d.format_code))
         .build();
     let content = built("DocumentReference.content", content)?;
 

@@ -3,9 +3,6 @@
 //! Each resource is built once by its fhir-sdk builder with its required elements, then filled in place
 //! (the models' `DerefMut`): the large builders are never moved setter after setter.
 
-use std::str::FromStr;
-
-use fhir_sdk::Date;
 use fhir_sdk::r4b::codes;
 use fhir_sdk::r4b::resources::{
     Encounter, EncounterHospitalization, EncounterLocation, MessageHeader, MessageHeaderDestination,
@@ -13,7 +10,7 @@ use fhir_sdk::r4b::resources::{
 };
 
 use crate::datatypes::{
-    address, built, code, coding, concept, contact_point, date_time, each, extensions, human_name,
+    address, built, code, coding, concept, contact_point, date, date_time, each, extensions, human_name,
     identifier, meta, period, reference,
 };
 use crate::model::{Deceased, EncounterData, HeaderData, PatientData, PractitionerData};
@@ -27,7 +24,7 @@ fn wrap(resource: Resource, type_name: &'static str, id: String) -> Built {
 pub fn patient(data: PatientData) -> Result<Built, Error> {
     let id = data.id;
     let mut p = built("Patient", Patient::builder().id(id.clone()).build())?;
-    p.meta = meta(&data.profiles)?;
+    p.meta = meta(data.profiles);
     p.extension = extensions(data.extensions)?;
     p.identifier = each(data.identifiers, identifier)?;
     p.active = data.active;
@@ -37,12 +34,7 @@ pub fn patient(data: PatientData) -> Result<Built, Error> {
         p.gender = Some(code::<codes::AdministrativeGender>("Patient.gender", g)?);
     }
     if let Some(d) = data.birth_date {
-        let date = Date::from_str(&d).map_err(|e| Error::Value {
-            element: "Patient.birthDate",
-            value: d.clone(),
-            reason: e.to_string(),
-        })?;
-        p.birth_date = Some(date);
+        p.birth_date = Some(date("Patient.birthDate", &d)?);
     }
     p.deceased = match &data.deceased {
         Deceased::Unknown => None,
@@ -72,9 +64,9 @@ pub fn patient(data: PatientData) -> Result<Built, Error> {
 pub fn encounter(data: EncounterData) -> Result<Built, Error> {
     let id = data.id;
     let status = code::<codes::EncounterStatus>("Encounter.status", &data.status)?;
-    let class = coding(data.class)?;
+    let class = coding(data.class);
     let mut e = built("Encounter", Encounter::builder().id(id.clone()).status(status).class(class).build())?;
-    e.meta = meta(&data.profiles)?;
+    e.meta = meta(data.profiles);
     e.extension = extensions(data.extensions)?;
     e.identifier = each(data.identifiers, identifier)?;
     if let Some(s) = data.subject {
@@ -86,10 +78,10 @@ pub fn encounter(data: EncounterData) -> Result<Built, Error> {
     if data.admit_source.is_some() || data.discharge_disposition.is_some() {
         let mut h = built("Encounter.hospitalization", EncounterHospitalization::builder().build())?;
         if let Some(c) = data.admit_source {
-            h.admit_source = Some(concept(c, data.admit_source_text)?);
+            h.admit_source = Some(concept(c, data.admit_source_text));
         }
         if let Some(c) = data.discharge_disposition {
-            h.discharge_disposition = Some(concept(c, data.discharge_disposition_text)?);
+            h.discharge_disposition = Some(concept(c, data.discharge_disposition_text));
         }
         e.hospitalization = Some(h);
     }
@@ -123,7 +115,7 @@ pub fn encounter(data: EncounterData) -> Result<Built, Error> {
 pub fn practitioner(data: PractitionerData) -> Result<Built, Error> {
     let id = data.id;
     let mut p = built("Practitioner", Practitioner::builder().id(id.clone()).build())?;
-    p.meta = meta(&data.profiles)?;
+    p.meta = meta(data.profiles);
     p.identifier = each(data.identifiers, identifier)?;
     p.name = each(data.names, human_name)?;
     p.telecom = each(data.telecom, contact_point)?;
@@ -147,7 +139,7 @@ pub fn message_header(data: HeaderData) -> Result<Built, Error> {
             Ok(Some(destination))
         })
         .collect::<Result<Vec<_>, Error>>()?;
-    let event = MessageHeaderEvent::Coding(coding(data.event)?);
+    let event = MessageHeaderEvent::Coding(coding(data.event));
     let header = MessageHeader::builder().id(id.clone()).event(event).source(source).build();
     let mut h = built("MessageHeader", header)?;
     h.destination = destinations;
