@@ -43,6 +43,11 @@ pub(crate) const MAX_LINGER: Duration = Duration::from_millis(5);
 /// Only after a batch at least this large does the writer linger for the next one to fill.
 const LINGER_AFTER_BATCH: usize = 32;
 
+/// How long the writer keeps polling its empty queue (yielding the CPU to any runnable thread) before it
+/// sleeps: a lone sender's next message comes back within this after its ACK, and waking a sleeping thread
+/// costs tens of microseconds on a virtual machine, on the ACK's path.
+const POLL_BEFORE_SLEEP: Duration = Duration::from_micros(250);
+
 /// How often a lingering writer looks at the queue again.
 const LINGER_POLL: Duration = Duration::from_micros(100);
 
@@ -217,7 +222,7 @@ impl Writer {
         let mut failed: Option<Error> = None;
         let mut last_batch = 0;
         let mut last_commit = Duration::ZERO;
-        while let Some(first) = self.queue.blocking_recv() {
+        while let Some(first) = self.next_request() {
             batch.push(first);
             self.take_queued(&mut batch, max_batch);
             if let Some(target) = linger_target(last_batch, batch.len(), max_batch) {
@@ -414,6 +419,20 @@ impl Writer {
             start = end;
         }
         self.wal.write(&records, sync).map_err(|error| Error::Wal(Arc::new(error)))
+    }
+
+    /// The next request: polled for [`POLL_BEFORE_SLEEP`], then waited for asleep; `None` once the queue is
+    /// closed and empty.
+    fn next_request(&mut self) -> Option<Request> {
+        let until = Instant::now() + POLL_BEFORE_SLEEP;
+        loop {
+            match self.queue.try_recv() {
+                Ok(request) => return Some(request),
+                Err(TryRecvError::Disconnected) => return None,
+                Err(TryRecvError::Empty) if Instant::now() < until => std::thread::yield_now(),
+                Err(TryRecvError::Empty) => return self.queue.blocking_recv(),
+            }
+        }
     }
 
     /// Moves what is already queued into the batch, up to `limit` requests in all. Returns false once the
