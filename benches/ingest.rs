@@ -3,7 +3,8 @@
 //!
 //! Run: `cargo bench --bench ingest`. In one run it prints:
 //! - the disk's rate of `write 1.6 KB + fdatasync` in the data directory (the ceiling for one connection);
-//! - Relais, 1 connection, send-wait-send: msg/s, p50/p99 ACK latency, and the ratio to the fdatasync rate;
+//! - Relais, 1 connection, send-wait-send (one blocking socket, as a DPI sends): msg/s, p50/p99 ACK latency,
+//!   and the ratio to the fdatasync rate;
 //! - Relais, M connections with a pipelining window per connection: msg/s, p50/p99 ACK latency;
 //! - the server's RSS when idle and its peak (VmHWM) under load;
 //! - the same two loads against the peer (`benches/peer`, `npm install` run there when `node_modules` is
@@ -158,6 +159,41 @@ impl LoadResult {
     }
 }
 
+/// What a load costs: wall clock, server and client CPU, bytes the server wrote, from `start` to `finish`.
+struct Meter {
+    server_pid: String,
+    started: Instant,
+    cpu_before: (Option<Duration>, Option<Duration>),
+    written_before: Option<u64>,
+}
+
+impl Meter {
+    fn start(server_pid: &str) -> Meter {
+        Meter {
+            server_pid: server_pid.to_owned(),
+            cpu_before: (cpu_time(server_pid), cpu_time("self")),
+            written_before: written_bytes(server_pid),
+            started: Instant::now(),
+        }
+    }
+
+    fn finish(self, mut latencies_us: Vec<u32>, not_aa: usize) -> LoadResult {
+        let elapsed = self.started.elapsed();
+        let used = |before: Option<Duration>, after: Option<Duration>| {
+            before.zip(after).map_or(Duration::ZERO, |(before, after)| after.saturating_sub(before))
+        };
+        let server_cpu = used(self.cpu_before.0, cpu_time(&self.server_pid));
+        let client_cpu = used(self.cpu_before.1, cpu_time("self"));
+        let server_written = self
+            .written_before
+            .zip(written_bytes(&self.server_pid))
+            .map_or(0, |(before, after)| after.saturating_sub(before));
+        latencies_us.sort_unstable();
+        let messages = latencies_us.len();
+        LoadResult { messages, elapsed, latencies_us, not_aa, server_cpu, client_cpu, server_written }
+    }
+}
+
 /// Sends `count` messages on one connection with at most `window` unanswered, timing each ACK.
 async fn drive_connection(
     addr: SocketAddr,
@@ -249,9 +285,7 @@ async fn drive(
     window: usize,
 ) -> Result<LoadResult> {
     let template = Arc::new(Template::new());
-    let cpu_before = (cpu_time(server_pid), cpu_time("self"));
-    let written_before = written_bytes(server_pid);
-    let started = Instant::now();
+    let meter = Meter::start(server_pid);
     let mut tasks = Vec::new();
     for conn in 0..conns {
         let count = total / conns + usize::from(conn < total % conns);
@@ -264,17 +298,44 @@ async fn drive(
         latencies_us.extend(latencies);
         not_aa += bad;
     }
-    let elapsed = started.elapsed();
-    let used = |before: Option<Duration>, after: Option<Duration>| {
-        before.zip(after).map_or(Duration::ZERO, |(before, after)| after.saturating_sub(before))
-    };
-    let server_cpu = used(cpu_before.0, cpu_time(server_pid));
-    let client_cpu = used(cpu_before.1, cpu_time("self"));
-    let server_written = written_before
-        .zip(written_bytes(server_pid))
-        .map_or(0, |(before, after)| after.saturating_sub(before));
-    latencies_us.sort_unstable();
-    Ok(LoadResult { messages: total, elapsed, latencies_us, not_aa, server_cpu, client_cpu, server_written })
+    Ok(meter.finish(latencies_us, not_aa))
+}
+
+/// Sends `count` messages one at a time on one blocking socket, each after the previous one's ACK: a DPI's
+/// own pattern, and no client-side task hop in the measured round trip (the async driver's reader wakes its
+/// sender task for every ACK).
+fn drive_sequential(addr: SocketAddr, server_pid: &str, tag: u8, count: usize) -> Result<LoadResult> {
+    use std::io::Read;
+    let template = Template::new();
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    stream.set_nodelay(true)?;
+    let meter = Meter::start(server_pid);
+    let (mut out, mut buf) = (BytesMut::with_capacity(template.bytes.len() + 3), BytesMut::new());
+    let mut chunk = vec![0u8; 64 * 1024];
+    let (mut latencies_us, mut not_aa) = (Vec::with_capacity(count), 0);
+    for seq in 0..count {
+        out.clear();
+        template.frame_into(tag, 0, seq, &mut out);
+        let sent = Instant::now();
+        stream.write_all(&out)?;
+        let end = loop {
+            if let Some(end) = memchr::memchr(0x1C, &buf) {
+                break end;
+            }
+            let n = stream.read(&mut chunk)?;
+            if n == 0 {
+                return Err(format!("connection closed after {seq} of {count} ACKs").into());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        latencies_us.push(u32::try_from(sent.elapsed().as_micros()).unwrap_or(u32::MAX));
+        if memchr::memmem::find(&buf[..end], b"MSA|AA").is_none() {
+            not_aa += 1;
+        }
+        let skip = if buf.get(end + 1) == Some(&0x0D) { end + 2 } else { end + 1 };
+        buf.advance(skip.min(buf.len()));
+    }
+    Ok(meter.finish(latencies_us, not_aa))
 }
 
 /// The two loads of the bench against one server: send-wait-send on one connection, then pipelined.
@@ -293,7 +354,7 @@ fn run_loads(
     let pid = server.pid().to_string();
     let (warm_tag, seq_tag, pipe_tag) = (b'W', b'S', b'P');
     runtime.block_on(drive(addr, &pid, warm_tag, WARM_UP, opts.conns, opts.window))?;
-    let sequential = runtime.block_on(drive(addr, &pid, seq_tag, opts.seq_n, 1, 1))?;
+    let sequential = drive_sequential(addr, &pid, seq_tag, opts.seq_n)?;
     sequential.print(&format!("{name}, 1 connection, send-wait-send"));
     let pipelined = runtime.block_on(drive(addr, &pid, pipe_tag, opts.n, opts.conns, opts.window))?;
     pipelined.print(&format!("{name}, {} connections, window {}", opts.conns, opts.window));
