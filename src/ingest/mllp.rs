@@ -303,6 +303,24 @@ pub enum FramingFault {
     Oversize,
 }
 
+/// How long a connection with one message in flight polls for its commit before it waits to be woken.
+const EAGER_WAIT: Duration = Duration::from_micros(250);
+
+/// Awaits `future`, polling it again at once (the task re-queued behind the runtime's other work) for up to
+/// `budget` before leaving it to its waker.
+async fn eagerly<F: std::future::Future>(future: F, budget: Duration) -> F::Output {
+    let mut future = std::pin::pin!(future);
+    let until = std::time::Instant::now() + budget;
+    std::future::poll_fn(move |cx| {
+        let polled = future.as_mut().poll(cx);
+        if polled.is_pending() && std::time::Instant::now() < until {
+            cx.waker().wake_by_ref();
+        }
+        polled
+    })
+    .await
+}
+
 async fn write_replies<W>(write_half: W, mut replies: mpsc::Receiver<Reply>, peer: SocketAddr)
 where
     W: AsyncWrite + Send + Unpin,
@@ -314,7 +332,12 @@ where
             Reply::Pending(p) => (p, false),
             Reply::ThenClose(p) => (p, true),
         };
-        let ack = pending.ack().await;
+        // A lone message in flight (send, wait for the ACK, send): watch for its commit instead of parking
+        // the worker, whose wake-up would otherwise sit on the ACK's path.
+        let ack = match replies.is_empty() {
+            true => eagerly(pending.ack(), EAGER_WAIT).await,
+            false => pending.ack().await,
+        };
         frame.clear();
         MllpCodec::encode_frame(&ack, &mut frame);
         if out.write_all(&frame).await.is_err() {
