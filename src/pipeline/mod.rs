@@ -134,6 +134,7 @@ impl Pipeline {
                 cursor = 0;
             }
             let next = async {
+                // Cursor 0 (the start, or after a replay): read once redb holds every logged stage.
                 let batch = self.read(cursor, cursor == 0).await?;
                 match batch.last().map(|entry| entry.meta.id) {
                     None => Ok::<_, Error>(None),
