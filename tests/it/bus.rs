@@ -78,20 +78,25 @@ fn message(control_id: &str, trigger: &str, patient: &str, poison: bool) -> Vec<
 }
 
 async fn append(journal: &Journal, control_id: &str, trigger: &str, patient: &str, poison: bool) -> u64 {
-    let raw = message(control_id, trigger, patient, poison);
+    let header = HeaderFields {
+        sending_application: "APP".into(),
+        sending_facility: "FAC".into(),
+        message_type: format!("ADT^{trigger}"),
+        control_id: control_id.into(),
+        version: "2.5".into(),
+    };
+    append_raw(journal, message(control_id, trigger, patient, poison), Some(header)).await
+}
+
+/// Journals `raw` as received over MLLP and returns its id.
+async fn append_raw(journal: &Journal, raw: Vec<u8>, header: Option<HeaderFields>) -> u64 {
     let entry = NewEntry {
         received_at: jiff::Timestamp::now(),
         transport: Transport::Mllp,
         peer: "test".into(),
         raw: Bytes::from(raw),
         charset: None,
-        header: Some(HeaderFields {
-            sending_application: "APP".into(),
-            sending_facility: "FAC".into(),
-            message_type: format!("ADT^{trigger}"),
-            control_id: control_id.into(),
-            version: "2.5".into(),
-        }),
+        header,
         state: State::Received,
         reason: None,
         kind: relais::facts::MessageKind::Hl7v2,
@@ -945,19 +950,7 @@ fn a_removed_sink_does_not_stall_the_pipeline() {
         let journal = Journal::open(JournalConfig::new(relais.data_dir().join("journal.redb"))).unwrap();
         let mut left = Vec::new();
         for n in 0..3 {
-            let raw = a01(&format!("OLD{n}"));
-            let entry = NewEntry {
-                received_at: jiff::Timestamp::now(),
-                transport: Transport::Mllp,
-                peer: "test".into(),
-                raw: Bytes::from(raw),
-                charset: None,
-                header: None,
-                state: State::Received,
-                reason: None,
-                kind: MessageKind::Hl7v2,
-            };
-            let Appended::Stored { id } = journal.append(entry).await.unwrap() else { panic!("not stored") };
+            let id = append_raw(&journal, a01(&format!("OLD{n}")), None).await;
             let progress = Progress {
                 kind: MessageKind::Hl7v2,
                 event_class: Some(EventClass::Admission),
