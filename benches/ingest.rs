@@ -150,6 +150,15 @@ impl LoadResult {
             self.percentile_ms(0.99),
             if self.not_aa > 0 { format!(", {} NOT AA", self.not_aa) } else { String::new() },
         );
+        let mean_us = self.latencies_us.iter().map(|&us| f64::from(us)).sum::<f64>()
+            / self.latencies_us.len().max(1) as f64;
+        println!(
+            "  ACK latency: mean {:.3} ms, p90 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
+            mean_us / 1000.0,
+            self.percentile_ms(0.90),
+            self.percentile_ms(0.999),
+            self.percentile_ms(1.0),
+        );
         println!(
             "  per message: server CPU {:.1} us, load generator CPU {:.1} us, server disk writes {:.2} KiB",
             self.cpu_us(self.server_cpu),

@@ -3,7 +3,8 @@
 //! It receives each logged batch from the writer ([`Applied`]), takes every batch already waiting (so it
 //! batches by itself when it lags), and applies them in one redb write transaction with
 //! `Durability::None` (no fsync). Less than [`MIN_APPLY_GAP`] after the previous transaction it waits for
-//! more batches first (asleep on a condition variable), unless a reader is waiting. Every
+//! more batches first (asleep on a condition variable), unless a reader is waiting or half the writer's
+//! backlog is queued (the writer must not block behind a sleeping applier). Every
 //! `checkpoint_interval`, or once `checkpoint_bytes` were applied since the last one, that transaction is
 //! `Durability::Immediate` instead: a checkpoint, after which the WAL segments it covers are recycled. After each transaction it raises the applied watermark
 //! ([`Marks`]), which reads wait for, and publishes the highest stored id for the pipeline.
@@ -11,17 +12,17 @@
 //! If redb fails, the watermark stops and readers and writers get the error; the WAL keeps everything
 //! acknowledged, and the next open replays it.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError, mpsc};
 use std::time::{Duration, Instant};
 
 use redb::{Database, Durability};
 
-use super::Error;
 use super::op::Op;
 use super::store;
 use super::wal;
 use super::writer::CommitCounters;
+use super::{APPLIER_BACKLOG, Error};
 
 /// Most batches applied in one transaction.
 const MAX_GROUP: usize = 256;
@@ -29,6 +30,9 @@ const MAX_GROUP: usize = 256;
 /// Shortest time between two redb transactions while nobody waits to read: a lone sender's one-message
 /// batches are applied a few at a time instead of one redb commit (~0.3 ms of CPU) each.
 const MIN_APPLY_GAP: Duration = Duration::from_millis(2);
+
+/// Batches waiting at which a lingering applier starts at once.
+const HURRY_AT: usize = APPLIER_BACKLOG / 2;
 
 /// One durable batch from the writer: its ops, the lsn of its last record, the next id after it.
 pub(crate) struct Applied {
@@ -47,7 +51,9 @@ pub(crate) struct Marks {
     /// The highest id applied to redb.
     applied_id: AtomicU64,
     /// Readers waiting for the applied watermark.
-    waiting: std::sync::atomic::AtomicUsize,
+    waiting: AtomicUsize,
+    /// Batches sent to the applier and not yet taken by it.
+    backlog: AtomicUsize,
     /// Set when the applier failed: nothing more will be applied.
     failed: Mutex<Option<Error>>,
     woken: Condvar,
@@ -103,11 +109,30 @@ impl Marks {
         outcome
     }
 
-    /// Blocks the applier until `deadline`, or until a reader waits for the watermark (at once if one
-    /// already does). A condition variable, not a poll: a lone sender's applier sleeps through the gap.
+    /// The writer is about to send the applier one more batch. Once half of [`APPLIER_BACKLOG`] wait, it
+    /// wakes a lingering applier: the writer must never block on a full queue while the applier sleeps
+    /// through its gap (measured: that put the gap, 2 ms, on one ACK in a hundred of a lone sender).
+    pub(crate) fn batch_sent(&self) {
+        if self.backlog.fetch_add(1, Ordering::AcqRel) + 1 >= HURRY_AT {
+            let _guard = self.failed.lock().unwrap_or_else(PoisonError::into_inner);
+            self.reader_came.notify_one();
+        }
+    }
+
+    /// The applier took one batch.
+    fn batch_taken(&self) {
+        self.backlog.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Blocks the applier until `deadline`, until a reader waits for the watermark, or until half of
+    /// [`APPLIER_BACKLOG`] batches wait (at once if so already). A condition variable, not a poll: a lone
+    /// sender's applier sleeps through the gap.
     fn linger_until(&self, deadline: Instant) {
         let mut guard = self.failed.lock().unwrap_or_else(PoisonError::into_inner);
-        while self.waiting.load(Ordering::Acquire) == 0 && guard.is_none() {
+        while self.waiting.load(Ordering::Acquire) == 0
+            && self.backlog.load(Ordering::Acquire) < HURRY_AT
+            && guard.is_none()
+        {
             let Some(left) = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) else {
                 break;
             };
@@ -176,11 +201,13 @@ impl Applier {
                 }
             };
             let Some(first) = first else { break };
+            self.marks.batch_taken();
             group.push(first);
             self.marks.linger_until(last_apply + MIN_APPLY_GAP);
             while group.len() < MAX_GROUP
                 && let Ok(batch) = self.batches.try_recv()
             {
+                self.marks.batch_taken();
                 group.push(batch);
             }
             let last = group.last().expect("one batch at least");
@@ -256,5 +283,47 @@ fn op_size(op: &Op) -> u64 {
                 _ => 256,
             })
             .sum(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs `linger_until` a minute ahead on another thread and returns how long it lingered.
+    fn linger_while(marks: &Arc<Marks>, meanwhile: impl FnOnce(&Marks)) -> Duration {
+        let lingering = {
+            let marks = Arc::clone(marks);
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                marks.linger_until(started + Duration::from_secs(60));
+                started.elapsed()
+            })
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        meanwhile(marks);
+        lingering.join().expect("lingering thread")
+    }
+
+    #[test]
+    fn a_filling_backlog_wakes_the_lingering_applier() {
+        let marks = Arc::new(Marks::new(0, 0));
+        let lingered = linger_while(&marks, |marks| {
+            for _ in 0..HURRY_AT {
+                marks.batch_sent();
+            }
+        });
+        assert!(lingered < Duration::from_secs(30), "the applier slept through a half-full backlog");
+    }
+
+    #[test]
+    fn a_few_batches_let_it_linger() {
+        let marks = Arc::new(Marks::new(0, 0));
+        marks.batch_sent();
+        marks.batch_taken();
+        marks.batch_sent();
+        let started = Instant::now();
+        marks.linger_until(started + Duration::from_millis(200));
+        assert!(started.elapsed() >= Duration::from_millis(200), "one waiting batch cut the gap short");
     }
 }

@@ -308,6 +308,7 @@ impl Writer {
         }
         if !ops.is_empty() {
             let applied = Applied { ops, lsn: last_lsn, next_id: self.next_id };
+            self.marks.batch_sent();
             self.applier.send(applied).map_err(|_| self.marks.failure().unwrap_or(Error::WriterLost))?;
         }
         Ok(())
