@@ -2,9 +2,12 @@
 //! MLLP, beside the disk's fdatasync rate and a peer MLLP server (`@medplum/hl7`, which journals nothing).
 //!
 //! Run: `cargo bench --bench ingest`. In one run it prints:
-//! - the disk's rate of `write 1.6 KB + fdatasync` in the data directory (the ceiling for one connection);
-//! - Relais, 1 connection, send-wait-send (one blocking socket, as a DPI sends): msg/s, p50/p99 ACK latency,
-//!   and the ratio to the fdatasync rate;
+//! - the disk's rate of `write 1.6 KB + fdatasync` in the data directory (the ceiling for one connection),
+//!   appending and rewriting in place;
+//! - Relais, 1 connection, send-wait-send (one blocking socket, as a DPI sends): msg/s, ACK latency
+//!   percentiles, and the ratio to the appending fdatasync rate. The load runs in rounds, each right after a
+//!   slice of the disk's rate (the server idle meanwhile), and the ratio is taken over the same rounds: the
+//!   disk's rate drifts by tens of percent within a minute on a virtual machine;
 //! - Relais, M connections with a pipelining window per connection: msg/s, p50/p99 ACK latency;
 //! - the server's RSS when idle and its peak (VmHWM) under load;
 //! - the same two loads against the peer (`benches/peer`, `npm install` run there when `node_modules` is
@@ -14,7 +17,9 @@
 //!
 //! Every message is the 1.6 KB PAM FR ADT^A01 with its own MSH-10, so deduplication never short-circuits.
 //! Environment: `BENCH_N` (pipelined messages, 100000), `BENCH_CONNS` (8), `BENCH_WINDOW` (64 in flight per
-//! connection), `BENCH_SEQ_N` (send-wait-send messages, 2000), `BENCH_SYNC_SECS` (2), `BENCH_DIR` (parent
+//! connection), `BENCH_SEQ_N` (send-wait-send messages, 5000), `BENCH_ROUNDS` (5: slices of the
+//! send-wait-send load, each after a disk slice), `BENCH_SYNC_SECS` (2: seconds of each disk measurement,
+//! split between the rounds for the paired one), `BENCH_DIR` (parent
 //! of the temporary data directory; default the system temp dir, which must be on the disk under test),
 //! `BENCH_KEEP=1` keeps it (journal, `relais.log`), `BENCH_RELAIS_LOG` sets the server's `RELAIS_LOG`,
 //! `BENCH_RELAIS_BIN` runs another build of the server (A/B comparisons), `BENCH_PEER=0` skips the peer.
@@ -53,6 +58,7 @@ struct Options {
     conns: usize,
     window: usize,
     seq_n: usize,
+    rounds: usize,
     sync_secs: f64,
     dir: Option<PathBuf>,
     keep: bool,
@@ -68,7 +74,8 @@ impl Options {
             n: var("BENCH_N", 100_000),
             conns: var("BENCH_CONNS", 8).max(1),
             window: var("BENCH_WINDOW", 64).max(1),
-            seq_n: var("BENCH_SEQ_N", 2_000).max(1),
+            seq_n: var("BENCH_SEQ_N", 5_000).max(1),
+            rounds: var("BENCH_ROUNDS", 5).max(1),
             sync_secs: var("BENCH_SYNC_SECS", 2.0),
             dir: std::env::var_os("BENCH_DIR").map(PathBuf::from),
             keep: var("BENCH_KEEP", 0) != 0,
@@ -123,6 +130,30 @@ struct LoadResult {
 }
 
 impl LoadResult {
+    /// The slices of one load as one result: counts, times and latencies added up.
+    fn merge(parts: Vec<LoadResult>) -> LoadResult {
+        let mut merged = LoadResult {
+            messages: 0,
+            elapsed: Duration::ZERO,
+            latencies_us: Vec::new(),
+            not_aa: 0,
+            server_cpu: Duration::ZERO,
+            client_cpu: Duration::ZERO,
+            server_written: 0,
+        };
+        for part in parts {
+            merged.messages += part.messages;
+            merged.elapsed += part.elapsed;
+            merged.latencies_us.extend(part.latencies_us);
+            merged.not_aa += part.not_aa;
+            merged.server_cpu += part.server_cpu;
+            merged.client_cpu += part.client_cpu;
+            merged.server_written += part.server_written;
+        }
+        merged.latencies_us.sort_unstable();
+        merged
+    }
+
     fn rate(&self) -> f64 {
         self.messages as f64 / self.elapsed.as_secs_f64()
     }
@@ -313,7 +344,13 @@ async fn drive(
 /// Sends `count` messages one at a time on one blocking socket, each after the previous one's ACK: a DPI's
 /// own pattern, and no client-side task hop in the measured round trip (the async driver's reader wakes its
 /// sender task for every ACK).
-fn drive_sequential(addr: SocketAddr, server_pid: &str, tag: u8, count: usize) -> Result<LoadResult> {
+fn drive_sequential(
+    addr: SocketAddr,
+    server_pid: &str,
+    tag: u8,
+    first: usize,
+    count: usize,
+) -> Result<LoadResult> {
     use std::io::Read;
     let template = Template::new();
     let mut stream = std::net::TcpStream::connect(addr)?;
@@ -322,7 +359,7 @@ fn drive_sequential(addr: SocketAddr, server_pid: &str, tag: u8, count: usize) -
     let (mut out, mut buf) = (BytesMut::with_capacity(template.bytes.len() + 3), BytesMut::new());
     let mut chunk = vec![0u8; 64 * 1024];
     let (mut latencies_us, mut not_aa) = (Vec::with_capacity(count), 0);
-    for seq in 0..count {
+    for seq in first..first + count {
         out.clear();
         template.frame_into(tag, 0, seq, &mut out);
         let sent = Instant::now();
@@ -351,23 +388,72 @@ fn drive_sequential(addr: SocketAddr, server_pid: &str, tag: u8, count: usize) -
 struct Loads {
     sequential: LoadResult,
     pipelined: LoadResult,
+    /// The disk's appending fdatasync rate measured between the send-wait-send slices, when asked.
+    disk_rate: Option<f64>,
 }
 
+/// How long the server is left idle before each disk slice of [`sequential_beside_disk`]: past its
+/// checkpoint interval (1 s), so that its own background writes never slow the disk probe down.
+const IDLE_BEFORE_DISK: Duration = Duration::from_millis(1_300);
+
+/// Send-wait-send on one connection in `opts.rounds` slices, each right after a slice of the disk's appending
+/// `write + fdatasync` rate in `dir`: on a virtual machine the disk's rate drifts by tens of percent within
+/// a minute, so the ratio is taken between neighbours. Returns the merged slices and the disk's rate over
+/// its own slices.
+fn sequential_beside_disk(
+    addr: SocketAddr,
+    server_pid: &str,
+    tag: u8,
+    opts: &Options,
+    dir: &Path,
+) -> Result<(LoadResult, f64)> {
+    let per_round = opts.seq_n.div_ceil(opts.rounds);
+    let disk_secs = opts.sync_secs / opts.rounds as f64;
+    let (mut parts, mut syncs, mut disk_time, mut sent) = (Vec::new(), 0, Duration::ZERO, 0);
+    while sent < opts.seq_n {
+        std::thread::sleep(IDLE_BEFORE_DISK);
+        let (count, took) = fdatasync_run(dir, disk_secs, SyncMode::Append)?;
+        let count_here = per_round.min(opts.seq_n - sent);
+        let part = drive_sequential(addr, server_pid, tag, sent, count_here)?;
+        println!(
+            "  round {}: disk {:.0} fdatasync/s, 1 connection {:.0} msg/s",
+            parts.len() + 1,
+            count as f64 / took.as_secs_f64(),
+            part.rate()
+        );
+        (syncs, disk_time, sent) = (syncs + count, disk_time + took, sent + count_here);
+        parts.push(part);
+    }
+    Ok((LoadResult::merge(parts), syncs as f64 / disk_time.as_secs_f64()))
+}
+
+/// Runs the loads against `server`; with `disk_dir`, the send-wait-send load in rounds beside the disk's
+/// rate measured there ([`sequential_beside_disk`]).
 fn run_loads(
     runtime: &tokio::runtime::Runtime,
     name: &str,
     server: &Server,
     addr: SocketAddr,
     opts: &Options,
+    disk_dir: Option<&Path>,
 ) -> Result<Loads> {
     let pid = server.pid().to_string();
     let (warm_tag, seq_tag, pipe_tag) = (b'W', b'S', b'P');
     runtime.block_on(drive(addr, &pid, warm_tag, WARM_UP, opts.conns, opts.window))?;
-    let sequential = drive_sequential(addr, &pid, seq_tag, opts.seq_n)?;
+    let (sequential, disk_rate) = match disk_dir {
+        Some(dir) => {
+            let (sequential, rate) = sequential_beside_disk(addr, &pid, seq_tag, opts, dir)?;
+            (sequential, Some(rate))
+        }
+        None => (drive_sequential(addr, &pid, seq_tag, 0, opts.seq_n)?, None),
+    };
     sequential.print(&format!("{name}, 1 connection, send-wait-send"));
+    if let Some(rate) = disk_rate {
+        println!("  disk in the same rounds: {rate:.0} fdatasync/s appending");
+    }
     let pipelined = runtime.block_on(drive(addr, &pid, pipe_tag, opts.n, opts.conns, opts.window))?;
     pipelined.print(&format!("{name}, {} connections, window {}", opts.conns, opts.window));
-    Ok(Loads { sequential, pipelined })
+    Ok(Loads { sequential, pipelined, disk_rate })
 }
 
 /// The disk's rate of `write(1.6 KB) + fdatasync` on a file in `dir`, for about `secs` seconds.
@@ -375,6 +461,12 @@ fn run_loads(
 /// `Append` grows the file at each write, so every fdatasync also commits the new size (a filesystem journal
 /// write); `InPlace` rewrites blocks of a preallocated file, as a database file that has room does.
 fn fdatasync_rate(dir: &Path, secs: f64, mode: SyncMode) -> Result<f64> {
+    let (count, took) = fdatasync_run(dir, secs, mode)?;
+    Ok(count as f64 / took.as_secs_f64())
+}
+
+/// `write + fdatasync` for about `secs` seconds: how many, in how long.
+fn fdatasync_run(dir: &Path, secs: f64, mode: SyncMode) -> Result<(u64, Duration)> {
     use std::os::unix::fs::FileExt;
     const IN_PLACE_SPAN: u64 = 1 << 20;
     let path = dir.join("fdatasync.bin");
@@ -394,10 +486,10 @@ fn fdatasync_rate(dir: &Path, secs: f64, mode: SyncMode) -> Result<f64> {
         file.sync_data()?;
         count += 1;
     }
-    let rate = count as f64 / started.elapsed().as_secs_f64();
+    let took = started.elapsed();
     drop(file);
     std::fs::remove_file(&path)?;
-    Ok(rate)
+    Ok((count, took))
 }
 
 /// How [`fdatasync_rate`] writes.
@@ -575,7 +667,7 @@ fn main() -> Result<()> {
     let sync_rate = fdatasync_rate(data.path(), opts.sync_secs, SyncMode::Append)?;
     let in_place_rate = fdatasync_rate(data.path(), opts.sync_secs, SyncMode::InPlace)?;
     println!(
-        "disk: write {} B + fdatasync: {sync_rate:.0}/s appending; {in_place_rate:.0}/s rewriting in place",
+        "disk before the loads: write {} B + fdatasync: {sync_rate:.0}/s appending; {in_place_rate:.0}/s rewriting in place",
         MESSAGE.len()
     );
 
@@ -587,7 +679,7 @@ fn main() -> Result<()> {
     let idle_rss = proc_status_mib(relais.pid(), "VmRSS:").unwrap_or(f64::NAN);
     println!("relais (pid {}) RSS idle: {idle_rss:.1} MiB", relais.pid());
     let sampler = RssSampler::start(relais.pid());
-    let ours = run_loads(&runtime, "relais", &relais, addr, &opts)?;
+    let ours = run_loads(&runtime, "relais", &relais, addr, &opts, Some(data.path()))?;
     let sampled_peak = sampler.finish();
     let hwm = proc_status_mib(relais.pid(), "VmHWM:").unwrap_or(f64::NAN);
     println!("relais RSS under load: peak {hwm:.1} MiB (VmHWM; highest 20 ms sample {sampled_peak:.1} MiB)");
@@ -613,7 +705,7 @@ fn main() -> Result<()> {
     let peer = if opts.peer {
         match start_peer() {
             Ok((mut peer, peer_addr)) => {
-                let loads = run_loads(&runtime, "peer @medplum/hl7", &peer, peer_addr, &opts)?;
+                let loads = run_loads(&runtime, "peer @medplum/hl7", &peer, peer_addr, &opts, None)?;
                 peer.stop()?;
                 Some(loads)
             }
@@ -628,6 +720,8 @@ fn main() -> Result<()> {
 
     println!("--- summary (targets on 2 cores)");
     let pipelined = ours.pipelined.rate();
+    // The rate measured beside the send-wait-send rounds; the one before the loads if there was none.
+    let sync_rate = ours.disk_rate.unwrap_or(sync_rate);
     let sequential_ratio = ours.sequential.rate() / sync_rate;
     println!(
         "{} connections: {pipelined:.0} msg/s (target >= 30000: {})",
