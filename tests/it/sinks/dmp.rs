@@ -238,12 +238,10 @@ async fn iti41_over_mtls_validates_and_maps_success_failure_and_503() {
     assert_eq!(client.send(&replacement).await.0, Outcome::Delivered);
     let seen = ep.seen.lock().unwrap();
     assert_eq!(seen.requests, 4);
-    let first = seen.peers[0];
-    assert!(
-        seen.peers.iter().all(|p| *p == first),
-        "one kept connection, not one per request: {:?}",
-        seen.peers
-    );
+    // Connections are kept: a request may open a second one when it checks the pool out just before the
+    // previous answer's connection is back in it (hyper's pool returns it asynchronously), not one each.
+    let connections: std::collections::BTreeSet<_> = seen.peers.iter().collect();
+    assert!(connections.len() <= 2, "kept connections, not one per request: {:?}", seen.peers);
     assert!(seen.verdicts.iter().all(|v| v.is_ok()));
     assert!(seen.signatures.iter().all(|s| matches!(s, Some(Ok(_)))), "{:?}", seen.signatures);
     let last = seen.bodies.last().unwrap();
