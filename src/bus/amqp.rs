@@ -31,6 +31,11 @@ use super::{BusSettings, Envelope, Error};
 
 const ENVELOPE_HEADER: &str = "relais-envelope";
 
+/// The longest a connection to the broker may take to open (TCP, TLS, AMQP handshake): a broker that accepts
+/// the connection and never answers (booting, overloaded, or not a broker) must not hang a publisher or a
+/// consumer for good.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The RabbitMQ bus; cheap to clone (one publishing connection shared by the clones).
 #[derive(Clone)]
 pub struct AmqpBus {
@@ -72,7 +77,10 @@ impl AmqpBus {
     async fn connect(&self) -> Result<Connection, Error> {
         let properties = ConnectionProperties::default()
             .with_connection_name(LongString::from(format!("relais-{}", std::process::id())));
-        Ok(Connection::connect(&self.shared.url, properties).await?)
+        match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(&self.shared.url, properties)).await {
+            Ok(connected) => Ok(connected?),
+            Err(_) => Err(Error::Unanswered(CONNECT_TIMEOUT)),
+        }
     }
 
     /// One connection with `publish_channels` channels in confirm mode.

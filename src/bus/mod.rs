@@ -34,6 +34,9 @@ pub enum Error {
     /// The AMQP broker refused, closed or could not be reached.
     #[error("AMQP: {0}")]
     Amqp(#[from] lapin::Error),
+    /// The broker did not open the connection within this time.
+    #[error("AMQP: the broker did not answer within {0:?}")]
+    Unanswered(std::time::Duration),
     /// The broker did not confirm (nack) or returned an envelope.
     #[error("the broker did not confirm envelope {message_id} for sink `{sink}`")]
     NotConfirmed {

@@ -669,6 +669,30 @@ async fn amqp_bus_suite() {
     tokio::task::spawn_blocking(move || drop(rabbit)).await.unwrap();
 }
 
+/// A "broker" that accepts TCP connections and never answers (booting, overloaded, or not a broker): opening
+/// the bus fails with an error saying so instead of hanging the server's start for good.
+#[tokio::test]
+async fn a_broker_that_never_answers_is_an_error_not_a_hang() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("amqp://guest:guest@{}/%2f", silent.local_addr().unwrap());
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            open.push(stream);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let opened = tokio::time::timeout(
+        Duration::from_secs(60),
+        Bus::open(&settings(&Backend::Amqp(url), "silent"), dir.path(), &sinks()),
+    )
+    .await
+    .expect("Bus::open still waiting after 60 s");
+    let error = opened.err().expect("a silent broker cannot open a bus").to_string();
+    assert!(error.contains("did not answer"), "{error}");
+    held.abort();
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // The real binary: `relais serve` with sinks, the shipped routes and the embedded bus.
 
