@@ -106,12 +106,12 @@ impl<'a> Ctx<'_, '_, 'a> {
     }
 
     /// The first non-empty text among the element's paths, with the path it came from.
-    fn text_at(&self, element: El) -> Option<(String, &SourcePath)> {
-        self.paths(element).iter().find_map(|p| p.text(self.msg, self.cs).map(|t| (t, p)))
+    fn text_at(&self, element: El) -> Option<(Cow<'a, str>, &SourcePath)> {
+        self.paths(element).iter().find_map(|p| p.text_ref(self.msg, self.cs).map(|t| (t, p)))
     }
 
     fn text(&self, element: El) -> Option<String> {
-        self.text_at(element).map(|(t, _)| t)
+        self.text_at(element).map(|(t, _)| t.into_owned())
     }
 
     /// [`Ctx::text`] borrowed from the message when possible (for comparisons and table keys).
@@ -304,15 +304,13 @@ fn patient_part(ctx: &Ctx<'_, '_, '_>, class: Option<EventClass>) -> Result<Pati
             assigner: None,
         });
     }
-    if let Some(ins) = ins.clone() {
-        identifiers.push(ins);
-    }
-    let (key_system, key_value) = match (&ipp, &ins) {
-        (Some((s, v, _)), _) => (s.clone(), v.clone()),
-        (None, Some(i)) => (i.system.clone(), i.value.clone()),
-        (None, None) => unreachable_key(),
+    // The Patient is keyed by its IPP, else by its (qualified) INS.
+    let patient_id = match (&ipp, &ins) {
+        (Some((s, v, _)), _) => id("Patient", &[s, v]),
+        (None, Some(i)) => id("Patient", &[&i.system, &i.value]),
+        (None, None) => id("Patient", &["", ""]),
     };
-    let patient_id = id("Patient", &[&key_system, &key_value]);
+    identifiers.extend(ins);
 
     let mut data = PatientData {
         id: patient_id.clone(),
@@ -471,10 +469,6 @@ fn patient_part(ctx: &Ctx<'_, '_, '_>, class: Option<EventClass>) -> Result<Pati
     Ok(PatientPart { data, ipp, ins_qualified, gp, gp_known, merged, merged_key })
 }
 
-fn unreachable_key() -> (String, String) {
-    (String::new(), String::new())
-}
-
 fn address(ctx: &Ctx<'_, '_, '_>, rep: &Field<'_>, kind: &str) -> Option<Addr> {
     let lines: Vec<String> = [ctx.sub(rep, 1, 1), ctx.comp(rep, 2)].into_iter().flatten().collect();
     let a = Addr {
@@ -624,17 +618,17 @@ fn encounter_part(
         end,
         ..EncounterData::default()
     };
-    if let Some(code) = ctx.text(El::EncounterAdmitSource) {
+    if let Some(code) = ctx.text_ref(El::EncounterAdmitSource) {
         data.admit_source = ctx.coded("admit-source", &code);
         data.admit_source_text = Some(concat(&["PMSI mode d'entrée ", &code]));
-    } else if let Some(code) = ctx.text(El::EncounterAdmitSourceV2) {
+    } else if let Some(code) = ctx.text_ref(El::EncounterAdmitSourceV2) {
         data.admit_source = ctx.coded("admit-source-v2", &code);
         data.admit_source_text = Some(concat(&["PV1-14 ", &code]));
     }
-    if let Some(code) = ctx.text(El::EncounterDischargeMode) {
+    if let Some(code) = ctx.text_ref(El::EncounterDischargeMode) {
         data.discharge_disposition = ctx.coded("discharge-disposition", &code);
         data.discharge_disposition_text = Some(concat(&["PMSI mode de sortie ", &code]));
-    } else if let Some(code) = ctx.text(El::EncounterDischargeV2) {
+    } else if let Some(code) = ctx.text_ref(El::EncounterDischargeV2) {
         data.discharge_disposition = ctx.coded("discharge-disposition-v2", &code);
         data.discharge_disposition_text = Some(concat(&["PV1-36 ", &code]));
     }
@@ -802,7 +796,10 @@ pub(crate) fn map(ctx: &Ctx<'_, '_, '_>, kind: BundleKind, pretty: bool) -> Resu
     };
 
     // Resources (the builders take the data by value: no copies).
-    let patient_put = part.data.identifiers.first().map(|i| put_url("Patient", &i.system, &i.value));
+    // Conditional PUT URLs only for a transaction (a message Bundle carries no request).
+    let puts = kind == BundleKind::Transaction;
+    let patient_put =
+        part.data.identifiers.first().filter(|_| puts).map(|i| put_url("Patient", &i.system, &i.value));
     let mut entries = Vec::with_capacity(5);
     let focus = match &encounter {
         Some((e, _)) => Ref { reference: Some(urn(&e.id)), ..Ref::default() },
@@ -817,27 +814,24 @@ pub(crate) fn map(ctx: &Ctx<'_, '_, '_>, kind: BundleKind, pretty: bool) -> Resu
     if let (Some(m), Some((s, v))) = (part.merged, &part.merged_key) {
         let full_url = urn(&m.id);
         let built = relais_fhir::patient(m).map_err(fhir_fail)?;
-        entries.push(Entry { full_url, resource: built, put_url: Some(put_url("Patient", s, v)) });
+        entries.push(Entry { full_url, resource: built, put_url: puts.then(|| put_url("Patient", s, v)) });
     }
     if let Some((e, key)) = encounter {
         let full_url = urn(&e.id);
         let built = relais_fhir::encounter(e).map_err(fhir_fail)?;
-        let put = key.as_ref().map(|(s, v)| put_url("Encounter", s, v));
+        let put = key.as_ref().filter(|_| puts).map(|(s, v)| put_url("Encounter", s, v));
         entries.push(Entry { full_url, resource: built, put_url: put });
     }
     if let Some(g) = part.gp {
         let full_url = urn(&g.id);
-        let put = g.identifiers.first().map(|i| put_url("Practitioner", &i.system, &i.value));
+        let put =
+            g.identifiers.first().filter(|_| puts).map(|i| put_url("Practitioner", &i.system, &i.value));
         let built = relais_fhir::practitioner(g).map_err(fhir_fail)?;
         entries.push(Entry { full_url, resource: built, put_url: put });
     }
-    if kind == BundleKind::Transaction {
+    if puts {
         // Conditional PUTs only: an entry without a business identifier cannot be replayed safely.
         entries.retain(|e| e.put_url.is_some());
-    } else {
-        for e in &mut entries {
-            e.put_url = None;
-        }
     }
     let timestamp = {
         let raw = ctx.msg.header().text(7, ctx.cs);
