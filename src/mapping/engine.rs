@@ -6,7 +6,6 @@
 
 use std::borrow::Cow;
 
-use jiff::tz::TimeZone;
 use relais_fhir::model::{
     Addr, Code, Deceased, EncounterData, Endpoint, Ext, ExtValue, HeaderData, Ident, Link, LocationEntry,
     Name, PatientData, PractitionerData, Ref, Telecom,
@@ -15,7 +14,7 @@ use relais_fhir::{BundleData, BundleKind, Entry};
 
 use super::file::{Rules, SegmentExtension, TableEntry, ValueType};
 use super::ids::{id, query_escape, urn};
-use super::path::{SourcePath, component, component_ref, segments_with_id, text_of};
+use super::path::{SourcePath, component_in, segments_with_id, text_of_in};
 use super::time;
 use crate::facts::{EventClass, Facts, MapFailure, Mapped, MessageKind};
 use crate::hl7v2::{Charset, Delimiters, Field, Message};
@@ -92,8 +91,10 @@ pub(crate) struct Ctx<'r, 'm, 'a> {
     pub sources: &'r [Vec<SourcePath>],
     pub msg: &'m Message<'a>,
     pub cs: Charset,
+    /// The whole message as text when `cs` is UTF-8 (already checked): values are sliced from it.
+    pub utf8: Option<&'a str>,
     pub d: Delimiters,
-    pub tz: &'r TimeZone,
+    pub tz: time::Zone<'r>,
     pub facility: String,
     pub app: String,
     pub trigger: String,
@@ -107,7 +108,7 @@ impl<'a> Ctx<'_, '_, 'a> {
 
     /// The first non-empty text among the element's paths, with the path it came from.
     fn text_at(&self, element: El) -> Option<(Cow<'a, str>, &SourcePath)> {
-        self.paths(element).iter().find_map(|p| p.text_ref(self.msg, self.cs).map(|t| (t, p)))
+        self.paths(element).iter().find_map(|p| p.text_in(self.msg, self.cs, self.utf8).map(|t| (t, p)))
     }
 
     fn text(&self, element: El) -> Option<String> {
@@ -116,7 +117,7 @@ impl<'a> Ctx<'_, '_, 'a> {
 
     /// [`Ctx::text`] borrowed from the message when possible (for comparisons and table keys).
     fn text_ref(&self, element: El) -> Option<Cow<'a, str>> {
-        self.paths(element).iter().find_map(|p| p.text_ref(self.msg, self.cs))
+        self.paths(element).iter().find_map(|p| p.text_in(self.msg, self.cs, self.utf8))
     }
 
     /// The first non-empty field among the element's paths.
@@ -129,28 +130,28 @@ impl<'a> Ctx<'_, '_, 'a> {
         self.paths(element).iter().filter_map(|p| p.field(self.msg, self.cs)).collect()
     }
 
-    fn comp(&self, rep: &Field<'_>, c: usize) -> Option<String> {
-        component(rep, &self.d, self.cs, c, None)
+    fn comp(&self, rep: &Field<'a>, c: usize) -> Option<String> {
+        component_in(rep, &self.d, self.cs, c, None, self.utf8).map(Cow::into_owned)
     }
 
     /// [`Ctx::comp`] borrowed from the message when possible (for comparisons and table keys).
     fn comp_ref(&self, rep: &Field<'a>, c: usize) -> Option<Cow<'a, str>> {
-        component_ref(rep, &self.d, self.cs, c, None)
+        component_in(rep, &self.d, self.cs, c, None, self.utf8)
     }
 
     fn sub_ref(&self, rep: &Field<'a>, c: usize, s: usize) -> Option<Cow<'a, str>> {
-        component_ref(rep, &self.d, self.cs, c, Some(s))
+        component_in(rep, &self.d, self.cs, c, Some(s), self.utf8)
     }
 
-    fn sub(&self, rep: &Field<'_>, c: usize, s: usize) -> Option<String> {
-        component(rep, &self.d, self.cs, c, Some(s))
+    fn sub(&self, rep: &Field<'a>, c: usize, s: usize) -> Option<String> {
+        component_in(rep, &self.d, self.cs, c, Some(s), self.utf8).map(Cow::into_owned)
     }
 
     /// An element's time, converted; a malformed time is an error naming its field.
     fn time(&self, element: El) -> Result<Option<String>, MapFailure> {
         match self.text_at(element) {
             None => Ok(None),
-            Some((t, p)) => time::to_fhir(&t, self.tz).map(Some).map_err(|why| bad_time(p, &t, &why)),
+            Some((t, p)) => time::to_fhir_in(&t, &self.tz).map(Some).map_err(|why| bad_time(p, &t, &why)),
         }
     }
 
@@ -201,7 +202,7 @@ impl<'a> Ctx<'_, '_, 'a> {
     fn cx_system(&self, rep: &Field<'a>) -> String {
         // CX-4 (HD) split once into namespace, universal id and its type.
         let mut parts = rep.component(4).split(|&b| b == self.d.subcomponent);
-        let mut next = || parts.next().and_then(|raw| text_of(raw, &self.d, self.cs));
+        let mut next = || parts.next().and_then(|raw| text_of_in(raw, &self.d, self.cs, self.utf8));
         let (name, universal, kind) = (next(), next(), next());
         self.hd_system(name, universal, kind)
     }
@@ -222,7 +223,7 @@ pub(crate) fn classify(ctx: &Ctx<'_, '_, '_>) -> Option<EventClass> {
         let cond_ok = match &rule.path {
             None => true,
             Some(p) => {
-                let value = p.text_ref(ctx.msg, ctx.cs);
+                let value = p.text_in(ctx.msg, ctx.cs, ctx.utf8);
                 if rule.present {
                     value.is_some()
                 } else {
@@ -469,7 +470,7 @@ fn patient_part(ctx: &Ctx<'_, '_, '_>, class: Option<EventClass>) -> Result<Pati
     Ok(PatientPart { data, ipp, ins_qualified, gp, gp_known, merged, merged_key })
 }
 
-fn address(ctx: &Ctx<'_, '_, '_>, rep: &Field<'_>, kind: &str) -> Option<Addr> {
+fn address<'a>(ctx: &Ctx<'_, '_, 'a>, rep: &Field<'a>, kind: &str) -> Option<Addr> {
     let lines: Vec<String> = [ctx.sub(rep, 1, 1), ctx.comp(rep, 2)].into_iter().flatten().collect();
     let a = Addr {
         use_: ctx.table("address-use", kind).map(|e| e.code.clone()),
@@ -723,7 +724,7 @@ fn segment_extension(ctx: &Ctx<'_, '_, '_>, se: &SegmentExtension) -> Result<Opt
                 _ => continue,
             },
             // A Z-segment date that is not an HL7 time is kept as text, not lost and not guessed.
-            ValueType::DateTime => match time::to_fhir(&text, ctx.tz) {
+            ValueType::DateTime => match time::to_fhir_in(&text, &ctx.tz) {
                 Ok(at) => ExtValue::DateTime(at),
                 Err(_) => ExtValue::String(text),
             },
@@ -759,7 +760,7 @@ pub(crate) fn map(ctx: &Ctx<'_, '_, '_>, kind: BundleKind, pretty: bool) -> Resu
         None
     };
     let dmp_opposition = ctx.rules.dmp_opposition.as_ref().is_some_and(|(p, values)| {
-        p.text_ref(ctx.msg, ctx.cs).is_some_and(|v| values.iter().any(|e| *e == v))
+        p.text_in(ctx.msg, ctx.cs, ctx.utf8).is_some_and(|v| values.iter().any(|e| *e == v))
     });
     let unit = ctx
         .field(El::EncounterUnit)
@@ -784,7 +785,7 @@ pub(crate) fn map(ctx: &Ctx<'_, '_, '_>, kind: BundleKind, pretty: bool) -> Resu
             .flags
             .iter()
             .filter(|(p, values, _)| {
-                p.text_ref(ctx.msg, ctx.cs).is_some_and(|v| values.iter().any(|e| *e == v))
+                p.text_in(ctx.msg, ctx.cs, ctx.utf8).is_some_and(|v| values.iter().any(|e| *e == v))
             })
             .map(|(_, _, flag)| flag.clone())
             .collect(),
@@ -835,7 +836,7 @@ pub(crate) fn map(ctx: &Ctx<'_, '_, '_>, kind: BundleKind, pretty: bool) -> Resu
     }
     let timestamp = {
         let raw = ctx.msg.header().text(7, ctx.cs);
-        match time::to_fhir(&raw, ctx.tz) {
+        match time::to_fhir_in(&raw, &ctx.tz) {
             Ok(t) if time::is_instant(&t) => Some(t),
             Ok(_) => None,
             Err(why) => return Err(fail("MSH-7", format!("`{raw}` is not a valid time: {why}"))),

@@ -141,8 +141,10 @@ impl Mapper {
             sources: &self.sources,
             msg: &msg,
             cs,
+            // Checked just above: the values are sliced from it without a second UTF-8 check.
+            utf8: if cs == Charset::Utf8 { std::str::from_utf8(raw).ok() } else { None },
             d,
-            tz,
+            tz: time::Zone::new(tz),
             facility,
             app,
             trigger,
