@@ -688,20 +688,19 @@ fn encounter_part(
     Ok(Some((data, key)))
 }
 
-/// The French segments kept as extensions on `resource`.
-fn segment_extensions(ctx: &Ctx<'_, '_, '_>, resource: &str) -> Result<Vec<Ext>, MapFailure> {
-    let mut out = Vec::new();
+/// The French segments kept as extensions on `resource`, added to its extensions `out`.
+fn segment_extensions(ctx: &Ctx<'_, '_, '_>, resource: &str, out: &mut Vec<Ext>) -> Result<(), MapFailure> {
     for se in ctx.rules.segment_extensions.iter().filter(|s| s.resource == resource) {
         if let Some(ext) = segment_extension(ctx, se)? {
             out.push(ext);
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 fn segment_extension(ctx: &Ctx<'_, '_, '_>, se: &SegmentExtension) -> Result<Option<Ext>, MapFailure> {
     let Some(segment) = segments_with_id(ctx.msg, &se.segment).next() else { return Ok(None) };
-    let mut children = Vec::new();
+    let mut children = Vec::with_capacity(se.fields.len());
     for ((field, comp), name, kind) in &se.fields {
         let f = segment.field(*field);
         let text = match comp {
@@ -742,12 +741,12 @@ pub(crate) fn map(ctx: &Ctx<'_, '_, '_>, kind: BundleKind, pretty: bool) -> Resu
     let control_id = ctx.msg.header().text(10, ctx.cs);
     let class = classify(ctx);
     let mut part = patient_part(ctx, class)?;
-    part.data.extensions.extend(segment_extensions(ctx, "Patient")?);
+    segment_extensions(ctx, "Patient", &mut part.data.extensions)?;
     let patient_id = part.data.id.clone();
     let encounter = encounter_part(ctx, &patient_id, &control_id)?;
     let encounter = match encounter {
         Some((mut e, key)) => {
-            e.extensions.extend(segment_extensions(ctx, "Encounter")?);
+            segment_extensions(ctx, "Encounter", &mut e.extensions)?;
             Some((e, key))
         }
         None => None,
