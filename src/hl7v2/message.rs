@@ -426,7 +426,11 @@ impl<'a> Field<'a> {
         if self.literal {
             return if c == 1 { self.raw } else { &[] };
         }
-        let first = nth_part(self.raw, self.delimiters.repetition, 1).unwrap_or_default();
+        // The first repetition: one SIMD search for the repetition character over the whole field.
+        let first = match memchr::memchr(self.delimiters.repetition, self.raw) {
+            Some(end) => self.raw.get(..end).unwrap_or_default(),
+            None => self.raw,
+        };
         nth_part(first, self.delimiters.component, c).unwrap_or_default()
     }
 

@@ -6,7 +6,6 @@
 
 use std::borrow::Cow;
 
-use jiff::tz::TimeZone;
 use relais_fhir::model::{
     Addr, Code, Deceased, EncounterData, Endpoint, Ext, ExtValue, HeaderData, Ident, Link, LocationEntry,
     Name, PatientData, PractitionerData, Ref, Telecom,
@@ -15,7 +14,7 @@ use relais_fhir::{BundleData, BundleKind, Entry};
 
 use super::file::{Rules, SegmentExtension, TableEntry, ValueType};
 use super::ids::{id, query_escape, urn};
-use super::path::{SourcePath, component, component_ref, segments_with_id, text_of};
+use super::path::{SourcePath, component_in, segments_with_id, text_of_in};
 use super::time;
 use crate::facts::{EventClass, Facts, MapFailure, Mapped, MessageKind};
 use crate::hl7v2::{Charset, Delimiters, Field, Message};
@@ -92,8 +91,10 @@ pub(crate) struct Ctx<'r, 'm, 'a> {
     pub sources: &'r [Vec<SourcePath>],
     pub msg: &'m Message<'a>,
     pub cs: Charset,
+    /// The whole message as text when `cs` is UTF-8 (already checked): values are sliced from it.
+    pub utf8: Option<&'a str>,
     pub d: Delimiters,
-    pub tz: &'r TimeZone,
+    pub tz: time::Zone<'r>,
     pub facility: String,
     pub app: String,
     pub trigger: String,
@@ -106,17 +107,17 @@ impl<'a> Ctx<'_, '_, 'a> {
     }
 
     /// The first non-empty text among the element's paths, with the path it came from.
-    fn text_at(&self, element: El) -> Option<(String, &SourcePath)> {
-        self.paths(element).iter().find_map(|p| p.text(self.msg, self.cs).map(|t| (t, p)))
+    fn text_at(&self, element: El) -> Option<(Cow<'a, str>, &SourcePath)> {
+        self.paths(element).iter().find_map(|p| p.text_in(self.msg, self.cs, self.utf8).map(|t| (t, p)))
     }
 
     fn text(&self, element: El) -> Option<String> {
-        self.text_at(element).map(|(t, _)| t)
+        self.text_at(element).map(|(t, _)| t.into_owned())
     }
 
     /// [`Ctx::text`] borrowed from the message when possible (for comparisons and table keys).
     fn text_ref(&self, element: El) -> Option<Cow<'a, str>> {
-        self.paths(element).iter().find_map(|p| p.text_ref(self.msg, self.cs))
+        self.paths(element).iter().find_map(|p| p.text_in(self.msg, self.cs, self.utf8))
     }
 
     /// The first non-empty field among the element's paths.
@@ -129,28 +130,28 @@ impl<'a> Ctx<'_, '_, 'a> {
         self.paths(element).iter().filter_map(|p| p.field(self.msg, self.cs)).collect()
     }
 
-    fn comp(&self, rep: &Field<'_>, c: usize) -> Option<String> {
-        component(rep, &self.d, self.cs, c, None)
+    fn comp(&self, rep: &Field<'a>, c: usize) -> Option<String> {
+        component_in(rep, &self.d, self.cs, c, None, self.utf8).map(Cow::into_owned)
     }
 
     /// [`Ctx::comp`] borrowed from the message when possible (for comparisons and table keys).
     fn comp_ref(&self, rep: &Field<'a>, c: usize) -> Option<Cow<'a, str>> {
-        component_ref(rep, &self.d, self.cs, c, None)
+        component_in(rep, &self.d, self.cs, c, None, self.utf8)
     }
 
     fn sub_ref(&self, rep: &Field<'a>, c: usize, s: usize) -> Option<Cow<'a, str>> {
-        component_ref(rep, &self.d, self.cs, c, Some(s))
+        component_in(rep, &self.d, self.cs, c, Some(s), self.utf8)
     }
 
-    fn sub(&self, rep: &Field<'_>, c: usize, s: usize) -> Option<String> {
-        component(rep, &self.d, self.cs, c, Some(s))
+    fn sub(&self, rep: &Field<'a>, c: usize, s: usize) -> Option<String> {
+        component_in(rep, &self.d, self.cs, c, Some(s), self.utf8).map(Cow::into_owned)
     }
 
     /// An element's time, converted; a malformed time is an error naming its field.
     fn time(&self, element: El) -> Result<Option<String>, MapFailure> {
         match self.text_at(element) {
             None => Ok(None),
-            Some((t, p)) => time::to_fhir(&t, self.tz).map(Some).map_err(|why| bad_time(p, &t, &why)),
+            Some((t, p)) => time::to_fhir_in(&t, &self.tz).map(Some).map_err(|why| bad_time(p, &t, &why)),
         }
     }
 
@@ -201,7 +202,7 @@ impl<'a> Ctx<'_, '_, 'a> {
     fn cx_system(&self, rep: &Field<'a>) -> String {
         // CX-4 (HD) split once into namespace, universal id and its type.
         let mut parts = rep.component(4).split(|&b| b == self.d.subcomponent);
-        let mut next = || parts.next().and_then(|raw| text_of(raw, &self.d, self.cs));
+        let mut next = || parts.next().and_then(|raw| text_of_in(raw, &self.d, self.cs, self.utf8));
         let (name, universal, kind) = (next(), next(), next());
         self.hd_system(name, universal, kind)
     }
@@ -222,7 +223,7 @@ pub(crate) fn classify(ctx: &Ctx<'_, '_, '_>) -> Option<EventClass> {
         let cond_ok = match &rule.path {
             None => true,
             Some(p) => {
-                let value = p.text_ref(ctx.msg, ctx.cs);
+                let value = p.text_in(ctx.msg, ctx.cs, ctx.utf8);
                 if rule.present {
                     value.is_some()
                 } else {
@@ -304,15 +305,13 @@ fn patient_part(ctx: &Ctx<'_, '_, '_>, class: Option<EventClass>) -> Result<Pati
             assigner: None,
         });
     }
-    if let Some(ins) = ins.clone() {
-        identifiers.push(ins);
-    }
-    let (key_system, key_value) = match (&ipp, &ins) {
-        (Some((s, v, _)), _) => (s.clone(), v.clone()),
-        (None, Some(i)) => (i.system.clone(), i.value.clone()),
-        (None, None) => unreachable_key(),
+    // The Patient is keyed by its IPP, else by its (qualified) INS.
+    let patient_id = match (&ipp, &ins) {
+        (Some((s, v, _)), _) => id("Patient", &[s, v]),
+        (None, Some(i)) => id("Patient", &[&i.system, &i.value]),
+        (None, None) => id("Patient", &["", ""]),
     };
-    let patient_id = id("Patient", &[&key_system, &key_value]);
+    identifiers.extend(ins);
 
     let mut data = PatientData {
         id: patient_id.clone(),
@@ -471,11 +470,7 @@ fn patient_part(ctx: &Ctx<'_, '_, '_>, class: Option<EventClass>) -> Result<Pati
     Ok(PatientPart { data, ipp, ins_qualified, gp, gp_known, merged, merged_key })
 }
 
-fn unreachable_key() -> (String, String) {
-    (String::new(), String::new())
-}
-
-fn address(ctx: &Ctx<'_, '_, '_>, rep: &Field<'_>, kind: &str) -> Option<Addr> {
+fn address<'a>(ctx: &Ctx<'_, '_, 'a>, rep: &Field<'a>, kind: &str) -> Option<Addr> {
     let lines: Vec<String> = [ctx.sub(rep, 1, 1), ctx.comp(rep, 2)].into_iter().flatten().collect();
     let a = Addr {
         use_: ctx.table("address-use", kind).map(|e| e.code.clone()),
@@ -624,17 +619,17 @@ fn encounter_part(
         end,
         ..EncounterData::default()
     };
-    if let Some(code) = ctx.text(El::EncounterAdmitSource) {
+    if let Some(code) = ctx.text_ref(El::EncounterAdmitSource) {
         data.admit_source = ctx.coded("admit-source", &code);
         data.admit_source_text = Some(concat(&["PMSI mode d'entrée ", &code]));
-    } else if let Some(code) = ctx.text(El::EncounterAdmitSourceV2) {
+    } else if let Some(code) = ctx.text_ref(El::EncounterAdmitSourceV2) {
         data.admit_source = ctx.coded("admit-source-v2", &code);
         data.admit_source_text = Some(concat(&["PV1-14 ", &code]));
     }
-    if let Some(code) = ctx.text(El::EncounterDischargeMode) {
+    if let Some(code) = ctx.text_ref(El::EncounterDischargeMode) {
         data.discharge_disposition = ctx.coded("discharge-disposition", &code);
         data.discharge_disposition_text = Some(concat(&["PMSI mode de sortie ", &code]));
-    } else if let Some(code) = ctx.text(El::EncounterDischargeV2) {
+    } else if let Some(code) = ctx.text_ref(El::EncounterDischargeV2) {
         data.discharge_disposition = ctx.coded("discharge-disposition-v2", &code);
         data.discharge_disposition_text = Some(concat(&["PV1-36 ", &code]));
     }
@@ -693,20 +688,19 @@ fn encounter_part(
     Ok(Some((data, key)))
 }
 
-/// The French segments kept as extensions on `resource`.
-fn segment_extensions(ctx: &Ctx<'_, '_, '_>, resource: &str) -> Result<Vec<Ext>, MapFailure> {
-    let mut out = Vec::new();
+/// The French segments kept as extensions on `resource`, added to its extensions `out`.
+fn segment_extensions(ctx: &Ctx<'_, '_, '_>, resource: &str, out: &mut Vec<Ext>) -> Result<(), MapFailure> {
     for se in ctx.rules.segment_extensions.iter().filter(|s| s.resource == resource) {
         if let Some(ext) = segment_extension(ctx, se)? {
             out.push(ext);
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 fn segment_extension(ctx: &Ctx<'_, '_, '_>, se: &SegmentExtension) -> Result<Option<Ext>, MapFailure> {
     let Some(segment) = segments_with_id(ctx.msg, &se.segment).next() else { return Ok(None) };
-    let mut children = Vec::new();
+    let mut children = Vec::with_capacity(se.fields.len());
     for ((field, comp), name, kind) in &se.fields {
         let f = segment.field(*field);
         let text = match comp {
@@ -729,7 +723,7 @@ fn segment_extension(ctx: &Ctx<'_, '_, '_>, se: &SegmentExtension) -> Result<Opt
                 _ => continue,
             },
             // A Z-segment date that is not an HL7 time is kept as text, not lost and not guessed.
-            ValueType::DateTime => match time::to_fhir(&text, ctx.tz) {
+            ValueType::DateTime => match time::to_fhir_in(&text, &ctx.tz) {
                 Ok(at) => ExtValue::DateTime(at),
                 Err(_) => ExtValue::String(text),
             },
@@ -747,12 +741,12 @@ pub(crate) fn map(ctx: &Ctx<'_, '_, '_>, kind: BundleKind, pretty: bool) -> Resu
     let control_id = ctx.msg.header().text(10, ctx.cs);
     let class = classify(ctx);
     let mut part = patient_part(ctx, class)?;
-    part.data.extensions.extend(segment_extensions(ctx, "Patient")?);
+    segment_extensions(ctx, "Patient", &mut part.data.extensions)?;
     let patient_id = part.data.id.clone();
     let encounter = encounter_part(ctx, &patient_id, &control_id)?;
     let encounter = match encounter {
         Some((mut e, key)) => {
-            e.extensions.extend(segment_extensions(ctx, "Encounter")?);
+            segment_extensions(ctx, "Encounter", &mut e.extensions)?;
             Some((e, key))
         }
         None => None,
@@ -765,7 +759,7 @@ pub(crate) fn map(ctx: &Ctx<'_, '_, '_>, kind: BundleKind, pretty: bool) -> Resu
         None
     };
     let dmp_opposition = ctx.rules.dmp_opposition.as_ref().is_some_and(|(p, values)| {
-        p.text_ref(ctx.msg, ctx.cs).is_some_and(|v| values.iter().any(|e| *e == v))
+        p.text_in(ctx.msg, ctx.cs, ctx.utf8).is_some_and(|v| values.iter().any(|e| *e == v))
     });
     let unit = ctx
         .field(El::EncounterUnit)
@@ -790,7 +784,7 @@ pub(crate) fn map(ctx: &Ctx<'_, '_, '_>, kind: BundleKind, pretty: bool) -> Resu
             .flags
             .iter()
             .filter(|(p, values, _)| {
-                p.text_ref(ctx.msg, ctx.cs).is_some_and(|v| values.iter().any(|e| *e == v))
+                p.text_in(ctx.msg, ctx.cs, ctx.utf8).is_some_and(|v| values.iter().any(|e| *e == v))
             })
             .map(|(_, _, flag)| flag.clone())
             .collect(),
@@ -802,7 +796,10 @@ pub(crate) fn map(ctx: &Ctx<'_, '_, '_>, kind: BundleKind, pretty: bool) -> Resu
     };
 
     // Resources (the builders take the data by value: no copies).
-    let patient_put = part.data.identifiers.first().map(|i| put_url("Patient", &i.system, &i.value));
+    // Conditional PUT URLs only for a transaction (a message Bundle carries no request).
+    let puts = kind == BundleKind::Transaction;
+    let patient_put =
+        part.data.identifiers.first().filter(|_| puts).map(|i| put_url("Patient", &i.system, &i.value));
     let mut entries = Vec::with_capacity(5);
     let focus = match &encounter {
         Some((e, _)) => Ref { reference: Some(urn(&e.id)), ..Ref::default() },
@@ -817,31 +814,28 @@ pub(crate) fn map(ctx: &Ctx<'_, '_, '_>, kind: BundleKind, pretty: bool) -> Resu
     if let (Some(m), Some((s, v))) = (part.merged, &part.merged_key) {
         let full_url = urn(&m.id);
         let built = relais_fhir::patient(m).map_err(fhir_fail)?;
-        entries.push(Entry { full_url, resource: built, put_url: Some(put_url("Patient", s, v)) });
+        entries.push(Entry { full_url, resource: built, put_url: puts.then(|| put_url("Patient", s, v)) });
     }
     if let Some((e, key)) = encounter {
         let full_url = urn(&e.id);
         let built = relais_fhir::encounter(e).map_err(fhir_fail)?;
-        let put = key.as_ref().map(|(s, v)| put_url("Encounter", s, v));
+        let put = key.as_ref().filter(|_| puts).map(|(s, v)| put_url("Encounter", s, v));
         entries.push(Entry { full_url, resource: built, put_url: put });
     }
     if let Some(g) = part.gp {
         let full_url = urn(&g.id);
-        let put = g.identifiers.first().map(|i| put_url("Practitioner", &i.system, &i.value));
+        let put =
+            g.identifiers.first().filter(|_| puts).map(|i| put_url("Practitioner", &i.system, &i.value));
         let built = relais_fhir::practitioner(g).map_err(fhir_fail)?;
         entries.push(Entry { full_url, resource: built, put_url: put });
     }
-    if kind == BundleKind::Transaction {
+    if puts {
         // Conditional PUTs only: an entry without a business identifier cannot be replayed safely.
         entries.retain(|e| e.put_url.is_some());
-    } else {
-        for e in &mut entries {
-            e.put_url = None;
-        }
     }
     let timestamp = {
         let raw = ctx.msg.header().text(7, ctx.cs);
-        match time::to_fhir(&raw, ctx.tz) {
+        match time::to_fhir_in(&raw, &ctx.tz) {
             Ok(t) if time::is_instant(&t) => Some(t),
             Ok(_) => None,
             Err(why) => return Err(fail("MSH-7", format!("`{raw}` is not a valid time: {why}"))),

@@ -102,11 +102,14 @@ impl Mapper {
             .map_err(|e| MapFailure { location: e.location.to_string(), reason: e.reason.clone() })?;
         let header = msg.header().clone();
         let d = header.delimiters();
-        let facility_raw = header.component(4, 1);
-        let facility = crate::hl7v2::decode_text(facility_raw, &d, Charset::Latin1).trim().to_owned();
         let cs = match header.charset() {
             Ok(Some(cs)) => cs,
-            Ok(None) => self.sender_charsets.get(&facility).copied().unwrap_or(self.default_charset),
+            Ok(None) => {
+                // No MSH-18: the sender's configured charset (MSH-4.1 read before the charset is known).
+                let facility_raw = header.component(4, 1);
+                let facility = crate::hl7v2::decode_text(facility_raw, &d, Charset::Latin1);
+                self.sender_charsets.get(facility.trim()).copied().unwrap_or(self.default_charset)
+            }
             Err(e) => return Err(MapFailure { location: e.location.to_string(), reason: e.reason }),
         };
         cs.validate(raw).map_err(|e| MapFailure { location: e.location.to_string(), reason: e.reason })?;
@@ -138,8 +141,10 @@ impl Mapper {
             sources: &self.sources,
             msg: &msg,
             cs,
+            // Checked just above: the values are sliced from it without a second UTF-8 check.
+            utf8: if cs == Charset::Utf8 { std::str::from_utf8(raw).ok() } else { None },
             d,
-            tz,
+            tz: time::Zone::new(tz),
             facility,
             app,
             trigger,

@@ -63,7 +63,7 @@ impl SourcePath {
         let d = msg.delimiters();
         let segment = segments_with_id(msg, &self.segment).find(|s| match &self.selector {
             None => true,
-            Some((n, value)) => decode(s.field(*n).component(1), &d, cs).trim() == value,
+            Some((n, value)) => decode(s.field(*n).component(1), &d, cs, None).trim() == value,
         })?;
         let field = segment.field(self.field);
         (!field.is_empty()).then_some(field)
@@ -78,6 +78,17 @@ impl SourcePath {
 
     /// [`SourcePath::text`], borrowed from the message when nothing needed unescaping or transcoding.
     pub fn text_ref<'a>(&self, msg: &Message<'a>, cs: Charset) -> Option<Cow<'a, str>> {
+        self.text_in(msg, cs, None)
+    }
+
+    /// [`SourcePath::text_ref`]; `checked` is the whole message when it is already known to be UTF-8 text
+    /// (its values are then sliced from it, not checked again).
+    pub(crate) fn text_in<'a>(
+        &self,
+        msg: &Message<'a>,
+        cs: Charset,
+        checked: Option<&'a str>,
+    ) -> Option<Cow<'a, str>> {
         let field = self.field(msg, cs)?;
         let d = msg.delimiters();
         let raw = match (self.component, self.subcomponent) {
@@ -85,7 +96,7 @@ impl SourcePath {
             (Some(c), None) => field.component(c),
             (Some(c), Some(s)) => field.subcomponent(c, s),
         };
-        clean(decode(raw, &d, cs))
+        clean(decode(raw, &d, cs, checked))
     }
 }
 
@@ -125,27 +136,65 @@ pub fn component_ref<'a>(
     c: usize,
     s: Option<usize>,
 ) -> Option<Cow<'a, str>> {
+    component_in(rep, d, cs, c, s, None)
+}
+
+/// [`component_ref`], with the whole message when it is already checked UTF-8 (see [`SourcePath::text_in`]).
+pub(crate) fn component_in<'a>(
+    rep: &Field<'a>,
+    d: &Delimiters,
+    cs: Charset,
+    c: usize,
+    s: Option<usize>,
+    checked: Option<&'a str>,
+) -> Option<Cow<'a, str>> {
     let raw = match s {
         None => rep.component(c),
         Some(s) => rep.subcomponent(c, s),
     };
-    text_of(raw, d, cs)
+    text_of_in(raw, d, cs, checked)
 }
 
 /// Decoded, trimmed text of raw field bytes; `None` when empty or the HL7 null `""`.
 pub fn text_of<'a>(raw: &'a [u8], d: &Delimiters, cs: Charset) -> Option<Cow<'a, str>> {
+    text_of_in(raw, d, cs, None)
+}
+
+/// [`text_of`], with the whole message when it is already checked UTF-8 (see [`SourcePath::text_in`]).
+pub(crate) fn text_of_in<'a>(
+    raw: &'a [u8],
+    d: &Delimiters,
+    cs: Charset,
+    checked: Option<&'a str>,
+) -> Option<Cow<'a, str>> {
     if raw.is_empty() {
         return None;
     }
-    clean(decode(raw, d, cs))
+    clean(decode(raw, d, cs, checked))
+}
+
+/// `part` as text when it lies inside `whole` (then it is text already: `whole` is checked UTF-8, and parts
+/// are cut at ASCII delimiters, which `str::get` confirms are character boundaries).
+fn slice_of<'a>(whole: &'a str, part: &[u8]) -> Option<&'a str> {
+    let start = (part.as_ptr() as usize).checked_sub(whole.as_ptr() as usize)?;
+    let text = whole.get(start..start.checked_add(part.len())?)?;
+    // Same address and length inside `whole`: the same bytes.
+    (text.as_ptr() == part.as_ptr()).then_some(text)
 }
 
 /// Unescaped and decoded text (as [`crate::hl7v2::decode_text`]), borrowed when the bytes hold no escape
 /// and are already text in `cs`.
-fn decode<'a>(raw: &'a [u8], d: &Delimiters, cs: Charset) -> Cow<'a, str> {
+fn decode<'a>(raw: &'a [u8], d: &Delimiters, cs: Charset, checked: Option<&'a str>) -> Cow<'a, str> {
     // Most values hold no escape: a plain scan of these few bytes, then no unescaping at all.
     let unescaped = if raw.contains(&d.escape) { unescape(raw, d) } else { Cow::Borrowed(raw) };
     match unescaped {
+        // Already checked as part of the whole message: sliced from it, no second UTF-8 check.
+        Cow::Borrowed(bytes) if cs == Charset::Utf8 && checked.is_some() => {
+            match checked.and_then(|whole| slice_of(whole, bytes)) {
+                Some(text) => Cow::Borrowed(text),
+                None => cs.decode(bytes),
+            }
+        }
         // Valid UTF-8 borrows as is (the fast check first; `decode` goes through the lossy chunks).
         Cow::Borrowed(bytes) if cs == Charset::Utf8 => match std::str::from_utf8(bytes) {
             Ok(text) => Cow::Borrowed(text),
@@ -187,6 +236,20 @@ mod tests {
         for bad in ["PID", "pid-3", "PID-0", "PID-3.x", "ROL[3ODRP]-4", "PID-1.2.3.4"] {
             assert!(SourcePath::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn checked_text_is_sliced_from_the_message_and_reads_the_same() {
+        let raw = "MSH|^~\\&|A|B|C|D|20260101||ADT^A01|1|P|2.5\rPID|1||42^^^H&1.2&ISO^PI||Éloïse^Zoé\r";
+        let msg = Message::parse(raw.as_bytes()).expect("parses");
+        for p in ["PID-5.1", "PID-5.2", "PID-3.4.2", "PID-3.5"] {
+            let path = SourcePath::parse(p).expect("path");
+            let checked = path.text_in(&msg, Charset::Utf8, Some(raw));
+            assert_eq!(checked, path.text_ref(&msg, Charset::Utf8), "{p}");
+            assert!(matches!(checked, Some(Cow::Borrowed(_))), "{p}");
+        }
+        // Bytes from elsewhere are checked as before, not sliced.
+        assert_eq!(slice_of("abc", "abc".to_owned().as_bytes()), None);
     }
 
     #[test]

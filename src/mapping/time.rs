@@ -6,11 +6,45 @@
 //! year, a month, a date; a time of day (hours, minutes) gets `:00` seconds because FHIR dateTime needs them;
 //! fractional seconds are kept as sent.
 
+use std::cell::Cell;
+
 use jiff::civil::DateTime;
 use jiff::tz::{Offset, TimeZone};
 
+/// A sender's time zone that remembers its last lookup: the times of one message mostly repeat (EVN-6,
+/// PV1-44, ZBE-2…), and the offset of a civil time in a zone depends on nothing else, so a repeated time
+/// is not looked up in the zone's rules again.
+pub struct Zone<'z> {
+    tz: &'z TimeZone,
+    last: Cell<Option<(DateTime, Offset)>>,
+}
+
+impl<'z> Zone<'z> {
+    /// `tz`, nothing looked up yet.
+    pub fn new(tz: &'z TimeZone) -> Zone<'z> {
+        Zone { tz, last: Cell::new(None) }
+    }
+
+    /// The offset of the local time `dt` (an ambiguous or skipped time resolved as jiff's `compatible`).
+    fn offset(&self, dt: DateTime) -> Result<Offset, String> {
+        if let Some((seen, offset)) = self.last.get()
+            && seen == dt
+        {
+            return Ok(offset);
+        }
+        let offset = self.tz.to_ambiguous_zoned(dt).compatible().map_err(|e| e.to_string())?.offset();
+        self.last.set(Some((dt, offset)));
+        Ok(offset)
+    }
+}
+
 /// Converts an HL7 TS (`YYYY[MM[DD[HH[MM[SS[.S…]]]]]][+/-ZZZZ]`) to FHIR text; the error says what is wrong.
 pub fn to_fhir(ts: &str, tz: &TimeZone) -> Result<String, String> {
+    to_fhir_in(ts, &Zone::new(tz))
+}
+
+/// [`to_fhir`] in a [`Zone`] shared by the times of one message.
+pub fn to_fhir_in(ts: &str, zone: &Zone<'_>) -> Result<String, String> {
     let ts = ts.trim();
     let (body, offset) = split_offset(ts)?;
     let (main, fraction) = match body.split_once('.') {
@@ -26,7 +60,10 @@ pub fn to_fhir(ts: &str, tz: &TimeZone) -> Result<String, String> {
     if fraction.is_some() && main.len() != 14 {
         return Err("fractional seconds without seconds".into());
     }
-    let num = |r: std::ops::Range<usize>| main.get(r).and_then(|s| s.parse::<i16>().ok());
+    // Every byte of `main` is an ASCII digit (checked above).
+    let num = |r: std::ops::Range<usize>| {
+        main.get(r).map(|s| s.bytes().fold(0i16, |n, b| n * 10 + i16::from(b - b'0')))
+    };
     let year = num(0..4).ok_or("bad year")?;
     let month = num(4..6);
     let day = num(6..8);
@@ -68,7 +105,7 @@ pub fn to_fhir(ts: &str, tz: &TimeZone) -> Result<String, String> {
     .map_err(|_| "not a valid date and time")?;
     let offset = match offset {
         Some(o) => o,
-        None => tz.to_ambiguous_zoned(dt).compatible().map_err(|e| e.to_string())?.offset(),
+        None => zone.offset(dt)?,
     };
     let mut out = String::with_capacity(25 + fraction.map_or(0, |f| f.len() + 1));
     push_date(&mut out, dt.year(), dt.month(), dt.day());
@@ -151,6 +188,20 @@ mod tests {
         assert_eq!(to_fhir("20261122143015", &paris()).as_deref(), Ok("2026-11-22T14:30:15+01:00"));
         let cayenne = TimeZone::get("America/Cayenne").expect("tzdb");
         assert_eq!(to_fhir("20260714102500", &cayenne).as_deref(), Ok("2026-07-14T10:25:00-03:00"));
+    }
+
+    #[test]
+    fn a_shared_zone_gives_each_time_its_own_offset() {
+        let tz = paris();
+        let zone = Zone::new(&tz);
+        for (ts, fhir) in [
+            ("20261122143015", "2026-11-22T14:30:15+01:00"),
+            ("20261122143015", "2026-11-22T14:30:15+01:00"),
+            ("20260714102500", "2026-07-14T10:25:00+02:00"),
+            ("20261122143015", "2026-11-22T14:30:15+01:00"),
+        ] {
+            assert_eq!(to_fhir_in(ts, &zone).as_deref(), Ok(fhir), "{ts}");
+        }
     }
 
     #[test]
