@@ -66,9 +66,9 @@ use writer::{CommitCounters, Request, Writer};
 /// Appends waiting for the writer before `append` itself waits for room.
 const QUEUE_CAPACITY: usize = 65_536;
 
-/// Logged batches waiting for the applier before the writer itself waits: bounds the memory held and
-/// how long a read may wait for the applied watermark.
-const APPLIER_BACKLOG: usize = 16;
+/// Logged batches waiting for the applier before the writer itself waits, a backstop: the queue is bounded
+/// in bytes ([`applier::MAX_BACKLOG_BYTES`]).
+const APPLIER_BACKLOG: usize = 1024;
 
 /// Where the journal lives and how it behaves.
 #[derive(Debug, Clone)]

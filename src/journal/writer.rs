@@ -307,8 +307,9 @@ impl Writer {
             answer.send();
         }
         if !ops.is_empty() {
-            let applied = Applied { ops, lsn: last_lsn, next_id: self.next_id };
-            self.marks.batch_sent();
+            let bytes = super::applier::batch_bytes(&ops);
+            let applied = Applied { ops, bytes, lsn: last_lsn, next_id: self.next_id };
+            self.marks.batch_sent(bytes);
             self.applier.send(applied).map_err(|_| self.marks.failure().unwrap_or(Error::WriterLost))?;
         }
         Ok(())
