@@ -208,6 +208,27 @@ fn post_mail(
     runtime.block_on(async { builder.build().send_raw(&envelope, raw.as_bytes()).await }).map(|_| ())
 }
 
+/// A TCP port on 127.0.0.1 that refuses connections, held (bound, never listening) until the socket is dropped.
+fn refusing_port() -> (std::os::fd::OwnedFd, u16) {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain socket calls on a descriptor this function owns; their results are checked.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let socket = std::os::fd::OwnedFd::from_raw_fd(fd);
+        let mut addr: libc::sockaddr_in = std::mem::zeroed();
+        addr.sin_family = libc::AF_INET as libc::sa_family_t;
+        addr.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        let bound = libc::bind(fd, (&raw const addr).cast(), len);
+        assert_eq!(bound, 0, "bind: {}", std::io::Error::last_os_error());
+        let mut len = len;
+        let named = libc::getsockname(fd, (&raw mut addr).cast(), &mut len);
+        assert_eq!(named, 0, "getsockname: {}", std::io::Error::last_os_error());
+        (socket, u16::from_be(addr.sin_port))
+    }
+}
+
 #[test]
 fn an_oru_by_mllp_gets_zam_z02_and_z01_back_then_z03_once_the_mdn_comes() {
     let pki = Pki::new();
@@ -216,7 +237,10 @@ fn an_oru_by_mllp_gets_zam_z02_and_z01_back_then_z03_once_the_mdn_comes() {
     let smtp = Smtp::start(smtp_port, &pki.server_cert, &pki.server_key, &work.path().join("Maildir"));
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let (endpoint, dmp) = runtime.block_on(super::dmp::start_endpoint(&pki, None));
-    let dpi_port = free_port();
+    // The DPI's port is held, bound and not listening, while its listener is "down": connections to it are
+    // refused at once, and no other test's server can take it meanwhile (one did: the ZAM then waited 30 s
+    // for an ACK from the wrong server).
+    let (down_dpi, dpi_port) = refusing_port();
     let mdn_port = free_port();
     let routes = work.path().join("routes");
     std::fs::create_dir_all(&routes).unwrap();
@@ -263,6 +287,7 @@ fn an_oru_by_mllp_gets_zam_z02_and_z01_back_then_z03_once_the_mdn_comes() {
     }
     relais.stop();
     relais.restart();
+    drop(down_dpi);
     let dpi = Dpi::start_on(dpi_port);
 
     // ZAM^Z02 for each recipient (the professional, the patient) and ZAM^Z01 for the DMP.
