@@ -433,8 +433,19 @@ impl AmqpConsumer {
                 backoff = (backoff * 2).min(Duration::from_secs(10));
                 continue;
             }
-            let Some((_, _, consumer)) = self.live.as_mut() else { continue };
-            match consumer.next().await {
+            let Some((connection, _, consumer)) = self.live.as_mut() else { continue };
+            // Also look at the connection now and then: a consumer whose connection died must reconnect even
+            // if its stream never says so.
+            let next = tokio::select! {
+                next = consumer.next() => Some(next),
+                _ = connection_lost(connection) => None,
+            };
+            let Some(next) = next else {
+                tracing::warn!(queue = %self.queue, "AMQP consumer's connection is down; reconnecting");
+                self.live = None;
+                continue;
+            };
+            match next {
                 Some(Ok(delivery)) => {
                     let envelope = decode(&delivery.properties, &delivery.data);
                     let attempt = delivery_count(&delivery.properties) + 1;
@@ -458,6 +469,19 @@ impl AmqpConsumer {
         }
     }
 }
+
+/// Resolves once `connection` is no longer connected (checked every [`LIVENESS_CHECK`]).
+async fn connection_lost(connection: &Connection) {
+    loop {
+        tokio::time::sleep(LIVENESS_CHECK).await;
+        if !connection.status().connected() {
+            return;
+        }
+    }
+}
+
+/// How often a waiting consumer checks that its connection is still up.
+const LIVENESS_CHECK: Duration = Duration::from_secs(5);
 
 /// One delivery from RabbitMQ.
 pub struct AmqpDelivery {
