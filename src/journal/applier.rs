@@ -5,10 +5,10 @@
 //! `Durability::None` (no fsync). Less than [`MIN_APPLY_GAP`] after the previous transaction it waits for
 //! more batches first (asleep on a condition variable), unless a reader is waiting or [`HURRY_BYTES`] are
 //! queued. The queue is bounded in bytes: past [`MAX_BACKLOG_BYTES`] the writer waits for the applier.
-//! Every
-//! `checkpoint_interval`, or once `checkpoint_bytes` were applied since the last one, that transaction is
-//! `Durability::Immediate` instead: a checkpoint, after which the WAL segments it covers are recycled. After each transaction it raises the applied watermark
-//! ([`Marks`]), which reads wait for, and publishes the highest stored id for the pipeline.
+//! Every `checkpoint_interval`, or once `checkpoint_bytes` were applied since the last one, that
+//! transaction is `Durability::Immediate` instead: a checkpoint, after which the WAL segments it covers are
+//! recycled. After each transaction it raises the applied watermark ([`Marks`]), which reads wait for, and
+//! publishes the highest stored id for the pipeline.
 //!
 //! If redb fails, the watermark stops and readers and writers get the error; the WAL keeps everything
 //! acknowledged, and the next open replays it.
@@ -140,11 +140,15 @@ impl Marks {
         }
     }
 
-    /// The applier took a batch of `bytes`.
+    /// The applier took a batch of `bytes`; wakes the writer if it may be waiting for room.
     fn batch_taken(&self, bytes: u64) {
-        self.backlog_bytes.fetch_sub(bytes, Ordering::AcqRel);
-        let _guard = self.failed.lock().unwrap_or_else(PoisonError::into_inner);
-        self.applier_took.notify_all();
+        let before = self.backlog_bytes.fetch_sub(bytes, Ordering::AcqRel);
+        // The writer waits only while more than the bound is queued (and only it adds): below that, nobody
+        // to wake, and no lock to take for every batch.
+        if before > MAX_BACKLOG_BYTES {
+            let _guard = self.failed.lock().unwrap_or_else(PoisonError::into_inner);
+            self.applier_took.notify_all();
+        }
     }
 
     /// Blocks the applier until `deadline`, until a reader waits for the watermark, or until

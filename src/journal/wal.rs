@@ -313,9 +313,7 @@ impl Wal {
         self.spare_asked = false;
         Ok(())
     }
-}
 
-impl Wal {
     /// Syncs the active segment if a write since its last sync was not synced.
     fn sync_unsynced(&mut self) -> io::Result<()> {
         if self.unsynced {
