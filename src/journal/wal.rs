@@ -6,8 +6,9 @@
 //! below the checkpoint are recycled.
 //!
 //! On-disk format, in `<journal file name without extension>-wal/` beside the redb file:
-//! - segment files `NNNNNNNN.seg` of `segment_bytes` each, zero-filled when created (so a hot `fdatasync`
-//!   rewrites allocated blocks and commits no file-system metadata), reused as they are once recycled;
+//! - segment files `NNNNNNNN.seg` of `segment_bytes` each (a whole number of pages), zero-filled when
+//!   created (so a hot `fdatasync` rewrites allocated blocks and commits no file-system metadata), reused as
+//!   they are once recycled;
 //! - records back to back from offset 0: `len: u32 | crc: u32 | seg: u64 | lsn: u64 | payload[len]`, all
 //!   little-endian; `crc` is the CRC-32 of everything after it (seg, lsn, payload) and of `len`;
 //! - `seg` names the segment's current use: every record of one use carries the same `seg` (strictly
@@ -18,12 +19,20 @@
 //! mismatch, or stale records of an earlier use of a recycled file end that file's log. The records of
 //! every file, in `seg` order, then form one sequence; the store replays those past its checkpoint.
 //!
+//! Writes cover whole pages from a page boundary: the last, partly filled page is written again with the new
+//! records after its old bytes (which stay the same, so a write torn at any sector keeps them), and the rest
+//! of the last page is zeros. That lets the active segment be opened with direct I/O (`O_DIRECT`) where the
+//! file system allows it: the write goes to the device without the page cache, and the `fdatasync` after it
+//! only flushes the device (measured on this project's 2-core VM: 11,000 write+sync/s against 9,100-9,900
+//! through the page cache). Where direct I/O is refused (tmpfs, some network file systems) the same writes
+//! go through the page cache.
+//!
 //! It never reads or logs record content: payloads are opaque bytes.
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, mpsc};
@@ -34,6 +43,13 @@ pub(crate) const RECORD_HEADER: usize = 24;
 
 /// Largest payload recovery accepts (a length past it is garbage).
 const MAX_PAYLOAD: u64 = 1 << 30;
+
+/// Size and alignment of every log write (and of segments): the page size, a multiple of any disk's logical
+/// block, as direct I/O needs.
+const PAGE: usize = 4096;
+
+/// Deferred (unsynced) records held in memory past this many bytes are written out without a sync.
+const DEFERRED_BYTES: usize = 1 << 20;
 
 /// Extension of segment files; files being created carry `.tmp` until complete.
 const SEGMENT_EXT: &str = "seg";
@@ -135,16 +151,58 @@ fn checksum(len: &[u8], seg_lsn: &[u8], payload: &[u8]) -> u32 {
     hasher.finalize()
 }
 
-/// Appends one framed record to `buf`.
-pub(crate) fn frame(buf: &mut Vec<u8>, seg: u64, lsn: u64, payload: &[u8]) {
+/// The header that frames `payload` as record `lsn` of segment use `seg`.
+fn header(seg: u64, lsn: u64, payload: &[u8]) -> [u8; RECORD_HEADER] {
     let len = u32::try_from(payload.len()).expect("WAL payloads are below 4 GiB").to_le_bytes();
-    let mut seg_lsn = [0u8; 16];
-    seg_lsn[..8].copy_from_slice(&seg.to_le_bytes());
-    seg_lsn[8..].copy_from_slice(&lsn.to_le_bytes());
-    buf.extend_from_slice(&len);
-    buf.extend_from_slice(&checksum(&len, &seg_lsn, payload).to_le_bytes());
-    buf.extend_from_slice(&seg_lsn);
-    buf.extend_from_slice(payload);
+    let mut header = [0u8; RECORD_HEADER];
+    header[0..4].copy_from_slice(&len);
+    header[8..16].copy_from_slice(&seg.to_le_bytes());
+    header[16..24].copy_from_slice(&lsn.to_le_bytes());
+    let crc = checksum(&len, &header[8..24], payload);
+    header[4..8].copy_from_slice(&crc.to_le_bytes());
+    header
+}
+
+/// One page of memory, aligned as direct I/O needs.
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C, align(4096))]
+struct Page([u8; PAGE]);
+
+/// The bytes of the next log write, in page-aligned memory: the kept bytes of the segment's last, partly
+/// written page, then the new records.
+#[derive(Default)]
+struct PageBuf {
+    pages: Vec<Page>,
+    len: usize,
+}
+
+impl PageBuf {
+    fn push(&mut self, bytes: &[u8]) {
+        let end = self.len + bytes.len();
+        let pages = end.div_ceil(PAGE);
+        if pages > self.pages.len() {
+            self.pages.resize(pages, Page([0; PAGE]));
+        }
+        bytemuck::cast_slice_mut::<Page, u8>(&mut self.pages)[self.len..end].copy_from_slice(bytes);
+        self.len = end;
+    }
+
+    /// The whole pages holding the bytes, zeros after them.
+    fn padded(&mut self) -> &[u8] {
+        let bytes = bytemuck::cast_slice_mut::<Page, u8>(&mut self.pages[..self.len.div_ceil(PAGE)]);
+        bytes[self.len..].fill(0);
+        bytes
+    }
+
+    /// Keeps only the bytes of the last, partly filled page, moved to the start (none if the bytes end on a
+    /// page boundary).
+    fn keep_last_page(&mut self) {
+        let kept = self.len % PAGE;
+        if kept > 0 {
+            self.pages[0] = self.pages[self.len / PAGE];
+        }
+        self.len = kept;
+    }
 }
 
 /// Segment bookkeeping shared by the writer, the preparer thread and the store's checkpoints.
@@ -198,10 +256,15 @@ pub(crate) struct Wal {
     seg: u64,
     offset: u64,
     last_lsn: u64,
-    buf: Vec<u8>,
+    /// The next write; between writes, the bytes of the active segment's last, partly written page.
+    buf: PageBuf,
     spare_asked: bool,
+    /// Records in `buf` are not written yet (deferred ones, see [`Wal::write`]).
+    pending: bool,
     /// A write since the last `fdatasync` of the active segment was not synced.
     unsynced: bool,
+    /// A write or sync failed: nothing more is written.
+    broken: bool,
     preparer: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
 }
 
@@ -214,6 +277,7 @@ impl Wal {
         recovered: &Recovered,
         shared: Arc<Shared>,
     ) -> io::Result<Wal> {
+        let segment_bytes = segment_bytes.next_multiple_of(PAGE as u64);
         let next_file = recovered
             .files
             .iter()
@@ -250,17 +314,23 @@ impl Wal {
             seg,
             offset: 0,
             last_lsn: 0,
-            buf: Vec::new(),
+            buf: PageBuf::default(),
             spare_asked: false,
+            pending: false,
             unsynced: false,
+            broken: false,
             preparer: Some((wake, preparer)),
         })
     }
 
-    /// Writes `records` (`(lsn, payload)`, lsn increasing by one) in one write and, if `sync`, one
-    /// `fdatasync`, which also makes durable every earlier unsynced write; returns once they are durable
-    /// (or, without `sync`, in the page cache).
+    /// Logs `records` (`(lsn, payload)`, lsn increasing by one). With `sync`, they and every earlier record
+    /// are written in one write and made durable by one `fdatasync` before this returns. Without, they wait
+    /// in memory for the next synced write (or the segment's end, or [`DEFERRED_BYTES`] of them): a crash
+    /// before that loses them, which is what unsynced means.
     pub(crate) fn write(&mut self, records: &[(u64, &[u8])], sync: bool) -> io::Result<()> {
+        if self.broken {
+            return Err(io::Error::other("an earlier WAL write failed: restart to recover"));
+        }
         let size: u64 = records.iter().map(|(_, p)| (RECORD_HEADER + p.len()) as u64).sum();
         if size == 0 {
             return Ok(());
@@ -268,23 +338,40 @@ impl Wal {
         if self.offset > 0 && self.offset + size > self.segment_bytes {
             self.rotate()?;
         }
-        self.buf.clear();
         for (lsn, payload) in records {
-            frame(&mut self.buf, self.seg, *lsn, payload);
+            self.buf.push(&header(self.seg, *lsn, payload));
+            self.buf.push(payload);
         }
-        self.file.write_all_at(&self.buf, self.offset)?;
-        if sync {
-            self.file.sync_data()?;
-        }
-        self.unsynced = !sync;
         self.offset += size;
         self.last_lsn = records.last().map_or(self.last_lsn, |(lsn, _)| *lsn);
+        self.pending = true;
+        if sync {
+            self.flush(true)?;
+        } else if self.buf.len >= DEFERRED_BYTES {
+            self.flush(false)?;
+        }
         if !self.spare_asked && self.offset > self.segment_bytes / 2 {
             self.spare_asked = true;
             if let Some((wake, _)) = &self.preparer {
                 let _ = wake.send(());
             }
         }
+        Ok(())
+    }
+
+    /// Writes the buffered bytes (whole pages, from the start of the partly written page) and syncs if
+    /// `sync`; then keeps the last partly written page for the next write. A failure breaks the log: what
+    /// reached the disk is unknown, nothing more is written.
+    fn flush(&mut self, sync: bool) -> io::Result<()> {
+        let at = self.offset - self.buf.len as u64;
+        let written = self.file.write_all_at(self.buf.padded(), at);
+        if let Err(error) = written.and_then(|()| if sync { self.file.sync_data() } else { Ok(()) }) {
+            self.broken = true;
+            return Err(error);
+        }
+        self.buf.keep_last_page();
+        self.pending = false;
+        self.unsynced = !sync;
         Ok(())
     }
 
@@ -310,13 +397,16 @@ impl Wal {
         self.path = path;
         self.seg += 1;
         self.offset = 0;
+        self.buf.len = 0;
         self.spare_asked = false;
         Ok(())
     }
 
-    /// Syncs the active segment if a write since its last sync was not synced.
+    /// Writes and syncs what the active segment holds that is not durable yet.
     fn sync_unsynced(&mut self) -> io::Result<()> {
-        if self.unsynced {
+        if self.pending {
+            self.flush(true)?;
+        } else if self.unsynced {
             self.file.sync_data()?;
             self.unsynced = false;
         }
@@ -326,7 +416,9 @@ impl Wal {
 
 impl Drop for Wal {
     fn drop(&mut self) {
-        if let Err(error) = self.sync_unsynced() {
+        if !self.broken
+            && let Err(error) = self.sync_unsynced()
+        {
             tracing::error!(%error, "cannot sync the WAL's last deferred writes on close");
         }
         if let Some((wake, handle)) = self.preparer.take() {
@@ -354,8 +446,16 @@ fn prepare(dir: &Path, shared: &Shared, segment_bytes: u64, wakes: &mpsc::Receiv
     }
 }
 
+/// Opens a segment for writing, with direct I/O if the file system allows it.
 fn open_segment(path: &Path) -> io::Result<File> {
-    OpenOptions::new().read(true).write(true).open(path)
+    let direct = rustix::fs::OFlags::DIRECT.bits() as i32;
+    match OpenOptions::new().write(true).custom_flags(direct).open(path) {
+        Err(error) if error.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
+            tracing::debug!("the WAL's file system refuses direct I/O: writing through the page cache");
+            OpenOptions::new().write(true).open(path)
+        }
+        opened => opened,
+    }
 }
 
 /// Creates a zero-filled segment under a new number: written under `.tmp`, synced, renamed, directory
@@ -476,6 +576,41 @@ mod tests {
         assert_eq!(tail, (3001..=3400).collect::<Vec<_>>());
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), files, "recycled files were not reused");
         assert_eq!(found.last(), Some(&3400));
+    }
+
+    #[test]
+    fn records_across_page_boundaries_come_back_whole_and_segments_never_grow() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut wal, _) = start(dir.path());
+        // Records of 1 to 9 KB, synced or not in turn: writes start and end anywhere in a page, and span
+        // several; about ten segments of 64 KiB.
+        let sized = |lsn: u64| {
+            vec![u8::try_from(lsn % 251).unwrap(); usize::try_from(1000 + lsn * 37 % 8000).unwrap()]
+        };
+        for lsn in 1..=140 {
+            wal.write(&[(lsn, sized(lsn).as_slice())], lsn % 3 != 0).unwrap();
+        }
+        drop(wal);
+        let recovered = recover(dir.path()).unwrap();
+        assert_eq!(lsns(&recovered), (1..=140).collect::<Vec<_>>());
+        for (lsn, bytes) in &recovered.records {
+            assert_eq!(bytes, &sized(*lsn), "record {lsn}");
+        }
+        for file in &recovered.files {
+            assert_eq!(std::fs::metadata(file).unwrap().len(), SEGMENT, "{} grew", file.display());
+        }
+    }
+
+    #[test]
+    fn a_synced_write_makes_the_deferred_records_before_it_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut wal, _) = start(dir.path());
+        wal.write(&[(1, payload(1).as_slice())], true).unwrap();
+        wal.write(&[(2, payload(2).as_slice()), (3, payload(3).as_slice())], false).unwrap();
+        wal.write(&[(4, payload(4).as_slice())], true).unwrap();
+        // A crash now: no close, nothing more written.
+        std::mem::forget(wal);
+        assert_eq!(lsns(&recover(dir.path()).unwrap()), vec![1, 2, 3, 4]);
     }
 
     #[test]

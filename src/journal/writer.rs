@@ -4,8 +4,9 @@
 //! decides each one: an append gets the next id, or is found a duplicate (same dedup key and bytes within
 //! the window) or a conflict (stored as `rejected`); an update of an unknown id is refused. The decisions
 //! are logged as [`Op`]s in one WAL write and one `fdatasync` ([`Wal::write`]), and only then is each
-//! request answered (a batch of deferred pipeline updates only, [`Flush::Deferred`], is written without
-//! the `fdatasync`: the next synced batch or checkpoint covers it); the ops go on to the applier thread,
+//! request answered (a batch of deferred pipeline updates only, [`Flush::Deferred`], is logged without a
+//! write or `fdatasync` of its own: the next synced batch or checkpoint covers it); the ops go on to the
+//! applier thread,
 //! which puts them in redb. If the log write fails, that batch and every later request get the error (what
 //! reached the disk is unknown: restart to recover).
 //! The thread ends when every sender is gone and the queue is empty, after the applier finished.
