@@ -36,6 +36,11 @@ const ENVELOPE_HEADER: &str = "relais-envelope";
 /// consumer for good.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The longest one [`AmqpBus::publish`] waits for the broker (connection, channels, every confirm): a broker
+/// that stops answering mid-batch (restarting, a quorum queue without a leader yet) fails the batch, which is
+/// published again on a new connection, instead of holding the pipeline for good.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The RabbitMQ bus; cheap to clone (one publishing connection shared by the clones).
 #[derive(Clone)]
 pub struct AmqpBus {
@@ -146,7 +151,7 @@ impl AmqpBus {
     /// channels publish side by side.
     pub async fn publish(&self, batch: &[Envelope]) -> Result<(), Error> {
         let mut publisher = self.shared.publisher.lock().await;
-        let result = async {
+        let attempt = async {
             if publisher.as_ref().is_none_or(|(connection, _)| !connection.status().connected()) {
                 *publisher = Some(self.connect_confirming().await?);
             }
@@ -162,8 +167,10 @@ impl AmqpBus {
                 .filter(|(_, lane)| !lane.is_empty())
                 .map(|(channel, lane)| self.publish_on(channel, lane));
             futures_util::future::try_join_all(publishing).await.map(|_| ())
-        }
-        .await;
+        };
+        let result = tokio::time::timeout(PUBLISH_TIMEOUT, attempt)
+            .await
+            .unwrap_or(Err(Error::Unanswered(PUBLISH_TIMEOUT)));
         if result.is_err() {
             // Start afresh next time: a channel that failed may have lost confirms.
             if let Some((connection, _)) = publisher.take() {

@@ -34,7 +34,7 @@ pub enum Error {
     /// The AMQP broker refused, closed or could not be reached.
     #[error("AMQP: {0}")]
     Amqp(#[from] lapin::Error),
-    /// The broker did not open the connection within this time.
+    /// The broker did not open the connection, or confirm a published batch, within this time.
     #[error("AMQP: the broker did not answer within {0:?}")]
     Unanswered(std::time::Duration),
     /// The broker did not confirm (nack) or returned an envelope.

@@ -510,7 +510,24 @@ async fn drain_then_check<E: std::fmt::Debug>(
     seen: &Mutex<Seen>,
     run: Run<E>,
 ) {
-    wait_for(what, timeout, || seen.lock().unwrap().distinct_ids().len() == ids.len()).await;
+    let deadline = Instant::now() + timeout;
+    while seen.lock().unwrap().distinct_ids().len() < ids.len() {
+        if Instant::now() >= deadline {
+            // What a failure needs to be understood: how far the consumers and the pipeline got.
+            let mut by_state: BTreeMap<String, usize> = BTreeMap::new();
+            for state in states(journal, ids) {
+                *by_state.entry(format!("{state:?}")).or_default() += 1;
+            }
+            let seen = seen.lock().unwrap().distinct_ids().len();
+            let pipeline = if run.running.is_finished() { "ended" } else { "running" };
+            panic!(
+                "timed out waiting for {what}: the consumers saw {seen} of {} messages; journal states \
+                 {by_state:?}; pipeline {pipeline}",
+                ids.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     wait_for("all published", Duration::from_secs(30), || {
         states(journal, ids).iter().all(|s| *s == State::Published)
     })
