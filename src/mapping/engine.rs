@@ -95,6 +95,8 @@ pub(crate) struct Ctx<'r, 'm, 'a> {
     pub utf8: Option<&'a str>,
     pub d: Delimiters,
     pub tz: time::Zone<'r>,
+    /// `local_identifier_system` cut at its `{namespace}` markers (once, at load).
+    pub local_pieces: &'r [String],
     pub facility: String,
     pub app: String,
     pub trigger: String,
@@ -168,16 +170,19 @@ impl<'a> Ctx<'_, '_, 'a> {
     }
 
     fn local_system(&self, namespace: &str) -> String {
-        let template = &self.rules.local_identifier_system;
-        let mut out = String::with_capacity(template.len() + namespace.len());
-        let mut pieces = template.split("{namespace}");
-        out.push_str(pieces.next().unwrap_or_default());
+        let pieces = self.local_pieces;
+        let mut out = String::with_capacity(
+            pieces.iter().map(String::len).sum::<usize>() + namespace.len() * pieces.len().saturating_sub(1),
+        );
+        let mut pieces = pieces.iter();
+        out.push_str(pieces.next().map_or("", String::as_str));
+        let allowed = |c: char| c.is_ascii_alphanumeric() || "-._".contains(c);
         for piece in pieces {
-            out.extend(
-                namespace
-                    .chars()
-                    .map(|c| if c.is_ascii_alphanumeric() || "-._".contains(c) { c } else { '_' }),
-            );
+            if namespace.chars().all(allowed) {
+                out.push_str(namespace);
+            } else {
+                out.extend(namespace.chars().map(|c| if allowed(c) { c } else { '_' }));
+            }
             out.push_str(piece);
         }
         out
@@ -385,7 +390,8 @@ fn patient_part(ctx: &Ctx<'_, '_, '_>, class: Option<EventClass>) -> Result<Pati
                     insee_code: insee.map(|c| Code { system: INSEE_SYSTEM.into(), code: c, display: None }),
                     ..Addr::default()
                 };
-                data.extensions.push(Ext { url: BIRTH_PLACE_URL.into(), value: ExtValue::Address(place) });
+                data.extensions
+                    .push(Ext { url: BIRTH_PLACE_URL.into(), value: ExtValue::Address(Box::new(place)) });
                 continue;
             }
             if let Some(a) = address(ctx, &rep, &kind) {

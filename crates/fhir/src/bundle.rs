@@ -79,7 +79,8 @@ pub fn bundle(data: BundleData, pretty: bool) -> Result<Vec<u8>, Error> {
             }))
         })
         .collect::<Result<Vec<_>, Error>>()?;
-    let mut bundle = built("Bundle", Bundle::builder().id(data.id).r#type(kind).build())?;
+    let mut bundle = built("Bundle", Bundle::builder().r#type(kind).build())?;
+    bundle.id = Some(data.id);
     if let Some((system, value)) = data.identifier {
         let mut identifier = built("Identifier", Identifier::builder().build())?;
         identifier.system = Some(system);
