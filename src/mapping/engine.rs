@@ -248,7 +248,8 @@ struct PatientPart {
     ins_qualified: bool,
     gp: Option<PractitionerData>,
     gp_known: bool,
-    merged: Option<PatientData>,
+    /// Boxed: rare (A40), and the part is moved whole.
+    merged: Option<Box<PatientData>>,
     merged_key: Option<(String, String)>,
 }
 
@@ -457,7 +458,7 @@ fn patient_part(ctx: &Ctx<'_, '_, '_>, class: Option<EventClass>) -> Result<Pati
                     type_: "replaces".into(),
                     other: Ref { reference: Some(urn(&merged_id)), ..Ref::default() },
                 });
-                merged = Some(PatientData {
+                merged = Some(Box::new(PatientData {
                     id: merged_id,
                     profiles: vec![rules.patient_profile.clone()],
                     identifiers: vec![ident],
@@ -467,7 +468,7 @@ fn patient_part(ctx: &Ctx<'_, '_, '_>, class: Option<EventClass>) -> Result<Pati
                         other: Ref { reference: Some(urn(&patient_id)), ..Ref::default() },
                     }],
                     ..PatientData::default()
-                });
+                }));
                 merged_key = Some((system, value));
             }
         }
@@ -749,14 +750,10 @@ pub(crate) fn map(ctx: &Ctx<'_, '_, '_>, kind: BundleKind, pretty: bool) -> Resu
     let mut part = patient_part(ctx, class)?;
     segment_extensions(ctx, "Patient", &mut part.data.extensions)?;
     let patient_id = part.data.id.clone();
-    let encounter = encounter_part(ctx, &patient_id, &control_id)?;
-    let encounter = match encounter {
-        Some((mut e, key)) => {
-            segment_extensions(ctx, "Encounter", &mut e.extensions)?;
-            Some((e, key))
-        }
-        None => None,
-    };
+    let mut encounter = encounter_part(ctx, &patient_id, &control_id)?;
+    if let Some((e, _)) = &mut encounter {
+        segment_extensions(ctx, "Encounter", &mut e.extensions)?;
+    }
 
     let undoes = if class == Some(EventClass::Cancel) || ctx.trigger == "Z99" {
         ctx.text(El::MovementOriginalTrigger)
@@ -819,7 +816,7 @@ pub(crate) fn map(ctx: &Ctx<'_, '_, '_>, kind: BundleKind, pretty: bool) -> Resu
     entries.push(Entry { full_url: urn(&patient_id), resource: patient, put_url: patient_put });
     if let (Some(m), Some((s, v))) = (part.merged, &part.merged_key) {
         let full_url = urn(&m.id);
-        let built = relais_fhir::patient(m).map_err(fhir_fail)?;
+        let built = relais_fhir::patient(*m).map_err(fhir_fail)?;
         entries.push(Entry { full_url, resource: built, put_url: puts.then(|| put_url("Patient", s, v)) });
     }
     if let Some((e, key)) = encounter {
@@ -904,7 +901,7 @@ fn message_header(
 }
 
 fn relais_or_empty(raw: &[u8], ctx: &Ctx<'_, '_, '_>) -> String {
-    crate::hl7v2::decode_text(raw, &ctx.d, ctx.cs).trim().to_owned()
+    crate::hl7v2::decode_trimmed(raw, &ctx.d, ctx.cs)
 }
 
 #[cfg(test)]

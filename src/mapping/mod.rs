@@ -117,8 +117,7 @@ impl Mapper {
         };
         cs.validate(raw).map_err(|e| MapFailure { location: e.location.to_string(), reason: e.reason })?;
         let msg = msg.with_charset(cs);
-        let text =
-            |n: usize, c: usize| crate::hl7v2::decode_text(header.component(n, c), &d, cs).trim().to_owned();
+        let text = |n: usize, c: usize| crate::hl7v2::decode_trimmed(header.component(n, c), &d, cs);
         let facility = text(4, 1);
         let app = text(3, 1);
         let msg_code = text(9, 1);
