@@ -94,6 +94,12 @@ pub fn decode_text(raw: &[u8], d: &Delimiters, cs: Charset) -> String {
     cs.decode(&unescape(raw, d)).into_owned()
 }
 
+/// [`decode_text`] trimmed, in one allocation (the decoded text is borrowed until trimmed).
+pub fn decode_trimmed(raw: &[u8], d: &Delimiters, cs: Charset) -> String {
+    let unescaped = unescape(raw, d);
+    cs.decode(&unescaped).trim().to_owned()
+}
+
 /// Text to escaped text safe to place in a field: the five delimiters become `\F\ \S\ \R\ \E\ \T\`,
 /// `'\n'` becomes `\.br\` and `'\r'` becomes `\X0D\`, so [`decode_text`] gives `text` back.
 pub fn escape_text(text: &str, d: &Delimiters) -> String {

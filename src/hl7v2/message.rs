@@ -85,11 +85,13 @@ impl<'a> Message<'a> {
         }
         let field_separator = header.delimiters().field;
         let mut spans: Vec<SegmentSpan> = Vec::with_capacity(24);
-        let mut separators: Vec<u32> = Vec::with_capacity(raw.len() / 4 + 16);
+        // Room for one slot per byte: each segment's slots are written before they are known to be kept.
+        let mut separators: Vec<u32> = Vec::with_capacity(raw.len() + 16);
         let mut counter = OccurrenceCounter { seen: [([0; 3], 0); 24], len: 0 };
         let mut segment_start = content_start(raw);
-        // One pass: memchr2 finds each segment end (sparse); field separators are dense, so a plain byte
-        // loop records them (faster than restarting a SIMD search every few bytes).
+        // One pass: memchr2 finds each segment end (sparse); field separators are dense and irregular, so a
+        // branch-free byte loop records them: every offset is written to the next slot, and the slot is kept
+        // (the count moves on) only when the byte is the separator (no mispredicted branch per field).
         while segment_start < raw.len() {
             let rest = raw.get(segment_start..).unwrap_or_default();
             let length = memchr::memchr2(b'\r', b'\n', rest).unwrap_or(rest.len());
@@ -99,12 +101,18 @@ impl<'a> Message<'a> {
                 let id = segment_id(segment, field_separator)
                     .ok_or_else(|| bad_segment_id(segment, spans.len()))?;
                 let first_separator = separators.len();
+                separators.resize(first_separator + segment.len(), 0);
+                let slots = separators.get_mut(first_separator..).unwrap_or_default();
+                let mut kept = 0usize;
                 for (offset, &byte) in segment.iter().enumerate() {
-                    if byte == field_separator {
+                    // `kept` <= `offset` < the slots' length: always a slot to write.
+                    if let Some(slot) = slots.get_mut(kept) {
                         // Offsets fit in u32 (checked above).
-                        separators.push((segment_start + offset) as u32);
+                        *slot = (segment_start + offset) as u32;
                     }
+                    kept += usize::from(byte == field_separator);
                 }
+                separators.truncate(first_separator + kept);
                 let sequence = counter.next(id, raw, &spans);
                 spans.push(SegmentSpan {
                     start: segment_start as u32,

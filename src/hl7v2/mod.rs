@@ -22,6 +22,6 @@ pub use ack::{AckCode, AckError, AckSummary, build_ack, read_ack};
 pub use charset::Charset;
 pub use delimiters::Delimiters;
 pub use error::{ErrorCode, Location, ParseError};
-pub use escape::{decode_text, escape_text, unescape};
+pub use escape::{decode_text, decode_trimmed, escape_text, unescape};
 pub use header::Header;
 pub use message::{Field, Message, Segment};

@@ -95,6 +95,8 @@ pub(crate) struct Ctx<'r, 'm, 'a> {
     pub utf8: Option<&'a str>,
     pub d: Delimiters,
     pub tz: time::Zone<'r>,
+    /// `local_identifier_system` cut at its `{namespace}` markers (once, at load).
+    pub local_pieces: &'r [String],
     pub facility: String,
     pub app: String,
     pub trigger: String,
@@ -168,16 +170,19 @@ impl<'a> Ctx<'_, '_, 'a> {
     }
 
     fn local_system(&self, namespace: &str) -> String {
-        let template = &self.rules.local_identifier_system;
-        let mut out = String::with_capacity(template.len() + namespace.len());
-        let mut pieces = template.split("{namespace}");
-        out.push_str(pieces.next().unwrap_or_default());
+        let pieces = self.local_pieces;
+        let mut out = String::with_capacity(
+            pieces.iter().map(String::len).sum::<usize>() + namespace.len() * pieces.len().saturating_sub(1),
+        );
+        let mut pieces = pieces.iter();
+        out.push_str(pieces.next().map_or("", String::as_str));
+        let allowed = |c: char| c.is_ascii_alphanumeric() || "-._".contains(c);
         for piece in pieces {
-            out.extend(
-                namespace
-                    .chars()
-                    .map(|c| if c.is_ascii_alphanumeric() || "-._".contains(c) { c } else { '_' }),
-            );
+            if namespace.chars().all(allowed) {
+                out.push_str(namespace);
+            } else {
+                out.extend(namespace.chars().map(|c| if allowed(c) { c } else { '_' }));
+            }
             out.push_str(piece);
         }
         out
@@ -243,7 +248,8 @@ struct PatientPart {
     ins_qualified: bool,
     gp: Option<PractitionerData>,
     gp_known: bool,
-    merged: Option<PatientData>,
+    /// Boxed: rare (A40), and the part is moved whole.
+    merged: Option<Box<PatientData>>,
     merged_key: Option<(String, String)>,
 }
 
@@ -385,7 +391,8 @@ fn patient_part(ctx: &Ctx<'_, '_, '_>, class: Option<EventClass>) -> Result<Pati
                     insee_code: insee.map(|c| Code { system: INSEE_SYSTEM.into(), code: c, display: None }),
                     ..Addr::default()
                 };
-                data.extensions.push(Ext { url: BIRTH_PLACE_URL.into(), value: ExtValue::Address(place) });
+                data.extensions
+                    .push(Ext { url: BIRTH_PLACE_URL.into(), value: ExtValue::Address(Box::new(place)) });
                 continue;
             }
             if let Some(a) = address(ctx, &rep, &kind) {
@@ -451,7 +458,7 @@ fn patient_part(ctx: &Ctx<'_, '_, '_>, class: Option<EventClass>) -> Result<Pati
                     type_: "replaces".into(),
                     other: Ref { reference: Some(urn(&merged_id)), ..Ref::default() },
                 });
-                merged = Some(PatientData {
+                merged = Some(Box::new(PatientData {
                     id: merged_id,
                     profiles: vec![rules.patient_profile.clone()],
                     identifiers: vec![ident],
@@ -461,7 +468,7 @@ fn patient_part(ctx: &Ctx<'_, '_, '_>, class: Option<EventClass>) -> Result<Pati
                         other: Ref { reference: Some(urn(&patient_id)), ..Ref::default() },
                     }],
                     ..PatientData::default()
-                });
+                }));
                 merged_key = Some((system, value));
             }
         }
@@ -743,14 +750,10 @@ pub(crate) fn map(ctx: &Ctx<'_, '_, '_>, kind: BundleKind, pretty: bool) -> Resu
     let mut part = patient_part(ctx, class)?;
     segment_extensions(ctx, "Patient", &mut part.data.extensions)?;
     let patient_id = part.data.id.clone();
-    let encounter = encounter_part(ctx, &patient_id, &control_id)?;
-    let encounter = match encounter {
-        Some((mut e, key)) => {
-            segment_extensions(ctx, "Encounter", &mut e.extensions)?;
-            Some((e, key))
-        }
-        None => None,
-    };
+    let mut encounter = encounter_part(ctx, &patient_id, &control_id)?;
+    if let Some((e, _)) = &mut encounter {
+        segment_extensions(ctx, "Encounter", &mut e.extensions)?;
+    }
 
     let undoes = if class == Some(EventClass::Cancel) || ctx.trigger == "Z99" {
         ctx.text(El::MovementOriginalTrigger)
@@ -813,7 +816,7 @@ pub(crate) fn map(ctx: &Ctx<'_, '_, '_>, kind: BundleKind, pretty: bool) -> Resu
     entries.push(Entry { full_url: urn(&patient_id), resource: patient, put_url: patient_put });
     if let (Some(m), Some((s, v))) = (part.merged, &part.merged_key) {
         let full_url = urn(&m.id);
-        let built = relais_fhir::patient(m).map_err(fhir_fail)?;
+        let built = relais_fhir::patient(*m).map_err(fhir_fail)?;
         entries.push(Entry { full_url, resource: built, put_url: puts.then(|| put_url("Patient", s, v)) });
     }
     if let Some((e, key)) = encounter {
@@ -898,7 +901,7 @@ fn message_header(
 }
 
 fn relais_or_empty(raw: &[u8], ctx: &Ctx<'_, '_, '_>) -> String {
-    crate::hl7v2::decode_text(raw, &ctx.d, ctx.cs).trim().to_owned()
+    crate::hl7v2::decode_trimmed(raw, &ctx.d, ctx.cs)
 }
 
 #[cfg(test)]

@@ -37,6 +37,8 @@ pub struct Mapper {
     rules: Rules,
     /// The rules' source paths by element index (resolved once here, read per message by index).
     sources: Vec<Vec<path::SourcePath>>,
+    /// `local_identifier_system` cut at its `{namespace}` markers.
+    local_pieces: Vec<String>,
     default_tz: TimeZone,
     sender_tz: BTreeMap<String, TimeZone>,
     default_charset: Charset,
@@ -56,6 +58,7 @@ impl Mapper {
         })?;
         Ok(Mapper {
             sources: engine::sources(&rules),
+            local_pieces: rules.local_identifier_system.split("{namespace}").map(str::to_owned).collect(),
             rules,
             default_tz,
             sender_tz: BTreeMap::new(),
@@ -114,8 +117,7 @@ impl Mapper {
         };
         cs.validate(raw).map_err(|e| MapFailure { location: e.location.to_string(), reason: e.reason })?;
         let msg = msg.with_charset(cs);
-        let text =
-            |n: usize, c: usize| crate::hl7v2::decode_text(header.component(n, c), &d, cs).trim().to_owned();
+        let text = |n: usize, c: usize| crate::hl7v2::decode_trimmed(header.component(n, c), &d, cs);
         let facility = text(4, 1);
         let app = text(3, 1);
         let msg_code = text(9, 1);
@@ -145,6 +147,7 @@ impl Mapper {
             utf8: if cs == Charset::Utf8 { std::str::from_utf8(raw).ok() } else { None },
             d,
             tz: time::Zone::new(tz),
+            local_pieces: &self.local_pieces,
             facility,
             app,
             trigger,

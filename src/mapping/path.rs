@@ -207,6 +207,13 @@ fn decode<'a>(raw: &'a [u8], d: &Delimiters, cs: Charset, checked: Option<&'a st
 
 /// Trimmed text, `None` when empty or the HL7 null `""`.
 fn clean(text: Cow<'_, str>) -> Option<Cow<'_, str>> {
+    // Most values start and end with a printable ASCII byte: nothing to trim, no Unicode scan.
+    if let (Some(first), Some(last)) = (text.as_bytes().first(), text.as_bytes().last())
+        && first.is_ascii_graphic()
+        && last.is_ascii_graphic()
+    {
+        return (&*text != "\"\"").then_some(text);
+    }
     let t = text.trim();
     if t.is_empty() || t == "\"\"" {
         None

@@ -47,7 +47,12 @@ pub fn to_fhir(ts: &str, tz: &TimeZone) -> Result<String, String> {
 pub fn to_fhir_in(ts: &str, zone: &Zone<'_>) -> Result<String, String> {
     let ts = ts.trim();
     let (body, offset) = split_offset(ts)?;
-    let (main, fraction) = match body.split_once('.') {
+    // Byte searches (the delimiters are ASCII): no char pattern machinery per time.
+    let split = body.bytes().position(|b| b == b'.').map(|at| {
+        let (main, dot) = body.split_at(at);
+        (main, dot.get(1..).unwrap_or_default())
+    });
+    let (main, fraction) = match split {
         Some((m, f)) if !f.is_empty() && f.len() <= 9 && f.bytes().all(|b| b.is_ascii_digit()) => {
             (m, Some(f))
         }
@@ -158,7 +163,7 @@ pub fn date_part(fhir: &str) -> &str {
 }
 
 fn split_offset(ts: &str) -> Result<(&str, Option<Offset>), String> {
-    let Some(pos) = ts.find(['+', '-']) else { return Ok((ts, None)) };
+    let Some(pos) = ts.bytes().position(|b| b == b'+' || b == b'-') else { return Ok((ts, None)) };
     let (body, off) = ts.split_at(pos);
     let digits = off.get(1..).unwrap_or_default();
     if digits.len() != 4 || !digits.bytes().all(|b| b.is_ascii_digit()) {

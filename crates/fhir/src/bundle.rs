@@ -48,38 +48,37 @@ pub fn bundle(data: BundleData, pretty: bool) -> Result<Vec<u8>, Error> {
         BundleKind::Message => codes::BundleType::Message,
         BundleKind::Transaction => codes::BundleType::Transaction,
     };
-    let entries = data
-        .entries
-        .into_iter()
-        .map(|e| {
-            let request = match e.put_url {
-                Some(url) => {
-                    let request = BundleEntryRequest::builder().method(codes::HTTPVerb::Put).url(url).build();
-                    Some(built("Bundle.entry.request", request)?)
-                }
-                None => None,
-            };
-            // The model's struct itself (no required element: nothing for a builder to check).
-            Ok(Some(BundleEntry {
-                id: None,
-                extension: Vec::new(),
-                modifier_extension: Vec::new(),
-                link: Vec::new(),
-                link_ext: Vec::new(),
-                full_url: Some(e.full_url),
-                full_url_ext: None,
-                resource: Some(e.resource.resource),
-                resource_ext: None,
-                search: None,
-                search_ext: None,
-                request,
-                request_ext: None,
-                response: None,
-                response_ext: None,
-            }))
-        })
-        .collect::<Result<Vec<_>, Error>>()?;
-    let mut bundle = built("Bundle", Bundle::builder().id(data.id).r#type(kind).build())?;
+    // Each entry pushed as built (no collect through a shunt: the entries are large to move).
+    let mut entries = Vec::with_capacity(data.entries.len());
+    for e in data.entries {
+        let request = match e.put_url {
+            Some(url) => {
+                let request = BundleEntryRequest::builder().method(codes::HTTPVerb::Put).url(url).build();
+                Some(built("Bundle.entry.request", request)?)
+            }
+            None => None,
+        };
+        // The model's struct itself (no required element: nothing for a builder to check).
+        entries.push(Some(BundleEntry {
+            id: None,
+            extension: Vec::new(),
+            modifier_extension: Vec::new(),
+            link: Vec::new(),
+            link_ext: Vec::new(),
+            full_url: Some(e.full_url),
+            full_url_ext: None,
+            resource: Some(e.resource.resource),
+            resource_ext: None,
+            search: None,
+            search_ext: None,
+            request,
+            request_ext: None,
+            response: None,
+            response_ext: None,
+        }));
+    }
+    let mut bundle = built("Bundle", Bundle::builder().r#type(kind).build())?;
+    bundle.id = Some(data.id);
     if let Some((system, value)) = data.identifier {
         let mut identifier = built("Identifier", Identifier::builder().build())?;
         identifier.system = Some(system);

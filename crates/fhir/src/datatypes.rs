@@ -323,8 +323,8 @@ pub(crate) fn extension(e: Ext) -> Result<Extension, Error> {
         ExtValue::DateTime(s) => {
             (Some(ExtensionValue::DateTime(date_time("Extension.valueDateTime", &s)?)), Vec::new())
         }
-        ExtValue::Identifier(i) => (Some(ExtensionValue::Identifier(identifier(i)?)), Vec::new()),
-        ExtValue::Address(a) => (Some(ExtensionValue::Address(address(a)?)), Vec::new()),
+        ExtValue::Identifier(i) => (Some(ExtensionValue::Identifier(identifier(*i)?)), Vec::new()),
+        ExtValue::Address(a) => (Some(ExtensionValue::Address(address(*a)?)), Vec::new()),
         ExtValue::Nested(children) => (None, extensions(children)?),
     };
     // The model's struct itself (every element named, `url` required by the type): Extensions are the most

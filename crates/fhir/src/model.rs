@@ -99,10 +99,10 @@ pub enum ExtValue {
     Coding(Code),
     /// valueDateTime (FHIR dateTime text).
     DateTime(String),
-    /// valueIdentifier.
-    Identifier(Ident),
-    /// valueAddress.
-    Address(Addr),
+    /// valueIdentifier (boxed: keeps every extension small to move).
+    Identifier(Box<Ident>),
+    /// valueAddress (boxed: keeps every extension small to move).
+    Address(Box<Addr>),
     /// No value: nested extensions only.
     Nested(Vec<Ext>),
 }

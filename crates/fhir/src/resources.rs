@@ -23,7 +23,9 @@ fn wrap(resource: Resource, type_name: &'static str, id: String) -> Built {
 /// Builds a Patient (FR Core shape: identity reliability and birth place are extensions in `data`).
 pub fn patient(data: PatientData) -> Result<Built, Error> {
     let id = data.id;
-    let mut p = built("Patient", Patient::builder().id(id.clone()).build())?;
+    // Built with nothing set (setters move the whole builder), then filled in place.
+    let mut p = built("Patient", Patient::builder().build())?;
+    p.id = Some(id.clone());
     p.meta = meta(data.profiles);
     p.extension = extensions(data.extensions)?;
     p.identifier = each(data.identifiers, identifier)?;
@@ -65,7 +67,8 @@ pub fn encounter(data: EncounterData) -> Result<Built, Error> {
     let id = data.id;
     let status = code::<codes::EncounterStatus>("Encounter.status", &data.status)?;
     let class = coding(data.class);
-    let mut e = built("Encounter", Encounter::builder().id(id.clone()).status(status).class(class).build())?;
+    let mut e = built("Encounter", Encounter::builder().status(status).class(class).build())?;
+    e.id = Some(id.clone());
     e.meta = meta(data.profiles);
     e.extension = extensions(data.extensions)?;
     e.identifier = each(data.identifiers, identifier)?;
@@ -114,7 +117,8 @@ pub fn encounter(data: EncounterData) -> Result<Built, Error> {
 /// Builds a Practitioner.
 pub fn practitioner(data: PractitionerData) -> Result<Built, Error> {
     let id = data.id;
-    let mut p = built("Practitioner", Practitioner::builder().id(id.clone()).build())?;
+    let mut p = built("Practitioner", Practitioner::builder().build())?;
+    p.id = Some(id.clone());
     p.meta = meta(data.profiles);
     p.identifier = each(data.identifiers, identifier)?;
     p.name = each(data.names, human_name)?;
@@ -140,8 +144,9 @@ pub fn message_header(data: HeaderData) -> Result<Built, Error> {
         })
         .collect::<Result<Vec<_>, Error>>()?;
     let event = MessageHeaderEvent::Coding(coding(data.event));
-    let header = MessageHeader::builder().id(id.clone()).event(event).source(source).build();
+    let header = MessageHeader::builder().event(event).source(source).build();
     let mut h = built("MessageHeader", header)?;
+    h.id = Some(id.clone());
     h.destination = destinations;
     h.focus = each(data.focus, reference)?;
     if let Some(s) = data.sender {
