@@ -305,6 +305,9 @@ impl Wal {
                 .name("journal-wal-prep".into())
                 .spawn(move || prepare(&dir, &shared, segment_bytes, &wakes))?
         };
+        // The next segment is prepared now, while the server starts, not under the first load: filling one
+        // takes the disk for a while (16 MiB by default), and every sync waiting behind it is an ACK waiting.
+        let _ = wake.send(());
         Ok(Wal {
             dir: dir.to_owned(),
             segment_bytes,
@@ -315,7 +318,7 @@ impl Wal {
             offset: 0,
             last_lsn: 0,
             buf: PageBuf::default(),
-            spare_asked: false,
+            spare_asked: true,
             pending: false,
             unsynced: false,
             broken: false,
@@ -599,6 +602,20 @@ mod tests {
         for file in &recovered.files {
             assert_eq!(std::fs::metadata(file).unwrap().len(), SEGMENT, "{} grew", file.display());
         }
+    }
+
+    #[test]
+    fn the_next_segment_is_prepared_at_start_not_under_the_first_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, shared) = start(dir.path());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while shared.pool().spares.is_empty() {
+            assert!(std::time::Instant::now() < deadline, "no spare segment 10 s after the start");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        drop(wal);
+        let segments = std::fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(segments, 2, "the active segment and one spare");
     }
 
     #[test]
