@@ -14,7 +14,7 @@ use relais_fhir::{BundleData, BundleKind, Entry};
 
 use super::file::{Rules, SegmentExtension, TableEntry, ValueType};
 use super::ids::{id, query_escape, urn};
-use super::path::{SourcePath, component_in, segments_with_id, text_of_in};
+use super::path::{SourcePath, component, segments_with_id, text_of};
 use super::time;
 use crate::facts::{EventClass, Facts, MapFailure, Mapped, MessageKind};
 use crate::hl7v2::{Charset, Delimiters, Field, Message};
@@ -133,20 +133,20 @@ impl<'a> Ctx<'_, '_, 'a> {
     }
 
     fn comp(&self, rep: &Field<'a>, c: usize) -> Option<String> {
-        component_in(rep, &self.d, self.cs, c, None, self.utf8).map(Cow::into_owned)
+        component(rep, &self.d, self.cs, c, None, self.utf8).map(Cow::into_owned)
     }
 
     /// [`Ctx::comp`] borrowed from the message when possible (for comparisons and table keys).
     fn comp_ref(&self, rep: &Field<'a>, c: usize) -> Option<Cow<'a, str>> {
-        component_in(rep, &self.d, self.cs, c, None, self.utf8)
+        component(rep, &self.d, self.cs, c, None, self.utf8)
     }
 
     fn sub_ref(&self, rep: &Field<'a>, c: usize, s: usize) -> Option<Cow<'a, str>> {
-        component_in(rep, &self.d, self.cs, c, Some(s), self.utf8)
+        component(rep, &self.d, self.cs, c, Some(s), self.utf8)
     }
 
     fn sub(&self, rep: &Field<'a>, c: usize, s: usize) -> Option<String> {
-        component_in(rep, &self.d, self.cs, c, Some(s), self.utf8).map(Cow::into_owned)
+        component(rep, &self.d, self.cs, c, Some(s), self.utf8).map(Cow::into_owned)
     }
 
     /// An element's time, converted; a malformed time is an error naming its field.
@@ -207,7 +207,7 @@ impl<'a> Ctx<'_, '_, 'a> {
     fn cx_system(&self, rep: &Field<'a>) -> String {
         // CX-4 (HD) split once into namespace, universal id and its type.
         let mut parts = rep.component(4).split(|&b| b == self.d.subcomponent);
-        let mut next = || parts.next().and_then(|raw| text_of_in(raw, &self.d, self.cs, self.utf8));
+        let mut next = || parts.next().and_then(|raw| text_of(raw, &self.d, self.cs, self.utf8));
         let (name, universal, kind) = (next(), next(), next());
         self.hd_system(name, universal, kind)
     }

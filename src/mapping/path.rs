@@ -124,23 +124,9 @@ pub fn segments_with_id<'a, 'm>(msg: &'m Message<'a>, id: &str) -> impl Iterator
 }
 
 /// Decoded text of component `c` (and subcomponent `s` when given) of one repetition; `None` when empty.
-pub fn component(rep: &Field<'_>, d: &Delimiters, cs: Charset, c: usize, s: Option<usize>) -> Option<String> {
-    component_ref(rep, d, cs, c, s).map(Cow::into_owned)
-}
-
-/// [`component`], borrowed from the message when nothing needed unescaping or transcoding.
-pub fn component_ref<'a>(
-    rep: &Field<'a>,
-    d: &Delimiters,
-    cs: Charset,
-    c: usize,
-    s: Option<usize>,
-) -> Option<Cow<'a, str>> {
-    component_in(rep, d, cs, c, s, None)
-}
-
-/// [`component_ref`], with the whole message when it is already checked UTF-8 (see [`SourcePath::text_in`]).
-pub(crate) fn component_in<'a>(
+/// Borrowed from the message when nothing needed unescaping or transcoding; `checked` is the whole message
+/// when it is already known to be UTF-8 text (see [`SourcePath::text_in`]).
+pub fn component<'a>(
     rep: &Field<'a>,
     d: &Delimiters,
     cs: Charset,
@@ -152,16 +138,12 @@ pub(crate) fn component_in<'a>(
         None => rep.component(c),
         Some(s) => rep.subcomponent(c, s),
     };
-    text_of_in(raw, d, cs, checked)
+    text_of(raw, d, cs, checked)
 }
 
-/// Decoded, trimmed text of raw field bytes; `None` when empty or the HL7 null `""`.
-pub fn text_of<'a>(raw: &'a [u8], d: &Delimiters, cs: Charset) -> Option<Cow<'a, str>> {
-    text_of_in(raw, d, cs, None)
-}
-
-/// [`text_of`], with the whole message when it is already checked UTF-8 (see [`SourcePath::text_in`]).
-pub(crate) fn text_of_in<'a>(
+/// Decoded, trimmed text of raw field bytes; `None` when empty or the HL7 null `""`. `checked` as for
+/// [`component`].
+pub fn text_of<'a>(
     raw: &'a [u8],
     d: &Delimiters,
     cs: Charset,
