@@ -82,10 +82,7 @@ impl AmqpBus {
     async fn connect(&self) -> Result<Connection, Error> {
         let properties = ConnectionProperties::default()
             .with_connection_name(LongString::from(format!("relais-{}", std::process::id())));
-        match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(&self.shared.url, properties)).await {
-            Ok(connected) => Ok(connected?),
-            Err(_) => Err(Error::Unanswered(CONNECT_TIMEOUT)),
-        }
+        within(CONNECT_TIMEOUT, async { Ok(Connection::connect(&self.shared.url, properties).await?) }).await
     }
 
     /// One connection with `publish_channels` channels in confirm mode.
@@ -168,9 +165,7 @@ impl AmqpBus {
                 .map(|(channel, lane)| self.publish_on(channel, lane));
             futures_util::future::try_join_all(publishing).await.map(|_| ())
         };
-        let result = tokio::time::timeout(PUBLISH_TIMEOUT, attempt)
-            .await
-            .unwrap_or(Err(Error::Unanswered(PUBLISH_TIMEOUT)));
+        let result = within(PUBLISH_TIMEOUT, attempt).await;
         if result.is_err() {
             // Start afresh next time: a channel that failed may have lost confirms.
             if let Some((connection, _)) = publisher.take() {
@@ -475,6 +470,11 @@ impl AmqpConsumer {
             }
         }
     }
+}
+
+/// `attempt`'s outcome, or [`Error::Unanswered`] if the broker has not answered within `limit`.
+async fn within<T>(limit: Duration, attempt: impl Future<Output = Result<T, Error>>) -> Result<T, Error> {
+    tokio::time::timeout(limit, attempt).await.unwrap_or(Err(Error::Unanswered(limit)))
 }
 
 /// Resolves once `connection` is no longer connected (checked every [`LIVENESS_CHECK`]).

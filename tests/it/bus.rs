@@ -224,10 +224,22 @@ fn consume_all(bus: &Bus, sink: &str, seen: Arc<Mutex<Seen>>) -> Vec<tokio::task
         .collect()
 }
 
-async fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+async fn wait_for(what: &str, timeout: Duration, done: impl FnMut() -> bool) {
+    wait_for_or_report(what, timeout, done, String::new).await;
+}
+
+/// [`wait_for`], whose time-out message ends with `report()` (what a failure needs to be understood).
+async fn wait_for_or_report(
+    what: &str,
+    timeout: Duration,
+    mut done: impl FnMut() -> bool,
+    report: impl FnOnce() -> String,
+) {
     let deadline = Instant::now() + timeout;
     while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        if Instant::now() >= deadline {
+            panic!("timed out waiting for {what}{}", report());
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -510,24 +522,21 @@ async fn drain_then_check<E: std::fmt::Debug>(
     seen: &Mutex<Seen>,
     run: Run<E>,
 ) {
-    let deadline = Instant::now() + timeout;
-    while seen.lock().unwrap().distinct_ids().len() < ids.len() {
-        if Instant::now() >= deadline {
-            // What a failure needs to be understood: how far the consumers and the pipeline got.
-            let mut by_state: BTreeMap<String, usize> = BTreeMap::new();
-            for state in states(journal, ids) {
-                *by_state.entry(format!("{state:?}")).or_default() += 1;
-            }
-            let seen = seen.lock().unwrap().distinct_ids().len();
-            let pipeline = if run.running.is_finished() { "ended" } else { "running" };
-            panic!(
-                "timed out waiting for {what}: the consumers saw {seen} of {} messages; journal states \
-                 {by_state:?}; pipeline {pipeline}",
-                ids.len()
-            );
+    // On a time-out: how far the consumers and the pipeline got.
+    let report = || {
+        let mut by_state: BTreeMap<String, usize> = BTreeMap::new();
+        for state in states(journal, ids) {
+            *by_state.entry(format!("{state:?}")).or_default() += 1;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        let seen = seen.lock().unwrap().distinct_ids().len();
+        let pipeline = if run.running.is_finished() { "ended" } else { "running" };
+        format!(
+            ": the consumers saw {seen} of {} messages; journal states {by_state:?}; pipeline {pipeline}",
+            ids.len()
+        )
+    };
+    wait_for_or_report(what, timeout, || seen.lock().unwrap().distinct_ids().len() == ids.len(), report)
+        .await;
     wait_for("all published", Duration::from_secs(30), || {
         states(journal, ids).iter().all(|s| *s == State::Published)
     })
