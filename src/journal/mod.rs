@@ -11,10 +11,9 @@
 //! - Group commit: one writer thread logs everything queued in one WAL write and one `fdatasync`, then
 //!   answers every caller of that batch (see [`writer`]); an answer never precedes its sync.
 //! - Pipeline stages ([`Flush::Deferred`]) are logged without a write or sync of their own (the log holds
-//!   them in memory): the next append's sync,
-//!   or the next checkpoint, makes them durable. A stage lost in a crash is one the pipeline redoes from
-//!   the entry's last durable state (and the sinks never deliver twice), so a lone sender pays one
-//!   `fdatasync` per message, not one per message and per stage.
+//!   them in memory): the next append's sync, or the next checkpoint, makes them durable. A stage lost in a
+//!   crash is one the pipeline redoes from the entry's last durable state (and the sinks never deliver
+//!   twice), so a lone sender pays one `fdatasync` per message, not one per message and per stage.
 //! - An applier thread puts the logged batches into redb without fsync, and checkpoints (a durable redb
 //!   commit, after which the covered WAL segments are recycled) every `checkpoint_interval` or
 //!   `wal_segment_bytes` applied (see [`applier`]). [`Journal::open`] replays the log past redb's last

@@ -6,9 +6,8 @@
 //! are logged as [`Op`]s in one WAL write and one `fdatasync` ([`Wal::write`]), and only then is each
 //! request answered (a batch of deferred pipeline updates only, [`Flush::Deferred`], is logged without a
 //! write or `fdatasync` of its own: the next synced batch or checkpoint covers it); the ops go on to the
-//! applier thread,
-//! which puts them in redb. If the log write fails, that batch and every later request get the error (what
-//! reached the disk is unknown: restart to recover).
+//! applier thread, which puts them in redb. If the log write fails, that batch and every later request get
+//! the error (what reached the disk is unknown: restart to recover).
 //! The thread ends when every sender is gone and the queue is empty, after the applier finished.
 //!
 //! Deduplication must see appends that are durable in the log but not yet in redb: the writer keeps them
