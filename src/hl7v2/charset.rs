@@ -102,6 +102,12 @@ impl Charset {
     /// Refuses bytes that are not text in this charset: NUL bytes, invalid UTF-8, non-ASCII under ASCII.
     /// The error points at MSH-18 (the declared charset does not describe the bytes).
     pub fn validate(self, bytes: &[u8]) -> Result<(), ParseError> {
+        self.checked_text(bytes).map(|_| ())
+    }
+
+    /// [`Charset::validate`], giving the bytes back as text when the charset is UTF-8 (checked once here, so
+    /// values can be sliced from it without a second check); `None` for the other charsets.
+    pub fn checked_text(self, bytes: &[u8]) -> Result<Option<&str>, ParseError> {
         if let Some(pos) = memchr::memchr(0, bytes) {
             return Err(ParseError::at(
                 "MSH",
@@ -111,7 +117,7 @@ impl Charset {
             ));
         }
         match self {
-            Charset::Utf8 => std::str::from_utf8(bytes).map(|_| ()).map_err(|e| {
+            Charset::Utf8 => std::str::from_utf8(bytes).map(Some).map_err(|e| {
                 ParseError::at(
                     "MSH",
                     18,
@@ -123,7 +129,7 @@ impl Charset {
                 )
             }),
             Charset::Ascii => match bytes.iter().position(|b| !b.is_ascii()) {
-                None => Ok(()),
+                None => Ok(None),
                 Some(pos) => Err(ParseError::at(
                     "MSH",
                     18,
@@ -131,7 +137,7 @@ impl Charset {
                     format!("non-ASCII byte at offset {pos} although the charset is ASCII"),
                 )),
             },
-            Charset::Latin1 | Charset::Latin9 => Ok(()),
+            Charset::Latin1 | Charset::Latin9 => Ok(None),
         }
     }
 }

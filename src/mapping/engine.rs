@@ -12,7 +12,7 @@ use relais_fhir::model::{
 };
 use relais_fhir::{BundleData, BundleKind, Entry};
 
-use super::file::{Rules, SegmentExtension, TableEntry, ValueType};
+use super::file::{Rules, SegmentExtension, Table, TableEntry, ValueType};
 use super::ids::{id, query_escape, urn};
 use super::path::{SourcePath, component, segments_with_id, text_of};
 use super::time;
@@ -79,6 +79,30 @@ pub(crate) enum El {
     MovementOriginalTrigger = 28,
 }
 
+/// The code tables of [`super::file::TABLES`], in that order: the engine reads a table by index, resolved once
+/// at load ([`tables`]), never by name per message.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Tbl {
+    PatientClass = 0,
+    EncounterStatus = 1,
+    AdmitSource = 2,
+    AdmitSourceV2 = 3,
+    DischargeDisposition = 4,
+    DischargeDispositionV2 = 5,
+    IdentityStatus = 6,
+    Gender = 7,
+    NameUse = 8,
+    AddressUse = 9,
+    TelecomUse = 10,
+    TelecomEquipment = 11,
+    Undoes = 12,
+}
+
+/// Each code table, in [`Tbl`] order (all are required at load; an absent one reads as empty).
+pub(crate) fn tables(rules: &Rules) -> Vec<Table> {
+    super::file::TABLES.iter().map(|t| rules.tables.get(*t).cloned().unwrap_or_default()).collect()
+}
+
 /// Each element's source paths, in [`El`] order.
 pub(crate) fn sources(rules: &Rules) -> Vec<Vec<SourcePath>> {
     super::file::ELEMENTS.iter().map(|e| rules.source.get(*e).cloned().unwrap_or_default()).collect()
@@ -89,6 +113,8 @@ pub(crate) struct Ctx<'r, 'm, 'a> {
     pub rules: &'r Rules,
     /// [`sources`] of the rules.
     pub sources: &'r [Vec<SourcePath>],
+    /// [`tables`] of the rules.
+    pub tables: &'r [Table],
     pub msg: &'m Message<'a>,
     pub cs: Charset,
     /// The whole message as text when `cs` is UTF-8 (already checked): values are sliced from it.
@@ -157,12 +183,12 @@ impl<'a> Ctx<'_, '_, 'a> {
         }
     }
 
-    fn table(&self, name: &str, source: &str) -> Option<&TableEntry> {
-        self.rules.tables.get(name).and_then(|t| t.get(source))
+    fn table(&self, table: Tbl, source: &str) -> Option<&TableEntry> {
+        self.tables.get(table as usize).and_then(|t| t.get(source))
     }
 
-    fn coded(&self, name: &str, source: &str) -> Option<Code> {
-        self.table(name, source).map(|e| Code {
+    fn coded(&self, table: Tbl, source: &str) -> Option<Code> {
+        self.table(table, source).map(|e| Code {
             system: e.system.clone(),
             code: e.code.clone(),
             display: e.display.clone(),
@@ -340,7 +366,7 @@ fn patient_part(ctx: &Ctx<'_, '_, '_>, class: Option<EventClass>) -> Result<Pati
                 display: Some("Identité validée".into()),
             })
         } else {
-            ctx.coded("identity-status", status)
+            ctx.coded(Tbl::IdentityStatus, status)
         };
         if let Some(code) = code {
             data.extensions.push(Ext {
@@ -363,7 +389,7 @@ fn patient_part(ctx: &Ctx<'_, '_, '_>, class: Option<EventClass>) -> Result<Pati
             }
             let kind = ctx.comp_ref(&rep, 7).unwrap_or_default();
             data.names.push(Name {
-                use_: ctx.table("name-use", &kind).map(|e| e.code.clone()),
+                use_: ctx.table(Tbl::NameUse, &kind).map(|e| e.code.clone()),
                 family,
                 given: given.into_iter().collect(),
                 prefix: ctx.comp(&rep, 5),
@@ -373,7 +399,7 @@ fn patient_part(ctx: &Ctx<'_, '_, '_>, class: Option<EventClass>) -> Result<Pati
     }
 
     data.gender =
-        ctx.text_ref(El::PatientGender).and_then(|g| ctx.table("gender", &g).map(|e| e.code.clone()));
+        ctx.text_ref(El::PatientGender).and_then(|g| ctx.table(Tbl::Gender, &g).map(|e| e.code.clone()));
     data.birth_date = ctx.time(El::PatientBirthDate)?.map(|t| time::date_part(&t).to_owned());
 
     // Addresses and birth place.
@@ -480,7 +506,7 @@ fn patient_part(ctx: &Ctx<'_, '_, '_>, class: Option<EventClass>) -> Result<Pati
 fn address<'a>(ctx: &Ctx<'_, '_, 'a>, rep: &Field<'a>, kind: &str) -> Option<Addr> {
     let lines: Vec<String> = [ctx.sub(rep, 1, 1), ctx.comp(rep, 2)].into_iter().flatten().collect();
     let a = Addr {
-        use_: ctx.table("address-use", kind).map(|e| e.code.clone()),
+        use_: ctx.table(Tbl::AddressUse, kind).map(|e| e.code.clone()),
         lines,
         city: ctx.comp(rep, 3),
         postal_code: ctx.comp(rep, 5),
@@ -496,7 +522,7 @@ fn telecom<'a>(ctx: &Ctx<'_, '_, 'a>, rep: &Field<'a>) -> Option<Telecom> {
     let equipment = ctx.comp_ref(rep, 3).unwrap_or_default();
     let email = ctx.comp(rep, 4);
     let number = ctx.comp(rep, 12).or_else(|| ctx.comp(rep, 1));
-    let system = ctx.table("telecom-equipment", &equipment).map(|e| e.code.clone());
+    let system = ctx.table(Tbl::TelecomEquipment, &equipment).map(|e| e.code.clone());
     let (system, value) = match (system, email, number) {
         (Some(s), Some(e), _) if s == "email" => (s, e),
         (None, Some(e), _) if use_code == "NET" => ("email".to_owned(), e),
@@ -507,7 +533,7 @@ fn telecom<'a>(ctx: &Ctx<'_, '_, 'a>, rep: &Field<'a>) -> Option<Telecom> {
     let use_ = if equipment == "CP" {
         Some("mobile".to_owned())
     } else {
-        ctx.table("telecom-use", &use_code).map(|e| e.code.clone())
+        ctx.table(Tbl::TelecomUse, &use_code).map(|e| e.code.clone())
     };
     Some(Telecom { system, value, use_ })
 }
@@ -580,7 +606,7 @@ fn encounter_part(
     if pclass == "N" {
         return Ok(None);
     }
-    let class = ctx.coded("patient-class", &pclass).ok_or_else(|| {
+    let class = ctx.coded(Tbl::PatientClass, &pclass).ok_or_else(|| {
         fail(
             format!("{}-{}", pclass_path.segment, pclass_path.field),
             format!("patient class `{pclass}` is not in mappings/tables/patient-class.toml"),
@@ -611,7 +637,7 @@ fn encounter_part(
         None => id("Encounter", &[&ctx.facility, "MSH-10", control_id]),
     };
     let end = ctx.time(El::EncounterEnd)?;
-    let status = match ctx.table("encounter-status", &ctx.trigger).map(|e| e.code.as_str()) {
+    let status = match ctx.table(Tbl::EncounterStatus, &ctx.trigger).map(|e| e.code.as_str()) {
         Some("derive") | None => if end.is_some() { "finished" } else { "in-progress" }.to_owned(),
         Some(code) => code.to_owned(),
     };
@@ -627,17 +653,17 @@ fn encounter_part(
         ..EncounterData::default()
     };
     if let Some(code) = ctx.text_ref(El::EncounterAdmitSource) {
-        data.admit_source = ctx.coded("admit-source", &code);
+        data.admit_source = ctx.coded(Tbl::AdmitSource, &code);
         data.admit_source_text = Some(concat(&["PMSI mode d'entrée ", &code]));
     } else if let Some(code) = ctx.text_ref(El::EncounterAdmitSourceV2) {
-        data.admit_source = ctx.coded("admit-source-v2", &code);
+        data.admit_source = ctx.coded(Tbl::AdmitSourceV2, &code);
         data.admit_source_text = Some(concat(&["PV1-14 ", &code]));
     }
     if let Some(code) = ctx.text_ref(El::EncounterDischargeMode) {
-        data.discharge_disposition = ctx.coded("discharge-disposition", &code);
+        data.discharge_disposition = ctx.coded(Tbl::DischargeDisposition, &code);
         data.discharge_disposition_text = Some(concat(&["PMSI mode de sortie ", &code]));
     } else if let Some(code) = ctx.text_ref(El::EncounterDischargeV2) {
-        data.discharge_disposition = ctx.coded("discharge-disposition-v2", &code);
+        data.discharge_disposition = ctx.coded(Tbl::DischargeDispositionV2, &code);
         data.discharge_disposition_text = Some(concat(&["PV1-36 ", &code]));
     }
     if data.admit_source.is_none() {
@@ -757,7 +783,7 @@ pub(crate) fn map(ctx: &Ctx<'_, '_, '_>, kind: BundleKind, pretty: bool) -> Resu
 
     let undoes = if class == Some(EventClass::Cancel) || ctx.trigger == "Z99" {
         ctx.text(El::MovementOriginalTrigger)
-            .or_else(|| ctx.table("undoes", &ctx.trigger).map(|e| e.code.clone()))
+            .or_else(|| ctx.table(Tbl::Undoes, &ctx.trigger).map(|e| e.code.clone()))
     } else {
         None
     };
@@ -906,8 +932,31 @@ fn relais_or_empty(raw: &[u8], ctx: &Ctx<'_, '_, '_>) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::El;
-    use crate::mapping::file::ELEMENTS;
+    use super::{El, Tbl};
+    use crate::mapping::file::{ELEMENTS, TABLES};
+
+    #[test]
+    fn table_indexes_follow_the_table_list() {
+        let tables = [
+            (Tbl::PatientClass, "patient-class"),
+            (Tbl::EncounterStatus, "encounter-status"),
+            (Tbl::AdmitSource, "admit-source"),
+            (Tbl::AdmitSourceV2, "admit-source-v2"),
+            (Tbl::DischargeDisposition, "discharge-disposition"),
+            (Tbl::DischargeDispositionV2, "discharge-disposition-v2"),
+            (Tbl::IdentityStatus, "identity-status"),
+            (Tbl::Gender, "gender"),
+            (Tbl::NameUse, "name-use"),
+            (Tbl::AddressUse, "address-use"),
+            (Tbl::TelecomUse, "telecom-use"),
+            (Tbl::TelecomEquipment, "telecom-equipment"),
+            (Tbl::Undoes, "undoes"),
+        ];
+        for (table, name) in tables {
+            assert_eq!(TABLES.get(table as usize), Some(&name), "{table:?}");
+        }
+        assert_eq!(tables.len(), TABLES.len(), "every table the engine requires has its variant");
+    }
 
     #[test]
     fn element_indexes_follow_the_element_list() {

@@ -37,6 +37,8 @@ pub struct Mapper {
     rules: Rules,
     /// The rules' source paths by element index (resolved once here, read per message by index).
     sources: Vec<Vec<path::SourcePath>>,
+    /// The rules' code tables by index (likewise).
+    tables: Vec<file::Table>,
     /// `local_identifier_system` cut at its `{namespace}` markers.
     local_pieces: Vec<String>,
     default_tz: TimeZone,
@@ -58,6 +60,7 @@ impl Mapper {
         })?;
         Ok(Mapper {
             sources: engine::sources(&rules),
+            tables: engine::tables(&rules),
             local_pieces: rules.local_identifier_system.split("{namespace}").map(str::to_owned).collect(),
             rules,
             default_tz,
@@ -115,14 +118,17 @@ impl Mapper {
             }
             Err(e) => return Err(MapFailure { location: e.location.to_string(), reason: e.reason }),
         };
-        cs.validate(raw).map_err(|e| MapFailure { location: e.location.to_string(), reason: e.reason })?;
+        // A UTF-8 message is checked once: its values are then sliced from this text, not checked again.
+        let utf8 = cs
+            .checked_text(raw)
+            .map_err(|e| MapFailure { location: e.location.to_string(), reason: e.reason })?;
         let msg = msg.with_charset(cs);
         let text = |n: usize, c: usize| crate::hl7v2::decode_trimmed(header.component(n, c), &d, cs);
         let facility = text(4, 1);
         let app = text(3, 1);
         let msg_code = text(9, 1);
         let trigger = text(9, 2);
-        let message_type = format!("{msg_code}^{trigger}");
+        let message_type = [msg_code.as_str(), "^", &trigger].concat();
         if msg_code != "ADT" {
             return Err(MapFailure {
                 location: "MSH-9".into(),
@@ -141,10 +147,10 @@ impl Mapper {
         let ctx = engine::Ctx {
             rules: &self.rules,
             sources: &self.sources,
+            tables: &self.tables,
             msg: &msg,
             cs,
-            // Checked just above: the values are sliced from it without a second UTF-8 check.
-            utf8: if cs == Charset::Utf8 { std::str::from_utf8(raw).ok() } else { None },
+            utf8,
             d,
             tz: time::Zone::new(tz),
             local_pieces: &self.local_pieces,

@@ -62,55 +62,62 @@ pub fn patient(data: PatientData) -> Result<Built, Error> {
     Ok(wrap(Resource::Patient(p), "Patient", id))
 }
 
-/// Builds an Encounter.
+/// Builds an Encounter (its locations are the model's struct itself, every element named: no builder to move).
 pub fn encounter(data: EncounterData) -> Result<Built, Error> {
     let id = data.id;
     let status = code::<codes::EncounterStatus>("Encounter.status", &data.status)?;
+    let when = match (data.start.as_deref(), data.end.as_deref()) {
+        (None, None) => None,
+        (start, end) => Some(period("Encounter.period", start, end)?),
+    };
+    let hospitalization = if data.admit_source.is_some() || data.discharge_disposition.is_some() {
+        let mut h = built("Encounter.hospitalization", EncounterHospitalization::builder().build())?;
+        h.admit_source = data.admit_source.map(|c| concept(c, data.admit_source_text));
+        h.discharge_disposition =
+            data.discharge_disposition.map(|c| concept(c, data.discharge_disposition_text));
+        Some(h)
+    } else {
+        None
+    };
+    let location = data
+        .locations
+        .into_iter()
+        .map(|l| {
+            let status = match &l.status {
+                Some(s) => Some(code::<codes::EncounterLocationStatus>("Encounter.location.status", s)?),
+                None => None,
+            };
+            let when = match (l.start.as_deref(), l.end.as_deref()) {
+                (None, None) => None,
+                (start, end) => Some(period("Encounter.location.period", start, end)?),
+            };
+            Ok(Some(EncounterLocation {
+                id: None,
+                extension: Vec::new(),
+                modifier_extension: Vec::new(),
+                location: reference(l.location)?,
+                location_ext: None,
+                status,
+                status_ext: None,
+                physical_type: None,
+                physical_type_ext: None,
+                period: when,
+                period_ext: None,
+            }))
+        })
+        .collect::<Result<Vec<_>, Error>>()?;
     let class = coding(data.class);
     let mut e = built("Encounter", Encounter::builder().status(status).class(class).build())?;
     e.id = Some(id.clone());
     e.meta = meta(data.profiles);
     e.extension = extensions(data.extensions)?;
     e.identifier = each(data.identifiers, identifier)?;
-    if let Some(s) = data.subject {
-        e.subject = Some(reference(s)?);
-    }
-    if data.start.is_some() || data.end.is_some() {
-        e.period = Some(period("Encounter.period", data.start.as_deref(), data.end.as_deref())?);
-    }
-    if data.admit_source.is_some() || data.discharge_disposition.is_some() {
-        let mut h = built("Encounter.hospitalization", EncounterHospitalization::builder().build())?;
-        if let Some(c) = data.admit_source {
-            h.admit_source = Some(concept(c, data.admit_source_text));
-        }
-        if let Some(c) = data.discharge_disposition {
-            h.discharge_disposition = Some(concept(c, data.discharge_disposition_text));
-        }
-        e.hospitalization = Some(h);
-    }
-    e.location = data
-        .locations
-        .into_iter()
-        .map(|l| {
-            let location = EncounterLocation::builder().location(reference(l.location)?).build();
-            let mut location = built("Encounter.location", location)?;
-            if let Some(s) = &l.status {
-                let status = code::<codes::EncounterLocationStatus>("Encounter.location.status", s)?;
-                location.status = Some(status);
-            }
-            if l.start.is_some() || l.end.is_some() {
-                let when = period("Encounter.location.period", l.start.as_deref(), l.end.as_deref())?;
-                location.period = Some(when);
-            }
-            Ok(Some(location))
-        })
-        .collect::<Result<Vec<_>, Error>>()?;
-    if let Some(sp) = data.service_provider {
-        e.service_provider = Some(reference(sp)?);
-    }
-    if let Some(p) = data.part_of {
-        e.part_of = Some(reference(p)?);
-    }
+    e.subject = data.subject.map(reference).transpose()?;
+    e.period = when;
+    e.hospitalization = hospitalization;
+    e.location = location;
+    e.service_provider = data.service_provider.map(reference).transpose()?;
+    e.part_of = data.part_of.map(reference).transpose()?;
     Ok(wrap(Resource::Encounter(e), "Encounter", id))
 }
 
@@ -127,31 +134,50 @@ pub fn practitioner(data: PractitionerData) -> Result<Built, Error> {
     Ok(wrap(Resource::Practitioner(p), "Practitioner", id))
 }
 
-/// Builds a MessageHeader.
+/// Builds a MessageHeader (its source and destinations are the model's structs themselves, as [`encounter`]'s
+/// locations).
 pub fn message_header(data: HeaderData) -> Result<Built, Error> {
     let id = data.id;
-    let source = MessageHeaderSource::builder().endpoint(data.source.endpoint).build();
-    let mut source = built("MessageHeader.source", source)?;
-    source.name = data.source.name;
-    let destinations = data
+    let destination = data
         .destinations
         .into_iter()
         .map(|d| {
-            let destination = MessageHeaderDestination::builder().endpoint(d.endpoint).build();
-            let mut destination = built("MessageHeader.destination", destination)?;
-            destination.name = d.name;
-            Ok(Some(destination))
+            Some(MessageHeaderDestination {
+                id: None,
+                extension: Vec::new(),
+                modifier_extension: Vec::new(),
+                name: d.name,
+                name_ext: None,
+                target: None,
+                target_ext: None,
+                endpoint: d.endpoint,
+                endpoint_ext: None,
+                receiver: None,
+                receiver_ext: None,
+            })
         })
-        .collect::<Result<Vec<_>, Error>>()?;
+        .collect();
+    let source = MessageHeaderSource {
+        id: None,
+        extension: Vec::new(),
+        modifier_extension: Vec::new(),
+        name: data.source.name,
+        name_ext: None,
+        software: None,
+        software_ext: None,
+        version: None,
+        version_ext: None,
+        contact: None,
+        contact_ext: None,
+        endpoint: data.source.endpoint,
+        endpoint_ext: None,
+    };
     let event = MessageHeaderEvent::Coding(coding(data.event));
-    let header = MessageHeader::builder().event(event).source(source).build();
-    let mut h = built("MessageHeader", header)?;
+    let mut h = built("MessageHeader", MessageHeader::builder().event(event).source(source).build())?;
     h.id = Some(id.clone());
-    h.destination = destinations;
+    h.destination = destination;
     h.focus = each(data.focus, reference)?;
-    if let Some(s) = data.sender {
-        h.sender = Some(reference(s)?);
-    }
+    h.sender = data.sender.map(reference).transpose()?;
     Ok(wrap(Resource::MessageHeader(h), "MessageHeader", id))
 }
 
