@@ -191,5 +191,9 @@ mod tests {
         assert!(Charset::Ascii.validate(b"B\xE2t").is_err());
         assert!(Charset::Latin1.validate(b"B\xE2t").is_ok());
         assert!(Charset::Latin1.validate(b"a\0b").is_err());
+        // The checked text comes back for UTF-8 only; a NUL byte is refused even though it is valid UTF-8.
+        assert_eq!(Charset::Utf8.checked_text("Bât".as_bytes()).ok(), Some(Some("Bât")));
+        assert_eq!(Charset::Latin1.checked_text(b"B\xE2t").ok(), Some(None));
+        assert!(Charset::Utf8.checked_text(b"a\0b").is_err());
     }
 }

@@ -79,23 +79,23 @@ pub(crate) enum El {
     MovementOriginalTrigger = 28,
 }
 
-/// The code tables of [`super::file::TABLES`], in that order: the engine reads a table by index, resolved once
-/// at load ([`tables`]), never by name per message.
+/// The code tables of [`super::file::TABLES`], in that order (declaration order is the index): the engine reads
+/// a table by index, resolved once at load ([`tables`]), never by name per message.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Tbl {
-    PatientClass = 0,
-    EncounterStatus = 1,
-    AdmitSource = 2,
-    AdmitSourceV2 = 3,
-    DischargeDisposition = 4,
-    DischargeDispositionV2 = 5,
-    IdentityStatus = 6,
-    Gender = 7,
-    NameUse = 8,
-    AddressUse = 9,
-    TelecomUse = 10,
-    TelecomEquipment = 11,
-    Undoes = 12,
+    PatientClass,
+    EncounterStatus,
+    AdmitSource,
+    AdmitSourceV2,
+    DischargeDisposition,
+    DischargeDispositionV2,
+    IdentityStatus,
+    Gender,
+    NameUse,
+    AddressUse,
+    TelecomUse,
+    TelecomEquipment,
+    Undoes,
 }
 
 /// Each code table, in [`Tbl`] order (all are required at load; an absent one reads as empty).

@@ -314,6 +314,18 @@ pub(crate) fn period(element: &'static str, start: Option<&str>, end: Option<&st
     }))
 }
 
+/// [`period`], or nothing when neither end is known.
+pub(crate) fn optional_period(
+    element: &'static str,
+    start: Option<&str>,
+    end: Option<&str>,
+) -> Result<Option<Period>, Error> {
+    match (start, end) {
+        (None, None) => Ok(None),
+        (start, end) => period(element, start, end).map(Some),
+    }
+}
+
 pub(crate) fn extension(e: Ext) -> Result<Extension, Error> {
     let (value, children) = match e.value {
         ExtValue::String(s) => (Some(ExtensionValue::String(s)), Vec::new()),

@@ -11,7 +11,7 @@ use fhir_sdk::r4b::resources::{
 
 use crate::datatypes::{
     address, built, code, coding, concept, contact_point, date, date_time, each, extensions, human_name,
-    identifier, meta, period, reference,
+    identifier, meta, optional_period, reference,
 };
 use crate::model::{Deceased, EncounterData, HeaderData, PatientData, PractitionerData};
 use crate::{Built, Error};
@@ -66,10 +66,7 @@ pub fn patient(data: PatientData) -> Result<Built, Error> {
 pub fn encounter(data: EncounterData) -> Result<Built, Error> {
     let id = data.id;
     let status = code::<codes::EncounterStatus>("Encounter.status", &data.status)?;
-    let when = match (data.start.as_deref(), data.end.as_deref()) {
-        (None, None) => None,
-        (start, end) => Some(period("Encounter.period", start, end)?),
-    };
+    let when = optional_period("Encounter.period", data.start.as_deref(), data.end.as_deref())?;
     let hospitalization = if data.admit_source.is_some() || data.discharge_disposition.is_some() {
         let mut h = built("Encounter.hospitalization", EncounterHospitalization::builder().build())?;
         h.admit_source = data.admit_source.map(|c| concept(c, data.admit_source_text));
@@ -87,10 +84,7 @@ pub fn encounter(data: EncounterData) -> Result<Built, Error> {
                 Some(s) => Some(code::<codes::EncounterLocationStatus>("Encounter.location.status", s)?),
                 None => None,
             };
-            let when = match (l.start.as_deref(), l.end.as_deref()) {
-                (None, None) => None,
-                (start, end) => Some(period("Encounter.location.period", start, end)?),
-            };
+            let when = optional_period("Encounter.location.period", l.start.as_deref(), l.end.as_deref())?;
             Ok(Some(EncounterLocation {
                 id: None,
                 extension: Vec::new(),
