@@ -16,6 +16,8 @@ use super::header::{Header, content_start, nth_part};
 /// Where one segment is in the input and where its field separators are in [`Message::separators`].
 #[derive(Debug, Clone, Copy)]
 struct SegmentSpan {
+    /// The segment id (`PID`), validated at parse time: segments are found by comparing these three bytes.
+    id: [u8; 3],
     /// Offset of the segment's first byte in the input.
     start: u32,
     /// Offset just past its last byte (its CR/LF excluded).
@@ -50,7 +52,7 @@ struct OccurrenceCounter {
 
 impl OccurrenceCounter {
     /// Counts one more `id`; returns its 1-based occurrence. `earlier` are the spans already indexed.
-    fn next(&mut self, id: [u8; 3], raw: &[u8], earlier: &[SegmentSpan]) -> u32 {
+    fn next(&mut self, id: [u8; 3], earlier: &[SegmentSpan]) -> u32 {
         if let Some((_, count)) = self.seen.iter_mut().take(self.len).find(|(seen, _)| *seen == id) {
             *count += 1;
             return *count;
@@ -61,17 +63,8 @@ impl OccurrenceCounter {
             return 1;
         }
         // More distinct ids than slots: count the earlier ones (rare, still correct).
-        let earlier_count = earlier.iter().filter(|s| span_id(raw, s) == id).count();
+        let earlier_count = earlier.iter().filter(|s| s.id == id).count();
         u32::try_from(earlier_count + 1).unwrap_or(u32::MAX)
-    }
-}
-
-/// The 3-byte id of a span (validated at parse time).
-fn span_id(raw: &[u8], span: &SegmentSpan) -> [u8; 3] {
-    let start = span.start as usize;
-    match raw.get(start..start + 3) {
-        Some(&[a, b, c]) => [a, b, c],
-        _ => [0; 3],
     }
 }
 
@@ -113,8 +106,9 @@ impl<'a> Message<'a> {
                     kept += usize::from(byte == field_separator);
                 }
                 separators.truncate(first_separator + kept);
-                let sequence = counter.next(id, raw, &spans);
+                let sequence = counter.next(id, &spans);
                 spans.push(SegmentSpan {
+                    id,
                     start: segment_start as u32,
                     end: segment_end as u32,
                     first_separator: first_separator as u32,
@@ -166,12 +160,17 @@ impl<'a> Message<'a> {
 
     /// The first segment with this id.
     pub fn segment(&self, id: &str) -> Option<Segment<'a, '_>> {
-        self.segments().find(|s| s.id() == id)
+        self.segments_named(id).next()
     }
 
-    /// Every segment with this id, in order.
-    pub fn segments_named<'m>(&'m self, id: &'m str) -> impl Iterator<Item = Segment<'a, 'm>> {
-        self.segments().filter(move |s| s.id() == id)
+    /// Every segment with this id, in order (the three id bytes indexed at parse time compared, no text
+    /// conversion per segment).
+    pub fn segments_named<'m>(&'m self, id: &str) -> impl Iterator<Item = Segment<'a, 'm>> + use<'a, 'm> {
+        let wanted: Option<[u8; 3]> = id.as_bytes().try_into().ok();
+        self.spans
+            .iter()
+            .filter(move |span| Some(span.id) == wanted)
+            .map(move |span| Segment { message: self, span })
     }
 
     /// Terser-like path: `PID-3` (the whole field, all repetitions), `PID-5.1` (first repetition),

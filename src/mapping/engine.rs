@@ -14,7 +14,7 @@ use relais_fhir::{BundleData, BundleKind, Entry};
 
 use super::file::{Rules, SegmentExtension, Table, TableEntry, ValueType};
 use super::ids::{id, query_escape, urn};
-use super::path::{SourcePath, component, segments_with_id, text_of};
+use super::path::{SourcePath, component, text_of};
 use super::time;
 use crate::facts::{EventClass, Facts, MapFailure, Mapped, MessageKind};
 use crate::hl7v2::{Charset, Delimiters, Field, Message};
@@ -732,7 +732,7 @@ fn segment_extensions(ctx: &Ctx<'_, '_, '_>, resource: &str, out: &mut Vec<Ext>)
 }
 
 fn segment_extension(ctx: &Ctx<'_, '_, '_>, se: &SegmentExtension) -> Result<Option<Ext>, MapFailure> {
-    let Some(segment) = segments_with_id(ctx.msg, &se.segment).next() else { return Ok(None) };
+    let Some(segment) = ctx.msg.segment(&se.segment) else { return Ok(None) };
     let mut children = Vec::with_capacity(se.fields.len());
     for ((field, comp), name, kind) in &se.fields {
         let f = segment.field(*field);
@@ -768,7 +768,7 @@ fn segment_extension(ctx: &Ctx<'_, '_, '_>, se: &SegmentExtension) -> Result<Opt
 
 /// Maps one message: builds the Bundle of `kind` and the facts.
 pub(crate) fn map(ctx: &Ctx<'_, '_, '_>, kind: BundleKind, pretty: bool) -> Result<Mapped, MapFailure> {
-    if segments_with_id(ctx.msg, "PID").next().is_none() {
+    if ctx.msg.segment("PID").is_none() {
         return Err(fail("PID", "segment missing: an ADT message needs a PID"));
     }
     let control_id = ctx.msg.header().text(10, ctx.cs);

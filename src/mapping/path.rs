@@ -3,7 +3,7 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use crate::hl7v2::{Charset, Delimiters, Field, Message, Segment, unescape};
+use crate::hl7v2::{Charset, Delimiters, Field, Message, unescape};
 
 /// A parsed source path: a segment (optionally the first one whose field N equals a value), a field, and
 /// optionally a component and subcomponent of its first repetition.
@@ -61,7 +61,7 @@ impl SourcePath {
     /// The field this path points at (all repetitions), when its segment is in the message.
     pub fn field<'a>(&self, msg: &Message<'a>, cs: Charset) -> Option<Field<'a>> {
         let d = msg.delimiters();
-        let segment = segments_with_id(msg, &self.segment).find(|s| match &self.selector {
+        let segment = msg.segments_named(&self.segment).find(|s| match &self.selector {
             None => true,
             Some((n, value)) => decode(s.field(*n).component(1), &d, cs, None).trim() == value,
         })?;
@@ -115,12 +115,6 @@ impl fmt::Display for SourcePath {
         }
         Ok(())
     }
-}
-
-/// The segments whose id is `id`, in order (ids compared as three bytes: no text conversion per segment).
-pub fn segments_with_id<'a, 'm>(msg: &'m Message<'a>, id: &str) -> impl Iterator<Item = Segment<'a, 'm>> {
-    let wanted = id.as_bytes().first_chunk::<3>().copied();
-    msg.segments().filter(move |s| wanted.is_some() && s.raw().first_chunk::<3>().copied() == wanted)
 }
 
 /// Decoded text of component `c` (and subcomponent `s` when given) of one repetition; `None` when empty.
