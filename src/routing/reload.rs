@@ -17,6 +17,7 @@ use crate::shutdown::Shutdown;
 /// The live route set of one directory.
 #[derive(Debug)]
 pub struct LiveRoutes {
+    /// Empty for a fixed set ([`LiveRoutes::fixed`]): nothing to read back.
     dir: PathBuf,
     sinks: BTreeSet<String>,
     current: RwLock<Arc<RouteSet>>,
@@ -29,7 +30,7 @@ impl LiveRoutes {
         Ok(Arc::new(LiveRoutes { dir: dir.to_path_buf(), sinks, current: RwLock::new(Arc::new(set)) }))
     }
 
-    /// A live set over fixed routes, never reloaded (tests, `routes explain`).
+    /// A live set over fixed routes, never reloaded (no sinks or no routes directory, tests, `routes explain`).
     pub fn fixed(set: RouteSet) -> Arc<LiveRoutes> {
         Arc::new(LiveRoutes {
             dir: PathBuf::new(),
@@ -43,9 +44,17 @@ impl LiveRoutes {
         Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner))
     }
 
+    /// True for a set with no directory behind it ([`LiveRoutes::fixed`]).
+    pub fn is_fixed(&self) -> bool {
+        self.dir.as_os_str().is_empty()
+    }
+
     /// Re-reads the directory: swaps in the new set and returns its route count, or keeps the old set, logs
-    /// each error and returns them.
+    /// each error and returns them. A fixed set stays as it is (its route count, nothing read).
     pub fn reload(&self) -> Result<usize, RouteErrors> {
+        if self.is_fixed() {
+            return Ok(self.current().routes().len());
+        }
         match RouteSet::load_dir(&self.dir, &self.sinks) {
             Ok(set) => {
                 let count = set.routes().len();
@@ -63,10 +72,12 @@ impl LiveRoutes {
     }
 }
 
-/// Reloads `live` on SIGHUP and on any change in its directory (debounced by 200 ms) until `shutdown`.
+/// Reloads `live` on SIGHUP and on any change in its directory (debounced by 200 ms) until `shutdown`. A fixed
+/// set has no directory to watch (SIGHUP is still taken, and changes nothing).
 pub async fn watch(live: Arc<LiveRoutes>, mut shutdown: Shutdown) {
     let (tx, mut changes) = mpsc::channel::<()>(16);
-    let watcher = file_watcher(&live.dir, tx);
+    // An empty path would watch the working directory, where the data directory usually is.
+    let watcher = if live.is_fixed() { None } else { file_watcher(&live.dir, tx) };
     #[cfg(unix)]
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     loop {

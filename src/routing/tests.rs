@@ -135,6 +135,28 @@ fn reload_keeps_the_previous_set_on_error() {
     assert_eq!(live.current().routes()[0].name, "y");
 }
 
+#[tokio::test]
+async fn a_fixed_set_is_never_read_back_from_a_directory() {
+    // `relais serve` with no sinks: a fixed, empty set. Reloading it (SIGHUP) must not read the working
+    // directory, and its watcher watches no directory but runs until shutdown (it holds the SIGHUP handler).
+    let set = RouteSet::from_str(
+        Path::new("f.toml"),
+        "[[route]]\nname = \"x\"\ndestinations = [\"mss\"]\n",
+        &sinks(),
+    )
+    .unwrap();
+    let live = reload::LiveRoutes::fixed(set);
+    assert!(live.is_fixed());
+    assert_eq!(live.reload().ok(), Some(1));
+    assert_eq!(live.current().routes()[0].name, "x");
+    let (trigger, stop) = crate::shutdown::channel();
+    let watcher = tokio::spawn(reload::watch(std::sync::Arc::clone(&live), stop));
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert!(!watcher.is_finished(), "the watcher waits for shutdown");
+    trigger.fire();
+    watcher.await.unwrap();
+}
+
 #[test]
 fn shipped_routes_load_against_the_example_sinks() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("routes");
