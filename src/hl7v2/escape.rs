@@ -94,7 +94,8 @@ pub fn decode_text(raw: &[u8], d: &Delimiters, cs: Charset) -> String {
     cs.decode(&unescape(raw, d)).into_owned()
 }
 
-/// [`decode_text`] trimmed, in one allocation (the decoded text is borrowed until trimmed).
+/// [`decode_text`] trimmed. The decoded text stays borrowed until trimmed when it needs no unescaping or
+/// transcoding (UTF-8 text without escapes: one allocation, the trimmed copy).
 pub fn decode_trimmed(raw: &[u8], d: &Delimiters, cs: Charset) -> String {
     let unescaped = unescape(raw, d);
     cs.decode(&unescaped).trim().to_owned()

@@ -899,8 +899,9 @@ fn message_header(
     focus: Ref,
 ) -> Result<relais_fhir::Built, MapFailure> {
     let header = ctx.msg.header();
-    let receiver_app = relais_or_empty(header.component(5, 1), ctx);
-    let receiver_facility = relais_or_empty(header.component(6, 1), ctx);
+    // MSH-5/6 (receiving application and facility), decoded and trimmed; empty when absent.
+    let receiver = |n: usize| crate::hl7v2::decode_trimmed(header.component(n, 1), &ctx.d, ctx.cs);
+    let (receiver_app, receiver_facility) = (receiver(5), receiver(6));
     let mut destinations = Vec::new();
     if !receiver_app.is_empty() || !receiver_facility.is_empty() {
         destinations.push(Endpoint {
@@ -924,10 +925,6 @@ fn message_header(
         focus: vec![focus],
     };
     relais_fhir::message_header(data).map_err(fhir_fail)
-}
-
-fn relais_or_empty(raw: &[u8], ctx: &Ctx<'_, '_, '_>) -> String {
-    crate::hl7v2::decode_trimmed(raw, &ctx.d, ctx.cs)
 }
 
 #[cfg(test)]
