@@ -6,9 +6,10 @@
 #
 # 1. `relais` is built instrumented (-Cprofile-generate) into target/pgo-gen/.
 # 2. Training: that binary serves on a temporary data directory (embedded defaults, loopback ports) and receives
-#    every HL7v2 message of test-messages/ over MLLP, ten rounds with MSH-10 made unique per round (so each one
-#    is journaled and mapped, not answered as a duplicate), and every CDA document over HTTP; then
-#    `relais convert` converts each HL7v2 message once as a message and once as a transaction Bundle.
+#    every HL7v2 message of test-messages/ over MLLP, 24 rounds (eight at a time on eight connections) with
+#    MSH-10 made unique per round (so each one is journaled and mapped, not answered as a duplicate), and every
+#    CDA document over HTTP; then `relais convert` converts each HL7v2 message once as a message and once as a
+#    transaction Bundle.
 #    The benchmark messages (test-messages/bench/, sinkbench/) and the malformed ones (bad/) are NOT in the
 #    training set.
 # 3. llvm-profdata (rustup component llvm-tools, added if missing) merges the counts into target/pgo/relais.profdata.
@@ -72,16 +73,25 @@ mllp=$(bound mllp)
 http_port=$(bound http)
 http_port=${http_port##*:}
 
-for round in $(seq 10); do
-    mkdir -p "$work/round$round"
-    for f in "${hl7[@]}"; do
-        # MSH-10 (the control id) gets the round number, so the journal takes every round as new messages.
-        perl -0777 -pe "s/(^|[\r\n])(MSH(?:\|[^|\r\n]*){8}\|)([^|\r\n]*)/\${1}\${2}\${3}R$round/g" "$f" \
-            > "$work/round$round/$(echo "$f" | tr / _)"
+# Three batches of eight rounds, the eight sent at once on eight connections (so the journal's group commit
+# takes several messages per sync, as under load).
+for batch in 0 1 2; do
+    senders=()
+    for connection in $(seq 8); do
+        round=$((batch * 8 + connection))
+        mkdir -p "$work/round$round"
+        for f in "${hl7[@]}"; do
+            # MSH-10 (the control id) gets the round number, so the journal takes every round as new messages.
+            perl -0777 -pe "s/(^|[\r\n])(MSH(?:\|[^|\r\n]*){8}\|)([^|\r\n]*)/\${1}\${2}\${3}R$round/g" "$f" \
+                > "$work/round$round/$(echo "$f" | tr / _)"
+        done
+        RELAIS_LOG=warn "$trainee" send --to "$mllp" "$work/round$round" > /dev/null 2>> "$work/send.log" &
+        senders+=($!)
     done
     # Some samples are refused on purpose (the ANS corpus reuses one control id): send exits 1 then.
-    RELAIS_LOG=warn "$trainee" send --to "$mllp" "$work/round$round" > /dev/null || true
+    for sender in "${senders[@]}"; do wait "$sender" || true; done
 done
+echo "pgo: $(grep -c ' sent' "$work/send.log") rounds sent over MLLP; each: $(grep ' sent' "$work/send.log" | sort -u | paste -sd ';')" >&2
 accepted=0
 for f in "${cda[@]}"; do
     # One HTTP/1.1 POST by hand: the build image has bash, not necessarily curl.
