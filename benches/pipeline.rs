@@ -21,6 +21,9 @@ use relais::pipeline::Pipeline;
 use relais::routing::RouteSet;
 use relais::routing::reload::LiveRoutes;
 
+#[allow(dead_code)]
+#[path = "../tests/it/ports.rs"]
+mod ports;
 #[path = "../tests/it/rabbit.rs"]
 mod rabbit;
 

@@ -15,6 +15,7 @@ mod ingest_mllp;
 mod ingest_tls;
 mod mapping;
 mod ops;
+mod ports;
 mod rabbit;
 mod send_cli;
 mod sinks;

@@ -1,13 +1,16 @@
 //! A private, throwaway RabbitMQ node on 127.0.0.1 for tests and benches: its own ports (AMQP P,
 //! distribution P+1, epmd P+2, CLI P+3..P+9), data dir and epmd, started and stopped by PID, nothing left
-//! running. Installs Debian's rabbitmq-server through `scripts/setup.d/30-rabbitmq.sh` when absent.
+//! running; the ports lie below the ephemeral range, so that none is taken while the broker is stopped
+//! (see `ports`). Installs Debian's rabbitmq-server through `scripts/setup.d/30-rabbitmq.sh` when absent.
 
 #![allow(dead_code)]
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use crate::ports::free_port_block;
 
 const RABBIT_BIN: &str = "/usr/lib/rabbitmq/bin";
 
@@ -68,6 +71,8 @@ impl RabbitNode {
             ("RABBITMQ_ENABLED_PLUGINS_FILE", format!("{b}/enabled_plugins")),
             ("RABBITMQ_MNESIA_BASE", format!("{b}/mnesia")),
             ("RABBITMQ_LOG_BASE", format!("{b}/log")),
+            // A node that fails early writes its crash dump in the working directory otherwise.
+            ("ERL_CRASH_DUMP", format!("{b}/log/erl_crash.dump")),
             ("RABBITMQ_PID_FILE", format!("{b}/rabbit.pid")),
             ("RABBITMQ_PLUGINS_EXPAND_DIR", format!("{b}/plugins-expand")),
             ("RABBITMQ_ALLOW_INPUT", "1".into()),
@@ -92,9 +97,42 @@ impl RabbitNode {
         // A restart on a loaded 2-core machine (the other tests run beside it) has taken over 60 s.
         let deadline = Instant::now() + Duration::from_secs(120);
         while !amqp_answers(self.port) {
-            assert!(Instant::now() < deadline, "RabbitMQ did not answer on port {} within 120 s", self.port);
+            if let Some(status) = self.broker.as_mut().and_then(|b| b.try_wait().unwrap()) {
+                self.broker = None; // reaped: its PID may be reused, never signal it again
+                panic!(
+                    "RabbitMQ on port {} exited before answering ({status}); its log ends:\n{}",
+                    self.port,
+                    self.log_tail()
+                );
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "RabbitMQ did not answer on port {} within 120 s; its log ends:\n{}",
+                    self.port,
+                    self.log_tail()
+                );
+            }
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+
+    /// The last lines of the node's log files and the reason of a crash dump, for a failure message.
+    fn log_tail(&self) -> String {
+        let mut tail = String::new();
+        for entry in std::fs::read_dir(self.base.path().join("log")).into_iter().flatten().flatten() {
+            let text = String::from_utf8_lossy(&std::fs::read(entry.path()).unwrap_or_default()).into_owned();
+            let lines: Vec<&str> = if entry.file_name() == "erl_crash.dump" {
+                text.lines().filter(|line| line.starts_with("Slogan:")).collect()
+            } else {
+                text.lines().collect()
+            };
+            tail += &format!("== {}\n", entry.path().display());
+            for line in &lines[lines.len().saturating_sub(25)..] {
+                tail += line;
+                tail.push('\n');
+            }
+        }
+        tail
     }
 
     /// Stops the broker cleanly (SIGTERM, SIGKILL after 30 s); epmd stays.
@@ -144,22 +182,6 @@ fn ensure_rabbitmq_installed() {
 
 fn signal(pid: u32, name: &str) {
     let _ = Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status();
-}
-
-/// A base port P with P..P+n all free on 127.0.0.1.
-fn free_port_block(n: u16) -> u16 {
-    for _ in 0..200 {
-        let probe = TcpListener::bind("127.0.0.1:0").unwrap();
-        let base = probe.local_addr().unwrap().port();
-        drop(probe);
-        if base > 60000 {
-            continue;
-        }
-        if (0..n).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
-            return base;
-        }
-    }
-    panic!("no free block of {n} ports");
 }
 
 fn amqp_answers(port: u16) -> bool {

@@ -2,7 +2,6 @@
 //! 127.0.0.1 with STARTTLS required and a certificate made at run time, writing a Maildir the test reads.
 
 use std::io::{Cursor, Read};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -85,9 +84,7 @@ pub fn parse(raw: &[u8]) -> mail_parser::Message<'_> {
     mail_parser::MessageParser::default().parse(raw).expect("a mail")
 }
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+pub use crate::ports::free_port;
 
 pub fn mss_config(pki: &Pki, port: u16) -> MssConfig {
     MssConfig {
