@@ -42,6 +42,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 mod iti41_endpoint;
 #[path = "common/pki.rs"]
 mod pki;
+#[path = "../tests/it/ports.rs"]
+mod ports;
+use ports::free_port;
 #[allow(dead_code)] // written_bytes: the ingest bench's
 #[path = "common/process.rs"]
 mod process;
@@ -166,10 +169,6 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// Where `relais serve` listens, from `listeners.json`.

@@ -6,8 +6,6 @@
 //! retrying meanwhile (a TCP self-connect), and fail to start. Below that range only an explicit bind can
 //! hold a port.
 
-use std::collections::hash_map::RandomState;
-use std::hash::{BuildHasher, Hasher};
 use std::net::TcpListener;
 
 /// The lowest port this module hands out.
@@ -17,14 +15,12 @@ const LOWEST: u16 = 10_000;
 pub fn free_port_block(n: u16) -> u16 {
     let ceiling = ephemeral_range_start().saturating_sub(n);
     assert!(ceiling > LOWEST + 100, "no room for {n} ports below the ephemeral range");
-    // A random start, so that concurrent tests (and test binaries) seldom probe the same ports.
-    let mut next = RandomState::new().build_hasher().finish();
+    // Random bases, so that concurrent tests (and test binaries) seldom probe the same ports.
     for _ in 0..1000 {
-        let base = LOWEST + (next % u64::from(ceiling - LOWEST)) as u16;
+        let base = fastrand::u16(LOWEST..ceiling);
         if (0..n).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
             return base;
         }
-        next = next.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
     }
     panic!("no free block of {n} ports between {LOWEST} and {ceiling}");
 }
